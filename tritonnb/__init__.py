@@ -1,0 +1,136 @@
+"""tritonnb: serve PyTorch functions from a notebook with NVIDIA Triton Inference Server.
+
+``%load_ext tritonnb`` registers ``%triton`` and ``%%triton_model``; the same features are plain functions here.
+Heavy imports (PyTriton, torch) happen on first use, so loading the extension stays cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tritonnb.card import ModelCard
+    from tritonnb.client import ModelClient
+    from tritonnb.session import Server
+    from tritonnb.signature import TensorSpec
+
+__all__ = ["bind", "client", "restart", "serve_forever", "server", "start", "stop", "unbind"]
+__version__ = "0.1.0"
+
+
+def start(**options: Any) -> Server:
+    """Start the background Triton server, or return the running one.
+
+    Options: ``http_port``, ``grpc_port``, ``metrics_port``, ``public``, ``log_verbose`` and any other
+    ``pytriton.triton.TritonConfig`` field. Precedence: argument > ``PYTRITON_TRITON_CONFIG_*`` > default.
+    """
+    from tritonnb import session
+
+    return session.start(**options)
+
+
+def stop() -> float | None:
+    """Stop the server and every model; return the seconds it took (None if none ran)."""
+    from tritonnb import session
+
+    return session.stop()
+
+
+def server() -> Server | None:
+    """The server this process started, or None."""
+    from tritonnb import session
+
+    return session.server()
+
+
+def restart() -> float:
+    """Restart the server on the same ports and bind every model again; return the seconds it took."""
+    current = server()
+    if current is None:
+        raise RuntimeError("no Triton server runs; start one with tritonnb.start()")
+    return current.restart()
+
+
+def bind(
+    fn: Callable,
+    name: str,
+    *,
+    inputs: Sequence[TensorSpec | str] | None = None,
+    outputs: Sequence[TensorSpec | str] | None = None,
+    max_batch_size: int = 32,
+    batch_delay_us: int = 0,
+    instances: int = 1,
+    device: str | None = None,
+) -> ModelCard:
+    """Serve ``fn`` as Triton model ``name`` (starting the server if needed); binding a name again hot-swaps it.
+
+    ``inputs``/``outputs`` are specs like ``"x:float32[-1,64]"`` (dims per sample; the batch dim is implied when
+    ``max_batch_size`` > 0). Without inputs, each parameter becomes a ``float32[-1]`` input; without outputs, one
+    ``output:float32[-1]``. ``fn`` gets torch tensors on ``device`` (CUDA when available) and may return a tensor,
+    a tuple or a dict of tensors or numpy arrays.
+    """
+    from tritonnb.card import ModelCard
+
+    current = server() or start()
+    result = current.bind(
+        fn,
+        name,
+        inputs=inputs,
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        batch_delay_us=batch_delay_us,
+        instances=instances,
+        device=device,
+    )
+    slot = current.models[name]
+    return ModelCard(
+        slot.spec, slot.device, current.http_url, current.grpc_url, result, getattr(fn, "__name__", "function")
+    )
+
+
+def unbind(name: str) -> None:
+    """Stop serving model ``name``; other models keep serving."""
+    current = server()
+    if current is None:
+        raise RuntimeError("no Triton server runs")
+    current.unbind(name)
+
+
+def client(name: str) -> ModelClient:
+    """A callable for model ``name`` on the running server: numpy arrays or torch tensors in, dict of arrays out."""
+    from tritonnb.client import ModelClient
+
+    current = server()
+    if current is None:
+        raise RuntimeError("no Triton server runs")
+    if name not in current.models:
+        raise KeyError(f"no model named {name!r} is served; served: {sorted(current.models) or 'none'}")
+    return ModelClient(name, current.http_url)
+
+
+def serve_forever(poll_s: float = 1.0) -> None:
+    """Block while the server runs (for scripts); Ctrl+C stops it. Returns if tritonserver dies."""
+    current = server()
+    if current is None:
+        raise RuntimeError("nothing to serve: bind a model first")
+    try:
+        while current.state == "READY":
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext tritonnb``: register the magics (no server starts yet)."""
+    from tritonnb.magics import TritonMagics
+
+    ipython.register_magics(TritonMagics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext tritonnb``: stop the server."""
+    stop()

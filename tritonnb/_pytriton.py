@@ -1,0 +1,192 @@
+"""The one place that touches PyTriton's private names (pinned to nvidia-pytriton 0.7.0).
+
+Two things live here:
+- ``ServerProcess``: PyTriton's ``Triton`` with tritonserver started in its own session (so "Interrupt kernel"
+  cannot kill it), its output sent to a log sink instead of the user's cells, and the libpython fix.
+- ``Generation``: one loaded instance of a model: its own workspace (own sockets), a PyTriton ``Model`` proxy
+  whose handlers run in this process, loaded through Triton's model-control API and retired on its own.
+
+``tests/test_pytriton_contract.py`` pins the private names used below, so an upgrade fails loudly there first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import logging
+import pathlib
+import shutil
+import signal
+import sysconfig
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pytriton.decorators import TritonContext
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.models.model import Model, ModelEvent
+from pytriton.proxy.data import TensorStore
+from pytriton.server.triton_server import TritonServer
+from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
+from pytriton.utils.distribution import get_libs_path
+from pytriton.utils.workspace import Workspace
+
+from tritonnb.signature import TensorSpec
+
+LOGGER = logging.getLogger("tritonnb")
+LogSink = Callable[[str], None]
+
+
+class _DetachedTritonServer(TritonServer):
+    """tritonserver in a session of its own, output to a sink, libpython of this interpreter first."""
+
+    def __init__(self, *, log_sink: LogSink, **kwargs: Any) -> None:
+        super().__init__(verbose=False, **kwargs)
+        self._log_sink = log_sink
+
+    def start(self) -> None:
+        """Start tritonserver like PyTriton does, plus ``_new_session=True`` and our log sink."""
+        import sh
+
+        if self.is_alive():
+            raise RuntimeError(f"tritonserver already runs (pid {self._tritonserver_running_cmd.pid})")
+
+        def die_with_parent_thread() -> None:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+        command = sh.Command(self._server_path.as_posix())
+        self._tritonserver_running_cmd = command(
+            *self._server_config.to_args_list(),
+            _env=self._get_env(),
+            _err_to_out=True,
+            _out=self._record_logs,
+            _out_bufsize=1,
+            _err_bufsize=1,
+            _bg=True,
+            _bg_exc=False,
+            _done=self._handle_exit,
+            _preexec_fn=die_with_parent_thread,
+            _new_session=True,
+        )
+
+    def _record_logs(self, line: bytes | str) -> None:
+        if isinstance(line, bytes):
+            line = line.decode("utf-8", errors="replace")
+        self._log_sink(line)
+
+    def _get_env(self) -> dict:
+        env = super()._get_env()
+        libdir = sysconfig.get_config_var("LIBDIR")
+        if libdir:  # the python backend stub must find this interpreter's libpython, not the distro's
+            env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
+        return env
+
+
+class ServerProcess(Triton):
+    """PyTriton's ``Triton`` with the detached, quiet tritonserver above. Models are loaded by ``Generation``."""
+
+    def __init__(self, config: TritonConfig, workspace: pathlib.Path, log_sink: LogSink) -> None:
+        self._log_sink = log_sink
+        super().__init__(
+            config=config,
+            workspace=workspace,
+            triton_lifecycle_policy=TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=False),
+        )
+
+    def _initialize_server(self) -> None:
+        path = self._prepare_triton_inference_server()
+        self._triton_server = _DetachedTritonServer(
+            path=(path / "bin" / "tritonserver").as_posix(),
+            libs_path=get_libs_path(),
+            config=self._triton_server_config,
+            log_sink=self._log_sink,
+        )
+
+    def launch(self) -> None:
+        """Start tritonserver in the background; the caller waits for readiness."""
+        self._run_server()
+
+    @property
+    def pid(self) -> int | None:
+        """The tritonserver process id, while it runs."""
+        server = self._triton_server
+        cmd = server._tritonserver_running_cmd if server is not None else None
+        return cmd.pid if cmd is not None else None
+
+    @property
+    def server_args(self) -> list[str]:
+        """The command-line arguments tritonserver was given."""
+        return self._triton_server_config.to_args_list()
+
+    def process_alive(self) -> bool:
+        """Whether the tritonserver process is running."""
+        return self._is_alive_impl()
+
+
+def triton_config_from_env() -> dict[str, Any]:
+    """``PYTRITON_TRITON_CONFIG_*`` settings, as PyTriton reads them (unset fields left out)."""
+    return {k: v for k, v in TritonConfig.from_env().to_dict().items() if v is not None}
+
+
+def _pytriton_tensor(spec: TensorSpec) -> Tensor:
+    return Tensor(name=spec.name, dtype=spec.numpy_dtype, shape=spec.dims)
+
+
+class Generation:
+    """One loaded instance of a model, with its own workspace, proxy threads and Triton model config."""
+
+    def __init__(
+        self,
+        name: str,
+        handlers: Sequence[Callable[[list], list]],
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        max_batch_size: int,
+        batch_delay_us: int,
+        workspace: pathlib.Path,
+    ) -> None:
+        batching = max_batch_size > 0
+        config = ModelConfig(
+            batching=batching,
+            max_batch_size=max_batch_size,
+            batcher=DynamicBatcher(max_queue_delay_microseconds=batch_delay_us),
+        )
+        self.workspace = Workspace(workspace)
+        self.model = Model(
+            model_name=name,
+            model_version=1,
+            inference_fn=list(handlers),
+            inputs=[_pytriton_tensor(s) for s in inputs],
+            outputs=[_pytriton_tensor(s) for s in outputs],
+            config=config,
+            workspace=self.workspace,
+            triton_context=TritonContext(),
+            strict=False,
+        )
+        self.model.on_model_event(self._on_event)
+
+    def load_request(self) -> tuple[str, dict[str, bytes]]:
+        """The model config (JSON) and proxy files that Triton's load API takes."""
+        return json.dumps(self.model.get_model_config()), self.model.get_proxy_model_files()
+
+    def attach(self) -> None:
+        """Connect this process's handlers to the stub Triton has just loaded."""
+        self.model.setup()
+
+    def is_alive(self) -> bool:
+        """Whether the proxy threads of this generation are running."""
+        return self.model.is_alive()
+
+    def retire(self) -> None:
+        """Stop the proxy threads and free the workspace (after Triton has stopped routing to it)."""
+        try:
+            self.model.clean()
+        finally:
+            prefix = self.workspace.path.as_posix()
+            for address in [a for a in TensorStore._instances if str(a).startswith(prefix)]:
+                TensorStore._instances.pop(address, None)
+            shutil.rmtree(self.workspace.path, ignore_errors=True)
+
+    def _on_event(self, model: Model, event: ModelEvent, context: Any = None) -> None:
+        LOGGER.warning("model %s: %s %s", model.model_name, event.value, context or "")

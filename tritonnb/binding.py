@@ -1,0 +1,183 @@
+"""Hot-binding: one slot per model name; swap the function in place, or reload under the same name."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from tritonnb._pytriton import Generation
+from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
+from tritonnb.signature import TensorSpec
+
+LOGGER = logging.getLogger("tritonnb")
+RETIRE_GRACE_S = 10.0  # how long a replaced generation keeps its threads for requests Triton routed to it
+
+
+class BindError(RuntimeError):
+    """Triton refused to load a model; the previous generation, if any, keeps serving."""
+
+
+class ModelControl(Protocol):
+    """What a slot needs from the server: load and unload models and ask for readiness."""
+
+    def load_model(self, name: str, config: str, files: dict[str, bytes]) -> None: ...
+    def unload_model(self, name: str) -> None: ...
+    def is_model_ready(self, name: str) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything Triton's model config depends on: a change here needs a reload, anything else a swap."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 32
+    batch_delay_us: int = 0
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError(f"model {self.name!r} needs at least one input")
+        if not self.outputs:
+            raise ValueError(f"model {self.name!r} needs at least one output")
+        clash = {s.name for s in self.inputs} & {s.name for s in self.outputs}
+        if clash:
+            raise ValueError(f"model {self.name!r}: names used for both an input and an output: {sorted(clash)}")
+        if self.max_batch_size < 0:
+            raise ValueError(f"max batch size must be 0 (no batching) or more, got {self.max_batch_size}")
+        if self.batch_delay_us < 0:
+            raise ValueError(f"batch delay must be 0 or more microseconds, got {self.batch_delay_us}")
+        if self.instances < 1:
+            raise ValueError(f"instances must be 1 or more, got {self.instances}")
+
+    @property
+    def batched(self) -> bool:
+        """Whether Triton batches requests (and the first dim of every tensor is the batch)."""
+        return self.max_batch_size > 0
+
+
+@dataclasses.dataclass
+class BindResult:
+    """What one bind did: ``loaded`` (first time), ``reloaded`` (config changed) or ``swapped`` (function only)."""
+
+    action: str
+    seconds: float
+
+
+class ModelSlot:
+    """A served model name: its current spec and function, and the loaded generation serving them."""
+
+    def __init__(self, spec: ModelSpec, workspace: pathlib.Path, control: ModelControl, report_error: ErrorReporter):
+        self.spec = spec
+        self.fn: Callable | None = None
+        self.device = "cpu"
+        self.binds = 0
+        self.last_error: str | None = None
+        self._workspace = workspace
+        self._control = control
+        self._report_error = report_error
+        self._generation: Generation | None = None
+        self._trampoline: Trampoline | None = None
+        self._generation_number = 0
+        self._pending_retire: dict[Generation, threading.Timer] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The model's name in Triton."""
+        return self.spec.name
+
+    def bind(self, fn: Callable, spec: ModelSpec, device: str) -> BindResult:
+        """Serve ``fn`` under this slot's name: swap in place if the spec is unchanged, else reload."""
+        started = time.perf_counter()
+        target = ServedFunction(fn, spec.name, spec.inputs, spec.outputs, device, self._record_error)
+        with self._lock:
+            if self._trampoline is not None and spec == self.spec and self.is_serving():
+                self._trampoline.target = target
+                action = "swapped"
+            else:
+                action = "reloaded" if self._generation is not None else "loaded"
+                self._load(spec, target)
+            self.spec, self.fn, self.device = spec, fn, device
+            self.binds += 1
+        return BindResult(action, time.perf_counter() - started)
+
+    def reload(self) -> None:
+        """Load the current function again (after a server restart)."""
+        if self.fn is None:
+            return
+        with self._lock:
+            self._drop_generation()
+            self._load(
+                self.spec,
+                ServedFunction(
+                    self.fn, self.spec.name, self.spec.inputs, self.spec.outputs, self.device, self._record_error
+                ),
+            )
+
+    def unbind(self) -> None:
+        """Unload the model from Triton and stop its threads."""
+        with self._lock:
+            if self._generation is not None:
+                self._control.unload_model(self.name)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and self._control.is_model_ready(self.name):
+                    time.sleep(0.05)
+            self.retire_all()
+
+    def retire_all(self) -> None:
+        """Stop every generation's threads now (server stopped or model unbound)."""
+        for generation in list(self._pending_retire):
+            self._retire(generation)
+        self._drop_generation()
+
+    def is_serving(self) -> bool:
+        """Whether this process's side of the current generation is alive."""
+        return self._generation is not None and self._generation.is_alive()
+
+    def _load(self, spec: ModelSpec, target: ServedFunction) -> None:
+        self._generation_number += 1
+        trampoline = Trampoline(target, spec.batched)
+        generation = Generation(
+            spec.name,
+            trampoline.handlers(spec.instances),
+            spec.inputs,
+            spec.outputs,
+            spec.max_batch_size,
+            spec.batch_delay_us,
+            self._workspace / f"g{self._generation_number}",
+        )
+        config, files = generation.load_request()
+        try:
+            self._control.load_model(spec.name, config, files)
+            generation.attach()
+        except Exception as error:
+            generation.retire()
+            raise BindError(f"Triton could not load model {spec.name!r}: {error}") from error
+        previous, self._generation, self._trampoline = self._generation, generation, trampoline
+        if previous is not None:
+            timer = threading.Timer(RETIRE_GRACE_S, self._retire, args=(previous,))
+            timer.daemon = True
+            self._pending_retire[previous] = timer
+            timer.start()
+
+    def _retire(self, generation: Generation) -> None:
+        timer = self._pending_retire.pop(generation, None)
+        if timer is not None:  # whoever pops it first retires it, exactly once
+            timer.cancel()
+            generation.retire()
+
+    def _drop_generation(self) -> None:
+        if self._generation is not None:
+            self._generation.retire()
+        self._generation = self._trampoline = None
+
+    def _record_error(self, model_name: str, text: str) -> None:
+        self.last_error = text
+        self._report_error(model_name, text)

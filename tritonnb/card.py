@@ -1,0 +1,133 @@
+"""The card a bound model displays: endpoints, signature, batching, and snippets that work as shown."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import shlex
+
+from tritonnb.binding import BindResult, ModelSpec
+from tritonnb.signature import TensorSpec
+
+
+def example_shape(spec: TensorSpec, batched: bool) -> list[int]:
+    """A concrete shape for an example request: -1 dims become 1, plus a batch of 1 when batched."""
+    dims = [1 if d == -1 else d for d in spec.dims]
+    return [1, *dims] if batched else dims
+
+
+def _example_values(spec: TensorSpec, count: int) -> list:
+    value: object = {"bool": True, "bytes": "hello"}.get(spec.dtype, 1)
+    return [value] * count
+
+
+def curl_command(http_url: str, model: ModelSpec) -> str:
+    """A curl command that sends one example request to the model's HTTP infer endpoint."""
+    inputs = []
+    for spec in model.inputs:
+        shape = example_shape(spec, model.batched)
+        count = 1
+        for d in shape:
+            count *= d
+        inputs.append(
+            {"name": spec.name, "datatype": spec.triton_dtype, "shape": shape, "data": _example_values(spec, count)}
+        )
+    body = json.dumps({"inputs": inputs}, separators=(",", ":"))
+    url = f"{http_url}/v2/models/{model.name}/infer"
+    return f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+
+
+def python_snippet(http_url: str, model: ModelSpec) -> str:
+    """A tritonclient snippet that sends the same example request and prints each output."""
+    lines = [
+        "import numpy as np",
+        "import tritonclient.http as httpclient",
+        "",
+        f'client = httpclient.InferenceServerClient("{http_url.removeprefix("http://")}")',
+        "inputs = []",
+    ]
+    for spec in model.inputs:
+        shape = example_shape(spec, model.batched)
+        if spec.dtype == "bytes":
+            data = f'np.full({shape}, b"hello", dtype=object)'
+        elif spec.dtype == "bool":
+            data = f"np.ones({shape}, dtype=bool)"
+        else:
+            data = f"np.ones({shape}, dtype=np.{spec.dtype})"
+        lines += [
+            f'inputs.append(httpclient.InferInput("{spec.name}", {shape}, "{spec.triton_dtype}"))',
+            f"inputs[-1].set_data_from_numpy({data})",
+        ]
+    lines.append(f'result = client.infer("{model.name}", inputs)')
+    lines += [f'print("{o.name}", result.as_numpy("{o.name}"))' for o in model.outputs]
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class ModelCard:
+    """What ``%%triton_model`` and ``tritonnb.bind`` show: a model's endpoints and how to call it."""
+
+    spec: ModelSpec
+    device: str
+    http_url: str
+    grpc_url: str
+    result: BindResult
+    function_name: str
+
+    @property
+    def infer_url(self) -> str:
+        """The HTTP inference endpoint."""
+        return f"{self.http_url}/v2/models/{self.spec.name}/infer"
+
+    @property
+    def curl(self) -> str:
+        """Copy-pasteable curl command."""
+        return curl_command(self.http_url, self.spec)
+
+    @property
+    def python(self) -> str:
+        """Copy-pasteable tritonclient snippet."""
+        return python_snippet(self.http_url, self.spec)
+
+    def _batching(self) -> str:
+        s = self.spec
+        if not s.batched:
+            return f"off; {s.instances} instance(s)"
+        return f"dynamic, max batch {s.max_batch_size}, delay {s.batch_delay_us} µs; {s.instances} instance(s)"
+
+    def _summary(self) -> str:
+        return (
+            f"{self.result.action} {self.function_name}() as '{self.spec.name}' in {self.result.seconds * 1000:.0f} ms"
+        )
+
+    def __repr__(self) -> str:
+        tensors = (
+            "\n".join(f"  in  {t}" for t in self.spec.inputs)
+            + "\n"
+            + "\n".join(f"  out {t}" for t in self.spec.outputs)
+        )
+        return (
+            f"{self._summary()}\n  HTTP   {self.infer_url}\n  gRPC   {self.grpc_url.removeprefix('grpc://')}\n"
+            f"  device {self.device}; batching {self._batching()}\n{tensors}\n\ncurl:\n{self.curl}\n\n"
+            f"python:\n{self.python}"
+        )
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        rows = "".join(
+            f"<tr><td>{kind}</td><td><code>{e(t.name)}</code></td><td>{e(t.dtype)}</td>"
+            f"<td>{e(str(list(t.dims)))}</td></tr>"
+            for kind, group in (("input", self.spec.inputs), ("output", self.spec.outputs))
+            for t in group
+        )
+        return (
+            f'<div class="tritonnb-card" style="border:1px solid #76b900;border-radius:6px;padding:8px 12px">'
+            f"<b>{e(self._summary())}</b>"
+            f"<div>HTTP <code>{e(self.infer_url)}</code> &nbsp; gRPC <code>"
+            f"{e(self.grpc_url.removeprefix('grpc://'))}</code></div>"
+            f"<div>device <code>{e(self.device)}</code> &nbsp; batching {e(self._batching())}</div>"
+            f"<table><tr><th></th><th>name</th><th>dtype</th><th>dims</th></tr>{rows}</table>"
+            f"<details><summary>curl</summary><pre>{e(self.curl)}</pre></details>"
+            f"<details><summary>Python (tritonclient)</summary><pre>{e(self.python)}</pre></details></div>"
+        )

@@ -1,0 +1,78 @@
+"""A callable client for a served model: numpy arrays or torch tensors in, a dict of numpy arrays out."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from tritonnb.signature import DTYPES
+
+_NUMPY_BY_TRITON = {triton: np_type for np_type, triton in DTYPES.values()}
+
+
+class ModelClient:
+    """Calls model ``name`` over HTTP; inputs by position (declared order) or by name."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url.removeprefix("http://")
+        self._local = threading.local()
+        self._inputs: list[tuple[str, str]] | None = None
+
+    def _client(self) -> Any:
+        import tritonclient.http as httpclient
+
+        if not hasattr(self._local, "client"):
+            self._local.client = httpclient.InferenceServerClient(self.url)
+        return self._local.client
+
+    def input_names(self) -> list[tuple[str, str]]:
+        """The model's inputs as (name, Triton datatype), read once from its metadata."""
+        if self._inputs is None:
+            metadata = self._client().get_model_metadata(self.name)
+            self._inputs = [(i["name"], i["datatype"]) for i in metadata["inputs"]]
+        return self._inputs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        """Run one inference; arrays must carry the batch dim when the model batches."""
+        import tritonclient.http as httpclient
+
+        declared = self.input_names()
+        if len(args) > len(declared):
+            raise TypeError(f"model {self.name!r} takes {len(declared)} inputs, got {len(args)}")
+        values = dict(zip([n for n, _ in declared], args))
+        overlap = set(values) & set(kwargs)
+        if overlap:
+            raise TypeError(f"inputs given twice: {sorted(overlap)}")
+        values.update(kwargs)
+        unknown = set(values) - {n for n, _ in declared}
+        missing = [n for n, _ in declared if n not in values]
+        if unknown or missing:
+            raise TypeError(
+                f"model {self.name!r} takes inputs {[n for n, _ in declared]}; "
+                f"missing {missing}, unknown {sorted(unknown)}"
+            )
+        infer_inputs = []
+        for name, datatype in declared:
+            array = _as_array(values[name], datatype)
+            infer_input = httpclient.InferInput(name, list(array.shape), datatype)
+            infer_input.set_data_from_numpy(array)
+            infer_inputs.append(infer_input)
+        result = self._client().infer(self.name, infer_inputs)
+        return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
+
+
+def _as_array(value: Any, datatype: str) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    if datatype == "BYTES":
+        return np.asarray(value, dtype=object)
+    target = _NUMPY_BY_TRITON[datatype]
+    array = np.asarray(value)
+    if array.dtype != target:
+        if not np.can_cast(array.dtype, target, casting="same_kind"):
+            raise TypeError(f"cannot send {array.dtype} data as {datatype} without losing information")
+        array = array.astype(target)
+    return array

@@ -1,0 +1,181 @@
+"""IPython front: ``%triton`` and ``%%triton_model``. Parses lines, runs cells, displays cards; no server logic."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.display import display
+
+import tritonnb
+from tritonnb.ports import PortBusyError
+from tritonnb.report import format_models, format_status
+from tritonnb.signature import SpecError, parse_spec
+
+
+def _parser(prog: str, description: str) -> MagicArgumentParser:
+    return MagicArgumentParser(prog=prog, description=description, add_help=False)
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def _spec(text: str):
+    try:
+        return parse_spec(text)
+    except SpecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def _triton_parser() -> MagicArgumentParser:
+    parser = _parser("%triton", "Control the background Triton server.")
+    sub = parser.add_subparsers(
+        dest="command",
+        parser_class=MagicArgumentParser,
+        required=True,
+        metavar="{start,stop,restart,status,models,unbind,logs}",
+    )
+    start = sub.add_parser("start", help="start Triton in the background", add_help=False)
+    start.add_argument("--http-port", type=_port)
+    start.add_argument("--grpc-port", type=_port)
+    start.add_argument("--metrics-port", type=_port)
+    start.add_argument("--public", action="store_true", help="bind all interfaces, not only 127.0.0.1")
+    start.add_argument("--log-verbose", type=_non_negative)
+    for name in ("stop", "restart", "status", "models"):
+        sub.add_parser(name, add_help=False)
+    sub.add_parser("unbind", add_help=False).add_argument("name")
+    sub.add_parser("logs", add_help=False).add_argument("-n", type=_positive, default=40)
+    return parser
+
+
+def _model_parser() -> MagicArgumentParser:
+    parser = _parser("%%triton_model", "Serve a function defined in this cell as a Triton model.")
+    parser.add_argument("name")
+    parser.add_argument("--input", dest="inputs", type=_spec, nargs="+", action="extend", metavar="SPEC")
+    parser.add_argument("--output", dest="outputs", type=_spec, nargs="+", action="extend", metavar="SPEC")
+    parser.add_argument("--max-batch-size", type=_non_negative, default=32)
+    parser.add_argument("--batch-delay-us", type=_non_negative, default=0)
+    parser.add_argument("--instances", type=_positive, default=1)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda when available)")
+    return parser
+
+
+def _parse(parser: MagicArgumentParser, line: str) -> argparse.Namespace:
+    try:
+        words = shlex.split(line)
+    except ValueError as error:
+        raise UsageError(f"{parser.prog}: cannot split the line: {error}") from None
+    return parser.parse_args(words)
+
+
+@magics_class
+class TritonMagics(Magics):
+    """``%triton`` (server control) and ``%%triton_model`` (serve a function from the cell)."""
+
+    @line_magic
+    def triton(self, line: str) -> None:
+        """%triton {start,stop,restart,status,models,unbind NAME,logs [-n N]}"""
+        args = _parse(_triton_parser(), line)
+        if args.command == "start":
+            self._start(args)
+        elif args.command == "stop":
+            seconds = tritonnb.stop()
+            print("no Triton server runs" if seconds is None else f"Triton stopped in {seconds:.1f} s")
+        elif args.command == "restart":
+            server = self._require_server()
+            seconds = server.restart()
+            print(f"Triton restarted in {seconds:.1f} s; models bound again: {', '.join(server.models) or 'none'}")
+        elif args.command == "status":
+            server = tritonnb.server()
+            print(format_status(server.status()) if server else "no Triton server runs")
+        elif args.command == "models":
+            server = self._require_server()
+            print(format_models(server.status()))
+        elif args.command == "unbind":
+            server = self._require_server()
+            if args.name not in server.models:
+                raise UsageError(f"no model named {args.name!r}; served: {', '.join(server.models) or 'none'}")
+            server.unbind(args.name)
+            print(f"model {args.name!r} unbound")
+        elif args.command == "logs":
+            print(self._require_server().logs(args.n), end="")
+
+    @cell_magic
+    def triton_model(self, line: str, cell: str) -> None:
+        """%%triton_model NAME [--input SPEC ...] [--output SPEC ...] [--max-batch-size N] [--batch-delay-us N]
+        [--instances N] [--device cpu|cuda|cuda:K]"""
+        from tritonnb.cell import CellError, run_cell_and_pick
+        from tritonnb.torch_bridge import resolve_device
+
+        args = _parse(_model_parser(), line)
+        try:
+            resolve_device(args.device)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        source = self.shell.transform_cell(cell)
+        try:
+            fn = run_cell_and_pick(source, args.name, self.shell.user_ns, f"<triton_model {args.name}>")
+        except CellError as error:
+            raise UsageError(str(error)) from None
+        if tritonnb.server() is None:
+            self._start(None)
+        try:
+            card = tritonnb.bind(
+                fn,
+                args.name,
+                inputs=args.inputs,
+                outputs=args.outputs,
+                max_batch_size=args.max_batch_size,
+                batch_delay_us=args.batch_delay_us,
+                instances=args.instances,
+                device=args.device,
+            )
+        except (ValueError, TypeError) as error:  # bad names, specs or a function that cannot take the inputs
+            raise UsageError(str(error)) from None
+        display(card)
+
+    def _start(self, args: argparse.Namespace | None):
+        options = {}
+        if args is not None:
+            options = {k: v for k, v in vars(args).items() if k != "command" and v not in (None, False)}
+        if tritonnb.server() is not None:
+            raise UsageError("a Triton server already runs; %triton stop it first to change its options")
+        try:
+            server = tritonnb.start(**options)
+        except PortBusyError as error:
+            raise UsageError(str(error)) from None
+        for note in server.settings.notes:
+            print(f"note: {note}")
+        print(
+            f"Triton {server.version} ready: HTTP {server.http_url}, gRPC {server.grpc_url.removeprefix('grpc://')}"
+            f", metrics {server.metrics_url}"
+        )
+        return server
+
+    @staticmethod
+    def _require_server():
+        server = tritonnb.server()
+        if server is None:
+            raise UsageError("no Triton server runs; start one with %triton start or a %%triton_model cell")
+        return server

@@ -1,0 +1,32 @@
+"""Plain-text views of a server's status for ``%triton status`` and ``%triton models``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_models(status: dict[str, Any]) -> str:
+    """One line per model: name, state, device, how many times it was bound."""
+    models = status["models"]
+    if not models:
+        return "no models are served"
+    width = max(len(n) for n in models)
+    return "\n".join(
+        f"{name:<{width}}  {m['state']:<11}  {m['device']:<6}  binds={m['binds']}" for name, m in models.items()
+    )
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """State, pid, version, uptime, endpoints, log file and models."""
+    lines = [
+        f"Triton {status['version']}: {status['state']} (pid {status['pid']}, up {status['uptime_s']:.0f} s)",
+        f"  HTTP     {status['http_url']}",
+        f"  gRPC     {status['grpc_url'].removeprefix('grpc://')}",
+        f"  metrics  {status['metrics_url']}",
+        f"  log      {status['log_file']}",
+    ]
+    if status["public"]:
+        lines.append("  listening on all interfaces")
+    lines.append("models:")
+    lines += ["  " + line for line in format_models(status).splitlines()]
+    return "\n".join(lines)

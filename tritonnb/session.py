@@ -1,0 +1,300 @@
+"""The one Triton server per kernel: start, stop, restart, status, logs, and its served models."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import secrets
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pytriton.constants import PYTRITON_HOME
+from pytriton.triton import TritonConfig
+
+from tritonnb._pytriton import ServerProcess
+from tritonnb.binding import BindResult, ModelSlot, ModelSpec
+from tritonnb.served_function import default_inputs
+from tritonnb.server_log import ServerLog
+from tritonnb.settings import ServerSettings, resolve_settings
+from tritonnb.signature import TensorSpec, as_specs
+from tritonnb.torch_bridge import resolve_device
+
+STARTUP_TIMEOUT_S = 120.0
+ACCESS_TOKEN_HEADER = "triton-access-token"
+GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
+DEFAULT_OUTPUT = TensorSpec("output", "float32", (-1,))
+
+
+class ServerStartError(RuntimeError):
+    """tritonserver did not come up; the message carries the tail of its log."""
+
+
+class Server:
+    """A background tritonserver owned by this process, and the models it serves for us."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.models: dict[str, ModelSlot] = {}
+        self.home = PYTRITON_HOME / f"tritonnb-{secrets.token_hex(4)}"
+        self.home.mkdir(parents=True)
+        self.log = ServerLog(self.home / "tritonserver.log")
+        self.log.capture_python_logging()
+        self.version = ""
+        self.started_at = 0.0
+        self._process: ServerProcess | None = None
+        self._stopped = False
+        atexit.register(self.stop)
+        try:
+            self._launch()
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- endpoints -------------------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP/REST endpoint, e.g. ``http://127.0.0.1:8000``."""
+        return f"http://{self._host('http')}:{self.settings.port('http')}"
+
+    @property
+    def grpc_url(self) -> str:
+        """gRPC target, e.g. ``grpc://127.0.0.1:8001`` (tritonclient takes the part after ``grpc://``)."""
+        return f"grpc://{self._host('grpc')}:{self.settings.port('grpc')}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics URL."""
+        return f"http://{self._host('metrics')}:{self.settings.port('metrics')}/metrics"
+
+    @property
+    def access_token(self) -> str:
+        """The token that Triton's repository, statistics, trace and logging endpoints require."""
+        assert self._process is not None
+        return self._process.get_access_token()
+
+    @property
+    def pid(self) -> int | None:
+        """tritonserver's process id while it runs."""
+        return self._process.pid if self._process else None
+
+    def _host(self, endpoint: str) -> str:
+        address = self.settings.address(endpoint)
+        return "127.0.0.1" if address in ("0.0.0.0", "::", "") else address
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """``READY``, ``DOWN`` (tritonserver died) or ``STOPPED``."""
+        if self._stopped:
+            return "STOPPED"
+        return "READY" if self._process is not None and self._process.process_alive() else "DOWN"
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since tritonserver became ready."""
+        return time.monotonic() - self.started_at if self.state == "READY" else 0.0
+
+    def _launch(self) -> None:
+        self.log.write(f"[tritonnb] starting tritonserver with {json.dumps(self.settings.config, default=str)}")
+        workspace = self.home / f"triton-{secrets.token_hex(2)}"
+        self._process = ServerProcess(TritonConfig(**self.settings.config), workspace, self.log.write)
+        self._process.launch()
+        ready = f"http://127.0.0.1:{self.settings.port('http')}/v2/health/ready"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _http_ok(ready):
+            if not self._process.process_alive():
+                raise ServerStartError(f"tritonserver exited during start-up. Last log lines:\n{self.log.tail(15)}")
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"tritonserver not ready after {STARTUP_TIMEOUT_S:.0f} s:\n{self.log.tail(15)}")
+            time.sleep(0.02)
+        self.started_at = time.monotonic()
+        with contextlib.suppress(Exception):
+            self.version = json.loads(_http_get(f"{self.http_url}/v2"))["version"]
+
+    def _stop_process(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+        for slot in self.models.values():
+            slot.retire_all()
+
+    def stop(self) -> float:
+        """Stop tritonserver and every model's threads; return the seconds it took."""
+        if self._stopped:
+            return 0.0
+        started = time.perf_counter()
+        self._stopped = True
+        atexit.unregister(self.stop)
+        try:
+            self._stop_process()
+        finally:
+            self.log.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+        return time.perf_counter() - started
+
+    def restart(self) -> float:
+        """Stop and start tritonserver on the same ports, and bind every model again."""
+        if self._stopped:
+            raise RuntimeError("this server was stopped; start a new one with tritonnb.start()")
+        started = time.perf_counter()
+        self._stop_process()
+        self._launch()
+        for slot in self.models.values():
+            slot.reload()
+        return time.perf_counter() - started
+
+    # -- models ----------------------------------------------------------------------------------------
+    def bind(
+        self,
+        fn: Callable,
+        name: str,
+        *,
+        inputs: Sequence[TensorSpec | str] | None = None,
+        outputs: Sequence[TensorSpec | str] | None = None,
+        max_batch_size: int = 32,
+        batch_delay_us: int = 0,
+        instances: int = 1,
+        device: str | None = None,
+    ) -> BindResult:
+        """Serve ``fn`` as model ``name``; calling it again with the same name hot-swaps it."""
+        if self.state != "READY":
+            raise RuntimeError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
+        _check_name(name)
+        input_specs = as_specs(inputs, "input") or default_inputs(fn)
+        output_specs = as_specs(outputs, "output") or (DEFAULT_OUTPUT,)
+        spec = ModelSpec(name, input_specs, output_specs, max_batch_size, batch_delay_us, instances)
+        resolved_device = resolve_device(device)
+        clash = next((n for n in self.models if n.lower() == name.lower() and n != name), None)
+        if clash:
+            raise ValueError(f"model names are case-insensitive in Triton: {name!r} clashes with {clash!r}")
+        slot = self.models.get(name)
+        if slot is None:
+            slot = ModelSlot(
+                spec,
+                self.home / "models" / f"m{len(self.models)}-{secrets.token_hex(2)}",
+                self,
+                self._report_model_error,
+            )
+            self.models[name] = slot
+        try:
+            return slot.bind(fn, spec, resolved_device)
+        except BaseException:
+            if slot.fn is None:  # never served: forget it
+                self.models.pop(name, None)
+            raise
+
+    def unbind(self, name: str) -> None:
+        """Stop serving model ``name``; other models keep serving."""
+        slot = self.models.pop(name, None)
+        if slot is None:
+            raise KeyError(f"no model named {name!r} is served; served: {sorted(self.models) or 'none'}")
+        slot.unbind()
+
+    def model_states(self) -> dict[str, str]:
+        """Each served model's state as Triton reports it (``READY`` or ``UNAVAILABLE``)."""
+        return {name: ("READY" if self.is_model_ready(name) else "UNAVAILABLE") for name in self.models}
+
+    def _report_model_error(self, model_name: str, text: str) -> None:
+        self.log.write(f"[tritonnb] model {model_name!r} raised:\n{text.rstrip()}")
+
+    # -- ModelControl, over gRPC with the access token ---------------------------------------------------
+    def _grpc(self) -> Any:
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.grpc_url.removeprefix("grpc://"))
+
+    def _grpc_headers(self) -> dict[str, str]:
+        return {GRPC_ACCESS_TOKEN_HEADER: self.access_token}
+
+    def load_model(self, name: str, config: str, files: dict[str, bytes]) -> None:
+        """Load (or reload) a model from a config and files; returns when it is ready."""
+        with contextlib.closing(self._grpc()) as client:
+            client.load_model(name, headers=self._grpc_headers(), config=config, files=files)
+
+    def unload_model(self, name: str) -> None:
+        """Ask Triton to unload a model."""
+        with contextlib.closing(self._grpc()) as client:
+            client.unload_model(name, headers=self._grpc_headers())
+
+    def is_model_ready(self, name: str) -> bool:
+        """Whether Triton reports the model ready."""
+        try:
+            return _http_ok(f"{self.http_url}/v2/models/{name}/ready")
+        except Exception:
+            return False
+
+    # -- reporting -------------------------------------------------------------------------------------
+    def logs(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of tritonserver's log (with tritonnb's messages and model tracebacks)."""
+        return self.log.tail(lines)
+
+    def status(self) -> dict[str, Any]:
+        """State, URLs, version, uptime and models, as plain data."""
+        states = self.model_states() if self.state == "READY" else {n: "UNAVAILABLE" for n in self.models}
+        return {
+            "state": self.state,
+            "pid": self.pid,
+            "version": self.version,
+            "uptime_s": round(self.uptime_s, 1),
+            "http_url": self.http_url,
+            "grpc_url": self.grpc_url,
+            "metrics_url": self.metrics_url,
+            "public": self.settings.public,
+            "log_file": str(self.log.path),
+            "models": {
+                name: {"state": states.get(name, "UNAVAILABLE"), "device": slot.device, "binds": slot.binds}
+                for name, slot in self.models.items()
+            },
+        }
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise ValueError(f"bad model name {name!r}: use letters, digits, '.', '_' and '-'")
+
+
+def _http_get(url: str, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# -- the process-wide server ---------------------------------------------------------------------------
+_current: Server | None = None
+
+
+def start(**options: Any) -> Server:
+    """Start the background server (see ``resolve_settings`` for options), or return the running one."""
+    global _current
+    if _current is not None and _current.state != "STOPPED":
+        if options:
+            raise RuntimeError(f"a server already runs at {_current.http_url}; stop() it first to change options")
+        return _current
+    _current = Server(resolve_settings(**options))
+    return _current
+
+
+def stop() -> float | None:
+    """Stop the background server; return the seconds it took, or None if none ran."""
+    global _current
+    if _current is None:
+        return None
+    server, _current = _current, None
+    return server.stop()
+
+
+def server() -> Server | None:
+    """The server started by this process (its ``state`` says if it is READY or DOWN), or None."""
+    return _current if _current is not None and _current.state != "STOPPED" else None

@@ -1,0 +1,84 @@
+"""Server settings: PyTriton's precedence (argument > PYTRITON_TRITON_CONFIG_* > default) plus port choice."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tritonnb._pytriton import triton_config_from_env
+from tritonnb.ports import PortBusyError, next_free_port, port_is_free
+
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+ENDPOINTS = ("http", "grpc", "metrics")
+DEFAULTS: dict[str, Any] = {
+    "http_port": 8000,
+    "grpc_port": 8001,
+    "metrics_port": 8002,
+    "http_address": LOOPBACK,
+    "grpc_address": LOOPBACK,
+    "metrics_address": LOOPBACK,
+    "exit_timeout_secs": 5,  # Triton waits this long for in-flight requests on stop (its own default is 30)
+}
+
+
+@dataclasses.dataclass
+class ServerSettings:
+    """The resolved TritonConfig fields, and what the user should be told about them."""
+
+    config: dict[str, Any]
+    notes: list[str]
+
+    def port(self, endpoint: str) -> int:
+        """The port of ``http``, ``grpc`` or ``metrics``."""
+        return int(self.config[f"{endpoint}_port"])
+
+    def address(self, endpoint: str) -> str:
+        """The address ``endpoint`` binds (metrics default to the HTTP address, as in Triton)."""
+        return str(self.config.get(f"{endpoint}_address") or self.config.get("http_address") or ALL_INTERFACES)
+
+    @property
+    def public(self) -> bool:
+        """True when any endpoint listens beyond loopback."""
+        return any(not self.address(e).startswith("127.") and self.address(e) != "localhost" for e in ENDPOINTS)
+
+
+def resolve_settings(
+    *,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    metrics_port: int | None = None,
+    public: bool = False,
+    log_verbose: int | None = None,
+    **config: Any,
+) -> ServerSettings:
+    """Merge defaults, environment and arguments; pick free ports where none was asked for."""
+    explicit = {
+        k: v
+        for k, v in dict(
+            config, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_verbose=log_verbose
+        ).items()
+        if v is not None
+    }
+    if public:
+        explicit.update({f"{e}_address": ALL_INTERFACES for e in ENDPOINTS})
+    chosen = {**triton_config_from_env(), **explicit}
+    settings = ServerSettings(config={**DEFAULTS, **chosen}, notes=[])
+    taken: set[int] = set()
+    for endpoint in ENDPOINTS:
+        key = f"{endpoint}_port"
+        port, address = settings.port(endpoint), settings.address(endpoint)
+        if key in chosen:
+            if port in taken or not port_is_free(address, port):
+                raise PortBusyError(
+                    f"{endpoint} port {port} on {address} is already in use by another process; "
+                    f"choose another (--{endpoint}-port) or leave it out to get a free one"
+                )
+        elif port in taken or not port_is_free(address, port):
+            free = next_free_port(address, port + 1, avoid=taken | {settings.port(e) for e in ENDPOINTS})
+            settings.notes.append(f"{endpoint} port {port} is busy; using {free} instead")
+            settings.config[key] = port = free
+        taken.add(port)
+    if settings.public:
+        settings.notes.append("listening on all interfaces: anyone who can reach this machine can call the models")
+    return settings

@@ -1,0 +1,101 @@
+"""Tensor specs: parsing ``name:dtype[dims]`` and the dtype maps between numpy, torch and Triton."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+# dtype name -> (numpy dtype, Triton datatype as spoken by the HTTP/gRPC protocol)
+DTYPES: dict[str, tuple[type, str]] = {
+    "float16": (np.float16, "FP16"),
+    "float32": (np.float32, "FP32"),
+    "float64": (np.float64, "FP64"),
+    "int8": (np.int8, "INT8"),
+    "int16": (np.int16, "INT16"),
+    "int32": (np.int32, "INT32"),
+    "int64": (np.int64, "INT64"),
+    "uint8": (np.uint8, "UINT8"),
+    "bool": (np.bool_, "BOOL"),
+    "bytes": (np.bytes_, "BYTES"),
+}
+DTYPE_ALIASES = {
+    "fp16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "float": "float32",
+    "fp64": "float64",
+    "double": "float64",
+    "string": "bytes",
+    "str": "bytes",
+    "bytes_": "bytes",
+}
+
+_SPEC = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*):(?P<dtype>[A-Za-z0-9_]+)(?:\[(?P<dims>[^\]]*)\])?$")
+
+
+class SpecError(ValueError):
+    """A tensor spec that cannot be parsed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: a name, a dtype name and the per-sample dims (-1 = any size)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...] = (-1,)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise SpecError(f"unsupported dtype {self.dtype!r} for {self.name!r}; supported: {', '.join(DTYPES)}")
+        if not self.dims:
+            raise SpecError(f"{self.name!r} needs at least one dim, e.g. {self.name}:{self.dtype}[1]")
+        if any(d == 0 or d < -1 for d in self.dims):
+            raise SpecError(f"dims of {self.name!r} must be positive or -1, got {list(self.dims)}")
+
+    @property
+    def numpy_dtype(self) -> type:
+        """The numpy scalar type of this tensor."""
+        return DTYPES[self.dtype][0]
+
+    @property
+    def triton_dtype(self) -> str:
+        """The protocol datatype name, e.g. ``FP32``."""
+        return DTYPES[self.dtype][1]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.dtype}[{','.join(map(str, self.dims))}]"
+
+
+def parse_spec(text: str) -> TensorSpec:
+    """Parse ``name:dtype[d1,d2,...]``; dims default to ``[-1]``."""
+    match = _SPEC.match(text.strip().replace(" ", ""))
+    if not match:
+        raise SpecError(f"bad tensor spec {text!r}: expected name:dtype[dims], e.g. x:float32[-1,64]")
+    dtype = match["dtype"].lower()
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    dims_text = match["dims"]
+    if dims_text is None:
+        dims: tuple[int, ...] = (-1,)
+    else:
+        try:
+            dims = tuple(int(d) for d in dims_text.split(",") if d != "")
+        except ValueError:
+            raise SpecError(f"bad dims in {text!r}: dims are integers or -1, e.g. [-1,64]") from None
+    return TensorSpec(match["name"], dtype, dims)
+
+
+def as_specs(specs: object, what: str) -> tuple[TensorSpec, ...]:
+    """Normalise a sequence of TensorSpec or spec strings (or one string) into a tuple of TensorSpec."""
+    if specs is None:
+        return ()
+    if isinstance(specs, (str, TensorSpec)):
+        specs = [specs]
+    result = tuple(s if isinstance(s, TensorSpec) else parse_spec(str(s)) for s in specs)  # type: ignore[union-attr]
+    names = [s.name for s in result]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise SpecError(f"{what} names must be unique; repeated: {', '.join(duplicated)}")
+    return result

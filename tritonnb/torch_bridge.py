@@ -1,0 +1,84 @@
+"""Moves tensors between Triton's numpy arrays and torch on the model's device, and back to host."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from tritonnb.signature import TensorSpec
+
+
+class OutputError(TypeError):
+    """A served function returned something that does not match its declared outputs."""
+
+
+def resolve_device(device: str | None) -> str:
+    """Return the torch device to serve on: ``cuda`` when available unless told otherwise."""
+    import torch
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device here; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:K")
+
+
+def to_torch(array: np.ndarray, spec: TensorSpec, device: str) -> Any:
+    """Turn one input array into a torch tensor on ``device`` (bytes stay a numpy array)."""
+    import torch
+
+    if spec.dtype == "bytes":
+        return array
+    if not array.flags.writeable:  # shared-memory views are read-only; torch wants to own its data
+        array = array.copy()
+    return torch.from_numpy(array).to(device, non_blocking=False)
+
+
+def _to_numpy(value: Any, spec: TensorSpec) -> np.ndarray:
+    """One returned value (torch tensor on any device, numpy array, list, scalar) as a host array of spec's dtype."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    if spec.dtype == "bytes":
+        items = np.asarray(value, dtype=object)
+        return np.vectorize(lambda v: v.encode() if isinstance(v, str) else bytes(v), otypes=[object])(items)
+    array = np.asarray(value)
+    if array.dtype != spec.numpy_dtype:
+        if not np.can_cast(array.dtype, spec.numpy_dtype, casting="same_kind"):
+            raise OutputError(f"output {spec.name!r} is {array.dtype}, which cannot be safely cast to {spec.dtype}")
+        array = array.astype(spec.numpy_dtype)
+    return array
+
+
+def outputs_to_numpy(result: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Map a function's return value (tensor, tuple/list, or dict) onto the declared outputs, as host arrays."""
+    names = [s.name for s in specs]
+    if isinstance(result, Mapping):
+        missing = [n for n in names if n not in result]
+        extra = [str(k) for k in result if k not in names]
+        if missing or extra:
+            raise OutputError(
+                f"returned dict keys {sorted(map(str, result))} do not match declared outputs {names}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {extra}" if extra else "")
+            )
+        values = [result[n] for n in names]
+    elif isinstance(result, tuple) or (isinstance(result, list) and len(specs) > 1):
+        if len(result) != len(specs):
+            raise OutputError(f"returned {len(result)} values but {len(specs)} outputs are declared: {names}")
+        values = list(result)
+    else:
+        if len(specs) != 1:
+            raise OutputError(
+                f"returned one value but {len(specs)} outputs are declared: {names}; return a tuple or dict"
+            )
+        values = [result]
+    return {spec.name: _to_numpy(value, spec) for spec, value in zip(specs, values)}
