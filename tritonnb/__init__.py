@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tritonnb.card import ModelCard
-    from tritonnb.client import ModelClient
+    from tritonnb.model_client import ModelClient
     from tritonnb.session import Server
     from tritonnb.signature import TensorSpec
 
@@ -100,7 +100,7 @@ def unbind(name: str) -> None:
 
 def client(name: str) -> ModelClient:
     """A callable for model ``name`` on the running server: numpy arrays or torch tensors in, dict of arrays out."""
-    from tritonnb.client import ModelClient
+    from tritonnb.model_client import ModelClient
 
     current = server()
     if current is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import re
 import secrets
 import shutil
 import time
@@ -251,11 +252,14 @@ class Server:
         }
 
 
-def _check_name(name: str) -> None:
-    import re
+RESERVED_NAMES = {"stats"}  # GET /v2/models/stats is Triton's statistics endpoint, not a model's metadata
 
+
+def _check_name(name: str) -> None:
     if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ValueError(f"bad model name {name!r}: use letters, digits, '.', '_' and '-'")
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"model name {name!r} is reserved by Triton's HTTP API; choose another")
 
 
 def _http_get(url: str, timeout: float = 2.0) -> str:

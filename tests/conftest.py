@@ -1,0 +1,32 @@
+"""Fixtures: a real tritonnb server on free loopback ports, and a real IPython shell with the extension."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import free_ports, port_ports, process_tree, wait_gone, wait_ports_free
+
+import tritonnb
+
+
+@pytest.fixture(scope="module")
+def triton():
+    """A running tritonnb server for the module; stopped afterwards, leaving no process and no port behind."""
+    ports = free_ports()
+    server = tritonnb.start(**port_ports(ports))
+    yield server
+    processes = process_tree(server.pid) if server.state == "READY" else []
+    tritonnb.stop()
+    assert wait_gone(processes) == [], "tritonserver or stub processes outlived stop()"
+    assert wait_ports_free(ports) == []
+
+
+@pytest.fixture(scope="module")
+def shell():
+    """A real IPython InteractiveShell with ``%load_ext tritonnb``; the server is stopped afterwards."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "tritonnb")
+    yield ip
+    ip.run_line_magic("unload_ext", "tritonnb")
+    assert tritonnb.server() is None

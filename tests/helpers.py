@@ -1,0 +1,81 @@
+"""Shared test helpers: free ports, raw HTTP inference, and the processes a server owns."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import psutil
+
+
+def free_ports(count: int = 3) -> list[int]:
+    """Distinct ports that are free on 127.0.0.1 right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def port_ports(ports: list[int]) -> dict[str, int]:
+    """Keyword arguments for tritonnb.start from three ports."""
+    return dict(zip(("http_port", "grpc_port", "metrics_port"), ports))
+
+
+def infer_json(http_url: str, model: str, inputs: list[dict[str, Any]], timeout: float = 10) -> tuple[int, dict]:
+    """POST a KServe v2 JSON request; return (HTTP status, parsed body)."""
+    request = urllib.request.Request(
+        f"{http_url}/v2/models/{model}/infer",
+        data=json.dumps({"inputs": inputs}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def fp32(name: str, shape: list[int], data: list[float]) -> dict[str, Any]:
+    """One FP32 input for infer_json."""
+    return {"name": name, "datatype": "FP32", "shape": shape, "data": data}
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def wait_gone(processes: list[psutil.Process], timeout: float = 15.0) -> list[psutil.Process]:
+    """Wait until every process has exited; return the ones still alive after ``timeout``."""
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def port_is_listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_ports_free(ports: list[int], timeout: float = 15.0) -> list[int]:
+    """Wait until nothing listens on the ports; return those still listening."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = [p for p in ports if port_is_listening(p)]
+        if not busy:
+            return []
+        time.sleep(0.1)
+    return [p for p in ports if port_is_listening(p)]
