@@ -5,9 +5,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import pathlib
 import re
 import secrets
 import shutil
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ class Server:
         self.models: dict[str, ModelSlot] = {}
         self.home = PYTRITON_HOME / f"tritonnb-{secrets.token_hex(4)}"
         self.home.mkdir(parents=True)
+        self.sockets = _socket_root(self.home)
         self.log = ServerLog(self.home / "tritonserver.log")
         self.log.capture_python_logging()
         self.version = ""
@@ -134,6 +137,7 @@ class Server:
         finally:
             self.log.close()
             shutil.rmtree(self.home, ignore_errors=True)
+            shutil.rmtree(self.sockets, ignore_errors=True)
         return time.perf_counter() - started
 
     def restart(self) -> float:
@@ -163,7 +167,7 @@ class Server:
         """Serve ``fn`` as model ``name``; calling it again with the same name hot-swaps it."""
         if self.state != "READY":
             raise RuntimeError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
-        _check_name(name)
+        _check_name(name, self.sockets)
         input_specs = as_specs(inputs, "input") or default_inputs(fn)
         output_specs = as_specs(outputs, "output") or (DEFAULT_OUTPUT,)
         spec = ModelSpec(name, input_specs, output_specs, max_batch_size, batch_delay_us, instances)
@@ -175,7 +179,7 @@ class Server:
         if slot is None:
             slot = ModelSlot(
                 spec,
-                self.home / "models" / f"m{len(self.models)}-{secrets.token_hex(2)}",
+                self.sockets / f"m{secrets.token_hex(3)}",
                 self,
                 self._report_model_error,
             )
@@ -252,14 +256,28 @@ class Server:
         }
 
 
+SOCKET_PATH_MAX = 107  # AF_UNIX paths are limited to 108 bytes with the terminating NUL
+SOCKET_SUFFIX_MAX = len("/g999/_0_99-server.sock")  # PyTriton names sockets <workspace>/<model>_0_<i>-server.sock
 RESERVED_NAMES = {"stats"}  # GET /v2/models/stats is Triton's statistics endpoint, not a model's metadata
 
 
-def _check_name(name: str) -> None:
+def _socket_root(home: pathlib.Path) -> pathlib.Path:
+    """Where model workspaces (and so PyTriton's unix sockets) live: under ``home`` if short enough."""
+    if len(str(home)) <= 48:
+        root = home / "sockets"
+        root.mkdir()
+        return root
+    return pathlib.Path(tempfile.mkdtemp(prefix="tritonnb-"))
+
+
+def _check_name(name: str, sockets: pathlib.Path) -> None:
     if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ValueError(f"bad model name {name!r}: use letters, digits, '.', '_' and '-'")
     if name.lower() in RESERVED_NAMES:
         raise ValueError(f"model name {name!r} is reserved by Triton's HTTP API; choose another")
+    room = SOCKET_PATH_MAX - len(str(sockets)) - len("/m000000") - SOCKET_SUFFIX_MAX
+    if len(name) > room:
+        raise ValueError(f"model name {name!r} is too long: at most {room} characters fit in a unix socket path here")
 
 
 def _http_get(url: str, timeout: float = 2.0) -> str:

@@ -1,0 +1,164 @@
+"""The server's lifecycle on a real tritonserver: ports, addresses, configuration precedence, logs, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone, wait_ports_free
+
+import tritonnb
+from tritonnb.ports import PortBusyError
+from tritonnb.settings import resolve_settings
+
+
+def _listening_addresses(pid: int) -> set[tuple[str, int]]:
+    return {
+        (c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)  # gRPC listens on an IPv4-mapped address
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+@pytest.fixture
+def own_server():
+    """Stops whatever server the test started, and checks that nothing it ran is left."""
+    yield
+    server = tritonnb.server()
+    processes = process_tree(server.pid) if server is not None and server.state == "READY" else []
+    tritonnb.stop()
+    assert wait_gone(processes) == []
+
+
+def test_loopback_by_default_with_status_logs_and_clean_stop(own_server, capfd):
+    ports = free_ports()
+    server = tritonnb.start(**port_ports(ports))
+    assert _listening_addresses(server.pid) == {("127.0.0.1", p) for p in ports}
+    status = server.status()
+    assert status["state"] == "READY" and status["version"].startswith("2.")
+    assert status["http_url"] == f"http://127.0.0.1:{ports[0]}"
+    assert status["grpc_url"] == f"grpc://127.0.0.1:{ports[1]}"
+    assert status["metrics_url"] == f"http://127.0.0.1:{ports[2]}/metrics"
+    assert len(server.access_token) > 20
+    assert "Started HTTPService" in server.logs(400)
+    assert tritonnb.start() is server  # no options: the running server
+    with pytest.raises(RuntimeError, match="already runs"):
+        tritonnb.start(http_port=ports[0] + 1)
+    processes = process_tree(server.pid)
+    seconds = tritonnb.stop()
+    assert seconds is not None and seconds > 0
+    assert tritonnb.server() is None and server.state == "STOPPED"
+    assert wait_gone(processes) == []
+    assert wait_ports_free(ports) == []
+    assert not server.home.exists()
+    out, err = capfd.readouterr()
+    assert "NVML" not in out + err and "tritonserver" not in out + err  # its log went to the file, not the cell
+
+
+def test_busy_default_port_moves_on_and_says_so():
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 8000))
+        holder.listen()
+        settings = resolve_settings()
+        assert settings.port("http") != 8000
+        assert len({settings.port(e) for e in ("http", "grpc", "metrics")}) == 3
+        assert any("http port 8000 is busy" in note for note in settings.notes)
+
+
+def test_busy_explicit_port_is_an_error():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(PortBusyError, match=f"http port {port} on 127.0.0.1 is already in use"):
+            resolve_settings(http_port=port)
+        with pytest.raises(PortBusyError, match="grpc port"):
+            resolve_settings(grpc_port=port)
+
+
+def test_precedence_argument_over_environment_over_default(monkeypatch):
+    http, grpc, metrics = free_ports()
+    monkeypatch.setenv("PYTRITON_TRITON_CONFIG_HTTP_PORT", str(http))
+    monkeypatch.setenv("PYTRITON_TRITON_CONFIG_EXIT_TIMEOUT_SECS", "3")
+    settings = resolve_settings(grpc_port=grpc, metrics_port=metrics)
+    assert settings.port("http") == http and settings.config["exit_timeout_secs"] == 3
+    settings = resolve_settings(http_port=metrics, grpc_port=grpc)
+    assert settings.port("http") == metrics
+    with socket.socket() as holder:  # a port named by the environment is explicit too: busy means error
+        holder.bind(("127.0.0.1", http))
+        holder.listen()
+        with pytest.raises(PortBusyError):
+            resolve_settings()
+
+
+def test_public_binds_all_interfaces_and_says_so(own_server):
+    ports = free_ports()
+    server = tritonnb.start(public=True, **port_ports(ports))
+    listening = _listening_addresses(server.pid)
+    assert {port for _, port in listening} == set(ports)
+    assert {address for address, _ in listening} <= {"0.0.0.0", "::"}  # gRPC takes the dual-stack wildcard
+    assert server.status()["public"] is True
+    assert any("all interfaces" in note for note in server.settings.notes)
+
+
+def test_restart_rebinds_models_and_dead_server_reports_down(own_server):
+    server = tritonnb.start(**port_ports(free_ports()))
+    tritonnb.bind(lambda x: x + 10, "plus10", inputs=["x:float32[1]"], outputs=["y:float32[1]"])
+    old_pid = server.pid
+    assert tritonnb.restart() > 0
+    assert server.pid != old_pid and server.state == "READY"
+    status, body = infer_json(server.http_url, "plus10", [fp32("x", [1, 1], [1])])
+    assert status == 200 and body["outputs"][0]["data"] == [11]
+
+    processes = process_tree(server.pid)
+    os.kill(server.pid, signal.SIGKILL)
+    assert wait_gone(processes[:1]) == []
+    deadline = time.monotonic() + 10
+    while server.state != "DOWN" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.state == "DOWN"
+    with pytest.raises(RuntimeError, match="DOWN"):
+        tritonnb.bind(lambda x: x, "late", inputs=["x:float32[1]"], outputs=["y:float32[1]"])
+    server.restart()
+    assert server.state == "READY"
+    status, body = infer_json(server.http_url, "plus10", [fp32("x", [1, 1], [5])])
+    assert status == 200 and body["outputs"][0]["data"] == [15]
+    assert wait_gone(processes) == []  # the killed server's stubs did not linger
+
+
+def test_script_mode_honours_pytriton_home_and_stops_on_ctrl_c(tmp_path):
+    http, grpc, metrics = free_ports()
+    script = tmp_path / "serve.py"
+    script.write_text(textwrap.dedent(f"""
+        import tritonnb
+        server = tritonnb.start(http_port={http}, grpc_port={grpc}, metrics_port={metrics})
+        tritonnb.bind(lambda x: x * 2, "double", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
+        print("HOME", server.home, "PID", server.pid, flush=True)
+        tritonnb.serve_forever(poll_s=0.1)
+        print("STOPPED", flush=True)
+    """))
+    env = dict(os.environ, PYTRITON_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("HOME"), line
+        home, pid = line.split()[1], int(line.split()[3])
+        assert home.startswith(str(tmp_path / "home"))
+        processes = process_tree(pid)
+        status, body = infer_json(f"http://127.0.0.1:{http}", "double", [fp32("x", [1, 2], [1, 2])])
+        assert status == 200 and body["outputs"][0]["data"] == [2, 4]
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline().strip() == "STOPPED"
+        assert proc.wait(timeout=30) == 0
+        assert wait_gone(processes) == []
+        assert wait_ports_free([http, grpc, metrics]) == []
+    finally:
+        proc.kill()
