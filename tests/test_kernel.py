@@ -1,0 +1,105 @@
+"""Kernel-level behaviour in a real Jupyter kernel: interrupt keeps serving; shutdown, restart and kill -9 clean up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from types import SimpleNamespace
+
+import pytest
+from helpers import fp32, free_ports, infer_json, process_tree, wait_gone, wait_ports_free
+from jupyter_client.manager import KernelManager
+
+
+def _run(client, code: str, timeout: float = 120) -> tuple[str, dict]:
+    chunks: list[str] = []
+
+    def hook(message):
+        if message["msg_type"] == "stream":
+            chunks.append(message["content"]["text"])
+        elif message["msg_type"] == "error":
+            chunks.append("\n".join(message["content"]["traceback"]))
+
+    reply = client.execute_interactive(code, output_hook=hook, timeout=timeout)
+    return "".join(chunks), reply["content"]
+
+
+@pytest.fixture
+def kernel():
+    """A fresh kernel that has loaded tritonnb and serves ``double`` on free ports."""
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    ports = free_ports()
+    http, grpc, metrics = ports
+    _run(client, f"%load_ext tritonnb\n%triton start --http-port {http} --grpc-port {grpc} --metrics-port {metrics}")
+    out, reply = _run(client, "%%triton_model double --input x:float32[2] --output y:float32[2]\n"
+                              "def double(x):\n    return x * 2\n")
+    assert reply["status"] == "ok", out
+    out, _ = _run(client, "import os, json, tritonnb\n"
+                          "print(json.dumps({'kernel': os.getpid(), 'triton': tritonnb.server().pid}))")
+    pids = json.loads(out.strip().splitlines()[-1])
+    served = process_tree(pids["triton"])
+    assert len(served) >= 2, "expected tritonserver and at least one python backend stub"
+    yield SimpleNamespace(manager=manager, client=client, pids=pids, served=served, http=http, ports=ports)
+    client.stop_channels()
+    if manager.is_alive():
+        manager.shutdown_kernel(now=True)
+    assert wait_gone(served) == []
+
+
+def _answers(http_port: int) -> bool:
+    status, body = infer_json(f"http://127.0.0.1:{http_port}", "double", [fp32("x", [1, 2], [1, 2])])
+    return status == 200 and body["outputs"][0]["data"] == [2, 4]
+
+
+def test_interrupt_keeps_server_and_models_serving(kernel):
+    kernel.client.execute("import time\ntime.sleep(60)")
+    time.sleep(1.0)
+    kernel.manager.interrupt_kernel()
+    reply = kernel.client.get_shell_msg(timeout=30)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    assert all(p.is_running() for p in kernel.served)
+    assert _answers(kernel.http)
+    out, _ = _run(kernel.client, "print(tritonnb.server().state)")
+    assert out.strip() == "READY"
+
+
+def test_interrupt_during_a_model_reload_leaves_it_serving(kernel):
+    kernel.client.execute("%%triton_model double --input x:float32[-1] --output y:float32[-1]\n"
+                          "def double(x):\n    return x * 2\n")
+    time.sleep(0.5)
+    kernel.manager.interrupt_kernel()
+    kernel.client.get_shell_msg(timeout=60)
+    assert _alive(kernel.pids["triton"])
+    assert _answers(kernel.http)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (and is no zombie)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("how", ["shutdown", "restart", "kill -9"])
+def test_kernel_end_leaves_no_process_and_frees_ports(kernel, how):
+    assert _answers(kernel.http)
+    started = time.monotonic()
+    if how == "shutdown":
+        kernel.manager.shutdown_kernel(now=False)
+    elif how == "restart":
+        kernel.manager.restart_kernel(now=False)
+    else:
+        os.kill(kernel.pids["kernel"], signal.SIGKILL)
+    assert wait_gone(kernel.served, timeout=20) == [], f"processes outlived the kernel ({how})"
+    gone_after = time.monotonic() - started
+    assert wait_ports_free(kernel.ports) == []
+    print(f"{how}: tritonserver and stubs gone {gone_after:.1f} s after the kernel ended")

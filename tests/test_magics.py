@@ -1,0 +1,173 @@
+"""The magics in a real IPython InteractiveShell, against a real tritonserver."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import fp32, free_ports, infer_json
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+import tritonnb
+
+CELL = """
+import torch
+
+def scale(x):
+    return x * FACTOR
+"""
+
+
+@pytest.fixture(scope="module")
+def started(shell):
+    """The shell with a server started through ``%triton start`` on free ports."""
+    http, grpc, metrics = free_ports()
+    with capture_output() as out:
+        shell.run_line_magic("triton", f"start --http-port {http} --grpc-port {grpc} --metrics-port {metrics}")
+    assert f"HTTP http://127.0.0.1:{http}" in out.stdout
+    return shell
+
+
+def _serve(shell, line: str, cell: str):
+    with capture_output() as out:
+        shell.run_cell_magic("triton_model", line, cell)
+    cards = [o for o in out.outputs if "text/html" in o.data]
+    assert len(cards) == 1, out.outputs
+    return cards[0]
+
+
+def test_load_ext_is_cheap_and_starts_nothing():
+    code = (
+        "import sys, time; from IPython.core.interactiveshell import InteractiveShell;"
+        "ip = InteractiveShell.instance(); t = time.perf_counter(); ip.run_line_magic('load_ext', 'tritonnb');"
+        "print(time.perf_counter() - t, 'pytriton' in sys.modules, 'torch' in sys.modules)"
+    )
+    seconds, pytriton_loaded, torch_loaded = subprocess.check_output([sys.executable, "-c", code], text=True).split()
+    assert pytriton_loaded == "False" and torch_loaded == "False"
+    assert float(seconds) >= 0
+
+
+def test_cell_serves_its_function_and_card_snippets_work(started):
+    started.user_ns["FACTOR"] = 3
+    card = _serve(started, "scale --input x:float32[4] --output y:float32[4]", CELL)
+    html = card.data["text/html"]
+    server = tritonnb.server()
+    assert "scale" in html and f"{server.http_url}/v2/models/scale/infer" in html
+    assert "x" in html and "float32" in html and "device" in html
+    text = card.data["text/plain"]
+    curl = text.split("curl:\n", 1)[1].split("\n\n", 1)[0]
+    response = subprocess.run(curl, shell=True, capture_output=True, text=True, check=True).stdout
+    assert '"data":[3.0,3.0,3.0,3.0]' in response
+    python = text.split("python:\n", 1)[1]
+    snippet = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, check=True).stdout
+    assert snippet.strip() == "y [[3. 3. 3. 3.]]"
+
+
+def test_rerunning_the_cell_hot_swaps(started):
+    started.user_ns["FACTOR"] = 2
+    _serve(started, "scale --input x:float32[4] --output y:float32[4]", CELL)
+    first = tritonnb.server().models["scale"]
+    card = _serve(started, "scale --input x:float32[4] --output y:float32[4]",
+                  CELL.replace("x * FACTOR", "x * FACTOR + 1"))
+    assert "swapped" in card.data["text/plain"]
+    assert tritonnb.server().models["scale"] is first
+    out = tritonnb.client("scale")(np.ones((1, 4), np.float32))
+    assert out["y"].tolist() == [[3.0, 3.0, 3.0, 3.0]]
+
+
+def test_function_is_picked_by_name_or_uniqueness(started):
+    cell = "def helper(x):\n    return x\n\ndef picked(x):\n    return helper(x) - 1\n"
+    _serve(started, "picked --input x:float32[2] --output y:float32[2]", cell)
+    assert tritonnb.client("picked")(np.ones((1, 2), np.float32))["y"].tolist() == [[0.0, 0.0]]
+    _serve(started, "anyname --input x:float32[2] --output y:float32[2]", "def only(x):\n    return x + 5\n")
+    assert tritonnb.client("anyname")(np.ones((1, 2), np.float32))["y"].tolist() == [[6.0, 6.0]]
+
+
+@pytest.mark.parametrize(
+    ("line", "cell", "message"),
+    [
+        ("m1 --bogus 3", CELL, "unrecognized arguments: --bogus"),
+        ("m1 --input x:float32[4", CELL, "bad tensor spec"),
+        ("m1 --input x:complex64[4]", CELL, "unsupported dtype 'complex64'"),
+        ("m1 --input x:float32[0]", CELL, "must be positive or -1"),
+        ("", CELL, "the following arguments are required: name"),
+        ("m1 --max-batch-size -2", CELL, "is negative"),
+        ("m1 --instances 0", CELL, "must be 1 or more"),
+        ("m1 --device tpu", CELL, "unknown device 'tpu'"),
+        ("m1", "x = 1\n", "defines no function"),
+        ("m1", "def a(x):\n    return x\ndef b(x):\n    return x\n", "several functions (a, b)"),
+        ("bad/name", CELL, "bad model name"),
+        ("m1 --input p:float32[1] q:float32[1]", "def f(a):\n    return a\n", "cannot take the inputs"),
+    ],
+    ids=["unknown-flag", "bad-spec", "bad-dtype", "bad-dims", "missing-name", "negative", "zero-instances",
+         "bad-device", "no-function", "ambiguous", "bad-name", "wrong-arity"],
+)
+def test_bad_magic_lines_are_usage_errors(started, line, cell, message):
+    started.user_ns["FACTOR"] = 1
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        started.run_cell_magic("triton_model", line, cell)
+    assert "m1" not in tritonnb.server().models
+
+
+def test_bad_triton_lines_are_usage_errors(started):
+    for line, message in [("", "required"), ("launch", "invalid choice"), ("logs -n x", "invalid"),
+                          ("unbind nothing", "no model named 'nothing'"), ("start", "already runs")]:
+        with pytest.raises(UsageError, match=message):
+            started.run_line_magic("triton", line)
+
+
+def test_status_models_logs_unbind(started):
+    started.user_ns["FACTOR"] = 1
+    _serve(started, "keep --input x:float32[1] --output y:float32[1]", CELL)
+    _serve(started, "drop --input x:float32[1] --output y:float32[1]", CELL)
+    with capture_output() as out:
+        started.run_line_magic("triton", "status")
+        started.run_line_magic("triton", "models")
+        started.run_line_magic("triton", "logs -n 5")
+    assert "READY" in out.stdout and "keep" in out.stdout and "drop" in out.stdout
+    assert "Triton 2." in out.stdout
+    with capture_output() as out:
+        started.run_line_magic("triton", "unbind drop")
+    assert "unbound" in out.stdout
+    assert "drop" not in tritonnb.server().models
+    http = tritonnb.server().http_url
+    assert infer_json(http, "keep", [fp32("x", [1, 1], [4])])[0] == 200
+
+
+def test_failing_function_traceback_reaches_the_logs(started):
+    _serve(started, "broken --input x:float32[1] --output y:float32[1]",
+           "def broken(x):\n    raise RuntimeError('kaputt ' + str(int(x.sum())))\n")
+    status, body = infer_json(tritonnb.server().http_url, "broken", [fp32("x", [1, 1], [7])])
+    assert status >= 400 and "kaputt 7" in body["error"]
+    with capture_output() as out:
+        started.run_line_magic("triton", "logs -n 30")
+    assert "Traceback" in out.stdout and "kaputt 7" in out.stdout
+
+
+def test_restart_and_stop_magics(started):
+    started.user_ns["FACTOR"] = 4
+    _serve(started, "after --input x:float32[1] --output y:float32[1]", CELL)
+    with capture_output() as out:
+        started.run_line_magic("triton", "restart")
+    assert "restarted" in out.stdout and "after" in out.stdout
+    assert tritonnb.client("after")(np.ones((1, 1), np.float32))["y"].tolist() == [[4.0]]
+    with capture_output() as out:
+        started.run_line_magic("triton", "stop")
+    assert "stopped in" in out.stdout and tritonnb.server() is None
+    with pytest.raises(UsageError, match="no Triton server runs"):
+        started.run_line_magic("triton", "models")
+
+
+def test_cell_starts_the_server_when_none_runs(shell, monkeypatch):
+    http, grpc, metrics = free_ports()
+    monkeypatch.setenv("PYTRITON_TRITON_CONFIG_HTTP_PORT", str(http))
+    monkeypatch.setenv("PYTRITON_TRITON_CONFIG_GRPC_PORT", str(grpc))
+    monkeypatch.setenv("PYTRITON_TRITON_CONFIG_METRICS_PORT", str(metrics))
+    assert tritonnb.server() is None
+    shell.user_ns["FACTOR"] = 5
+    _serve(shell, "auto --input x:float32[1] --output y:float32[1]", CELL)
+    assert tritonnb.server().http_url == f"http://127.0.0.1:{http}"
+    assert infer_json(f"http://127.0.0.1:{http}", "auto", [fp32("x", [1, 1], [1])])[1]["outputs"][0]["data"] == [5]
