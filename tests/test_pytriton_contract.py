@@ -1,0 +1,37 @@
+"""Pins the PyTriton 0.7.0 internals that tritonnb._pytriton relies on; an upgrade fails here first."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+from pytriton.models.model import Model
+from pytriton.proxy.data import TensorStore
+from pytriton.server.triton_server import TritonServer
+from pytriton.triton import Triton, TritonConfig
+
+
+def test_pinned_version():
+    assert version("nvidia-pytriton") == "0.7.0"
+
+
+def test_triton_server_internals():
+    source = inspect.getsource(TritonServer)
+    for name in ("_tritonserver_running_cmd", "_server_path", "_server_config", "_handle_exit", "_get_env"):
+        assert name in source, name
+    assert "verbose" in inspect.signature(TritonServer.__init__).parameters
+
+
+def test_triton_internals():
+    for name in ("_prepare_triton_inference_server", "_run_server", "_is_alive_impl", "_triton_server_config",
+                 "get_access_token"):
+        assert name in inspect.getsource(Triton), name
+    assert "log_verbose" in TritonConfig.__dataclass_fields__
+    assert callable(TritonConfig.from_env)
+
+
+def test_model_and_tensor_store_internals():
+    for name in ("get_model_config", "get_proxy_model_files", "setup", "clean", "is_alive", "on_model_event"):
+        assert callable(getattr(Model, name)), name
+    assert isinstance(TensorStore._instances, dict)
+    assert "workspace-path" in inspect.getsource(Model._get_triton_model_config)
