@@ -44,8 +44,7 @@ class Load:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         while not self._stop.is_set():
             try:
-                connection.request("POST", f"/v2/models/{self.model}/infer", BODY,
-                                   {"Content-Type": "application/json"})
+                connection.request("POST", f"/v2/models/{self.model}/infer", BODY, {"Content-Type": "application/json"})
                 response = connection.getresponse()
                 payload = response.read()
                 with self._lock:
@@ -77,8 +76,9 @@ def cold_start() -> float:
     started = time.perf_counter()
     with capture_output():  # the card and start-up message are not part of the table
         shell.run_line_magic("load_ext", "tritonnb")
-        shell.run_cell_magic("triton_model", "bench --input x:float32[4] --output y:float32[4]",
-                             "def bench(x):\n    return x * 1\n")
+        shell.run_cell_magic(
+            "triton_model", "bench --input x:float32[4] --output y:float32[4]", "def bench(x):\n    return x * 1\n"
+        )
     import tritonnb
 
     tritonnb.client("bench")(np.ones((1, 4), np.float32))
@@ -109,12 +109,24 @@ def main() -> None:
             bind_s.append(time.perf_counter() - started)
             answer_s.append(wait_for_value(load, float(factor)))
             time.sleep(0.1)
-    rows.append((f"hot swap (same signature), median of {args.swaps}: bind returns",
-                 f"{statistics.median(bind_s) * 1000:.2f} ms"))
-    rows.append(("hot swap: bind start to first answer from the new function (under load)",
-                 f"{statistics.median(answer_s) * 1000:.1f} ms median, {max(answer_s) * 1000:.1f} ms max"))
-    rows.append((f"failed requests during {args.swaps} swaps, {args.clients} HTTP clients",
-                 f"{len(load.failed)} of {load.ok + len(load.failed)}"))
+    rows.append(
+        (
+            f"hot swap (same signature), median of {args.swaps}: bind returns",
+            f"{statistics.median(bind_s) * 1000:.2f} ms",
+        )
+    )
+    rows.append(
+        (
+            "hot swap: bind start to first answer from the new function (under load)",
+            f"{statistics.median(answer_s) * 1000:.1f} ms median, {max(answer_s) * 1000:.1f} ms max",
+        )
+    )
+    rows.append(
+        (
+            f"failed requests during {args.swaps} swaps, {args.clients} HTTP clients",
+            f"{len(load.failed)} of {load.ok + len(load.failed)}",
+        )
+    )
 
     reload_s = []
     with Load(port, "bench", args.clients) as load:
@@ -122,16 +134,25 @@ def main() -> None:
         for i in range(args.reloads):
             dims = "[-1]" if i % 2 == 0 else "[4]"
             started = time.perf_counter()
-            card = tritonnb.bind(lambda x, f=100 + i: x * f, "bench", inputs=[f"x:float32{dims}"],
-                                 outputs=[f"y:float32{dims}"])
+            card = tritonnb.bind(
+                lambda x, f=100 + i: x * f, "bench", inputs=[f"x:float32{dims}"], outputs=[f"y:float32{dims}"]
+            )
             assert card.result.action == "reloaded"
             reload_s.append(time.perf_counter() - started)
             wait_for_value(load, float(100 + i))
             time.sleep(0.3)
-    rows.append((f"re-bind on a signature change, median of {args.reloads}",
-                 f"{statistics.median(reload_s):.2f} s (max {max(reload_s):.2f} s)"))
-    rows.append((f"failed requests during {args.reloads} signature changes",
-                 f"{len(load.failed)} of {load.ok + len(load.failed)}"))
+    rows.append(
+        (
+            f"re-bind on a signature change, median of {args.reloads}",
+            f"{statistics.median(reload_s):.2f} s (max {max(reload_s):.2f} s)",
+        )
+    )
+    rows.append(
+        (
+            f"failed requests during {args.reloads} signature changes",
+            f"{len(load.failed)} of {load.ok + len(load.failed)}",
+        )
+    )
     if load.failed:
         print("first failures:", load.failed[:3])
     rows.append(("stop (tritonserver and model threads)", f"{tritonnb.stop():.2f} s"))

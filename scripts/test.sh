@@ -3,6 +3,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 .venv/bin/ruff check tritonnb tests benchmarks
+.venv/bin/ruff format --check tritonnb tests benchmarks
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 if [ "$status" = 5 ]; then

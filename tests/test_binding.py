@@ -64,8 +64,7 @@ def test_tuple_dict_and_mixed_dtypes(triton):
     def split(x):
         return x + 1, x - 1
 
-    tritonnb.bind(split, "split", inputs=["x:int32[-1]"], outputs=["up:int32[-1]", "down:int32[-1]"],
-                  max_batch_size=0)
+    tritonnb.bind(split, "split", inputs=["x:int32[-1]"], outputs=["up:int32[-1]", "down:int32[-1]"], max_batch_size=0)
     out = tritonnb.client("split")(np.array([5, 6, 7], np.int32))
     assert out["up"].tolist() == [6, 7, 8] and out["down"].tolist() == [4, 5, 6]
 
@@ -127,8 +126,16 @@ def test_signature_change_reloads_under_load_with_no_failure(triton):
 
     def reloads():
         results.append(tritonnb.bind(lambda x: x * 5, "grow", inputs=["x:float32[-1]"], outputs=["y:float32[-1]"]))
-        results.append(tritonnb.bind(lambda x: x * 7, "grow", inputs=["x:float32[-1]"], outputs=["y:float32[-1]"],
-                                     max_batch_size=8, batch_delay_us=100))
+        results.append(
+            tritonnb.bind(
+                lambda x: x * 7,
+                "grow",
+                inputs=["x:float32[-1]"],
+                outputs=["y:float32[-1]"],
+                max_batch_size=8,
+                batch_delay_us=100,
+            )
+        )
 
     seen, failures = _under_load(triton.http_url, "grow", reloads)
     assert failures == []

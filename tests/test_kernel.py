@@ -37,11 +37,13 @@ def kernel():
     ports = free_ports()
     http, grpc, metrics = ports
     _run(client, f"%load_ext tritonnb\n%triton start --http-port {http} --grpc-port {grpc} --metrics-port {metrics}")
-    out, reply = _run(client, "%%triton_model double --input x:float32[2] --output y:float32[2]\n"
-                              "def double(x):\n    return x * 2\n")
+    out, reply = _run(
+        client, "%%triton_model double --input x:float32[2] --output y:float32[2]\ndef double(x):\n    return x * 2\n"
+    )
     assert reply["status"] == "ok", out
-    out, _ = _run(client, "import os, json, tritonnb\n"
-                          "print(json.dumps({'kernel': os.getpid(), 'triton': tritonnb.server().pid}))")
+    out, _ = _run(
+        client, "import os, json, tritonnb\nprint(json.dumps({'kernel': os.getpid(), 'triton': tritonnb.server().pid}))"
+    )
     pids = json.loads(out.strip().splitlines()[-1])
     served = process_tree(pids["triton"])
     assert len(served) >= 2, "expected tritonserver and at least one python backend stub"
@@ -70,8 +72,9 @@ def test_interrupt_keeps_server_and_models_serving(kernel):
 
 
 def test_interrupt_during_a_model_reload_leaves_it_serving(kernel):
-    kernel.client.execute("%%triton_model double --input x:float32[-1] --output y:float32[-1]\n"
-                          "def double(x):\n    return x * 2\n")
+    kernel.client.execute(
+        "%%triton_model double --input x:float32[-1] --output y:float32[-1]\ndef double(x):\n    return x * 2\n"
+    )
     time.sleep(0.5)
     kernel.manager.interrupt_kernel()
     kernel.client.get_shell_msg(timeout=60)

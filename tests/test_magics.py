@@ -70,8 +70,9 @@ def test_rerunning_the_cell_hot_swaps(started):
     started.user_ns["FACTOR"] = 2
     _serve(started, "scale --input x:float32[4] --output y:float32[4]", CELL)
     first = tritonnb.server().models["scale"]
-    card = _serve(started, "scale --input x:float32[4] --output y:float32[4]",
-                  CELL.replace("x * FACTOR", "x * FACTOR + 1"))
+    card = _serve(
+        started, "scale --input x:float32[4] --output y:float32[4]", CELL.replace("x * FACTOR", "x * FACTOR + 1")
+    )
     assert "swapped" in card.data["text/plain"]
     assert tritonnb.server().models["scale"] is first
     out = tritonnb.client("scale")(np.ones((1, 4), np.float32))
@@ -102,8 +103,20 @@ def test_function_is_picked_by_name_or_uniqueness(started):
         ("bad/name", CELL, "bad model name"),
         ("m1 --input p:float32[1] q:float32[1]", "def f(a):\n    return a\n", "cannot take the inputs"),
     ],
-    ids=["unknown-flag", "bad-spec", "bad-dtype", "bad-dims", "missing-name", "negative", "zero-instances",
-         "bad-device", "no-function", "ambiguous", "bad-name", "wrong-arity"],
+    ids=[
+        "unknown-flag",
+        "bad-spec",
+        "bad-dtype",
+        "bad-dims",
+        "missing-name",
+        "negative",
+        "zero-instances",
+        "bad-device",
+        "no-function",
+        "ambiguous",
+        "bad-name",
+        "wrong-arity",
+    ],
 )
 def test_bad_magic_lines_are_usage_errors(started, line, cell, message):
     started.user_ns["FACTOR"] = 1
@@ -113,8 +126,13 @@ def test_bad_magic_lines_are_usage_errors(started, line, cell, message):
 
 
 def test_bad_triton_lines_are_usage_errors(started):
-    for line, message in [("", "required"), ("launch", "invalid choice"), ("logs -n x", "invalid"),
-                          ("unbind nothing", "no model named 'nothing'"), ("start", "already runs")]:
+    for line, message in [
+        ("", "required"),
+        ("launch", "invalid choice"),
+        ("logs -n x", "invalid"),
+        ("unbind nothing", "no model named 'nothing'"),
+        ("start", "already runs"),
+    ]:
         with pytest.raises(UsageError, match=message):
             started.run_line_magic("triton", line)
 
@@ -138,8 +156,11 @@ def test_status_models_logs_unbind(started):
 
 
 def test_failing_function_traceback_reaches_the_logs(started):
-    _serve(started, "broken --input x:float32[1] --output y:float32[1]",
-           "def broken(x):\n    raise RuntimeError('kaputt ' + str(int(x.sum())))\n")
+    _serve(
+        started,
+        "broken --input x:float32[1] --output y:float32[1]",
+        "def broken(x):\n    raise RuntimeError('kaputt ' + str(int(x.sum())))\n",
+    )
     status, body = infer_json(tritonnb.server().http_url, "broken", [fp32("x", [1, 1], [7])])
     assert status >= 400 and "kaputt 7" in body["error"]
     with capture_output() as out:

@@ -20,8 +20,9 @@ def _tritonservers() -> set[int]:
 def test_notebook_runs_clean(path):
     before = _tritonservers()
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors == []
     texts = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))

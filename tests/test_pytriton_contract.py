@@ -23,8 +23,13 @@ def test_triton_server_internals():
 
 
 def test_triton_internals():
-    for name in ("_prepare_triton_inference_server", "_run_server", "_is_alive_impl", "_triton_server_config",
-                 "get_access_token"):
+    for name in (
+        "_prepare_triton_inference_server",
+        "_run_server",
+        "_is_alive_impl",
+        "_triton_server_config",
+        "get_access_token",
+    ):
         assert name in inspect.getsource(Triton), name
     assert "log_verbose" in TritonConfig.__dataclass_fields__
     assert callable(TritonConfig.from_env)

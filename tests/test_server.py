@@ -137,14 +137,16 @@ def test_restart_rebinds_models_and_dead_server_reports_down(own_server):
 def test_script_mode_honours_pytriton_home_and_stops_on_ctrl_c(tmp_path):
     http, grpc, metrics = free_ports()
     script = tmp_path / "serve.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import tritonnb
         server = tritonnb.start(http_port={http}, grpc_port={grpc}, metrics_port={metrics})
         tritonnb.bind(lambda x: x * 2, "double", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
         print("HOME", server.home, "PID", server.pid, flush=True)
         tritonnb.serve_forever(poll_s=0.1)
         print("STOPPED", flush=True)
-    """))
+    """)
+    )
     env = dict(os.environ, PYTRITON_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:

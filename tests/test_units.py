@@ -29,8 +29,14 @@ def test_parse_spec(text, expected):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("x", "bad tensor spec"), ("x:float32[a]", "bad dims"), ("x:cfloat[1]", "unsupported dtype"),
-     ("x:float32[]", "at least one dim"), ("x:int8[-2]", "positive or -1"), ("1x:int8[1]", "bad tensor spec")],
+    [
+        ("x", "bad tensor spec"),
+        ("x:float32[a]", "bad dims"),
+        ("x:cfloat[1]", "unsupported dtype"),
+        ("x:float32[]", "at least one dim"),
+        ("x:int8[-2]", "positive or -1"),
+        ("1x:int8[1]", "bad tensor spec"),
+    ],
 )
 def test_bad_specs(text, message):
     with pytest.raises(SpecError, match=message):

@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     failed = None
     try:
-        NotebookClient(notebook, timeout=args.timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(args.notebook.parent)}}).execute()
+        NotebookClient(
+            notebook,
+            timeout=args.timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(args.notebook.parent)}},
+        ).execute()
     except CellExecutionError as error:
         failed = error
     print(render_text(notebook))
@@ -53,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if failed is not None:
         print(f"\n{args.notebook} FAILED:\n{failed}", file=sys.stderr)
         return 1
-    print(f"\n{args.notebook}: all cells ran in {time.perf_counter() - started:.1f} s"
-          + (f"; executed copy in {args.output}" if args.output else ""))
+    print(
+        f"\n{args.notebook}: all cells ran in {time.perf_counter() - started:.1f} s"
+        + (f"; executed copy in {args.output}" if args.output else "")
+    )
     return 0
 
 
