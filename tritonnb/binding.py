@@ -96,7 +96,7 @@ class ModelSlot:
     def bind(self, fn: Callable, spec: ModelSpec, device: str) -> BindResult:
         """Serve ``fn`` under this slot's name: swap in place if the spec is unchanged, else reload."""
         started = time.perf_counter()
-        target = ServedFunction(fn, spec.name, spec.inputs, spec.outputs, device, self._record_error)
+        target = self._served(fn, spec, device)
         with self._lock:
             if self._trampoline is not None and spec == self.spec and self.is_serving():
                 self._trampoline.target = target
@@ -114,12 +114,7 @@ class ModelSlot:
             return
         with self._lock:
             self._drop_generation()
-            self._load(
-                self.spec,
-                ServedFunction(
-                    self.fn, self.spec.name, self.spec.inputs, self.spec.outputs, self.device, self._record_error
-                ),
-            )
+            self._load(self.spec, self._served(self.fn, self.spec, self.device))
 
     def unbind(self) -> None:
         """Unload the model from Triton and stop its threads."""
@@ -140,6 +135,9 @@ class ModelSlot:
     def is_serving(self) -> bool:
         """Whether this process's side of the current generation is alive."""
         return self._generation is not None and self._generation.is_alive()
+
+    def _served(self, fn: Callable, spec: ModelSpec, device: str) -> ServedFunction:
+        return ServedFunction(fn, spec.name, spec.inputs, spec.outputs, device, self._record_error)
 
     def _load(self, spec: ModelSpec, target: ServedFunction) -> None:
         self._generation_number += 1
