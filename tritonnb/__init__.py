@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from tritonnb.model_client import ModelClient
     from tritonnb.session import Server
     from tritonnb.signature import TensorSpec
+    from tritonnb.widgets.panel import Panel
 
-__all__ = ["bind", "client", "restart", "serve_forever", "server", "start", "stop", "unbind"]
+__all__ = ["bind", "client", "metrics", "panel", "restart", "serve_forever", "server", "start", "stop", "unbind"]
 __version__ = "0.1.0"
 
 
@@ -108,6 +109,32 @@ def client(name: str) -> ModelClient:
     if name not in current.models:
         raise KeyError(f"no model named {name!r} is served; served: {sorted(current.models) or 'none'}")
     return ModelClient(name, current.http_url)
+
+
+def panel(
+    url: str | None = None, *, metrics_url: str | None = None, token: str | None = None, interval_s: float = 1.0
+) -> Panel:
+    """A live dashboard of this kernel's server, or of any Triton server at ``url`` (metrics on port + 2 unless
+    ``metrics_url`` is given; ``token`` for its statistics API if it restricts it)."""
+    from tritonnb.monitor import target_for
+    from tritonnb.widgets.panel import Panel
+
+    return Panel(target_for(url, metrics_url, token, server()), interval_s)
+
+
+_monitors: dict = {}
+
+
+def metrics(url: str | None = None, *, metrics_url: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """The current health, per-model figures and host figures as plain data (rates cover the time since the
+    previous call for the same server; None on the first)."""
+    from tritonnb.monitor import Monitor, target_for
+
+    target = target_for(url, metrics_url, token, server())
+    monitor = _monitors.get(target.key)
+    if monitor is None or monitor.target != target:
+        monitor = _monitors[target.key] = Monitor(target)
+    return monitor.poll().as_dict()
 
 
 def serve_forever(poll_s: float = 1.0) -> None:

@@ -79,6 +79,7 @@ class ModelSlot:
         self.device = "cpu"
         self.binds = 0
         self.last_error: str | None = None
+        self.loading = False  # True while a reload under this name is in progress (the old one still serves)
         self._workspace = workspace
         self._control = control
         self._report_error = report_error
@@ -103,7 +104,11 @@ class ModelSlot:
                 action = "swapped"
             else:
                 action = "reloaded" if self._generation is not None else "loaded"
-                self._load(spec, target)
+                self.loading = True
+                try:
+                    self._load(spec, target)
+                finally:
+                    self.loading = False
             self.spec, self.fn, self.device = spec, fn, device
             self.binds += 1
         return BindResult(action, time.perf_counter() - started)

@@ -66,6 +66,11 @@ def _triton_parser() -> MagicArgumentParser:
         sub.add_parser(name, add_help=False)
     sub.add_parser("unbind", add_help=False).add_argument("name")
     sub.add_parser("logs", add_help=False).add_argument("-n", type=_positive, default=40)
+    panel = sub.add_parser("panel", add_help=False)
+    panel.add_argument("--url", help="any Triton server's HTTP URL (default: this kernel's)")
+    panel.add_argument("--metrics-url", help="its metrics URL (default: same host, HTTP port + 2)")
+    panel.add_argument("--token", help="access token for its statistics API, if restricted")
+    panel.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     return parser
 
 
@@ -120,6 +125,15 @@ class TritonMagics(Magics):
             print(f"model {args.name!r} unbound")
         elif args.command == "logs":
             print(self._require_server().logs(args.n), end="")
+        elif args.command == "panel":
+            if args.url is None:
+                self._require_server()
+            try:
+                display(
+                    tritonnb.panel(args.url, metrics_url=args.metrics_url, token=args.token, interval_s=args.interval)
+                )
+            except ValueError as error:
+                raise UsageError(str(error)) from None
 
     @cell_magic
     def triton_model(self, line: str, cell: str) -> None:
@@ -154,6 +168,11 @@ class TritonMagics(Magics):
         except (ValueError, TypeError) as error:  # bad names, specs or a function that cannot take the inputs
             raise UsageError(str(error)) from None
         display(card)
+        if getattr(self.shell, "kernel", None) is not None:  # live widgets need a kernel with comms
+            from tritonnb.monitor import target_for
+            from tritonnb.widgets.panel import ModelStrip
+
+            display(ModelStrip(target_for(server=tritonnb.server()), args.name))
 
     def _start(self, args: argparse.Namespace | None):
         options = {}

@@ -1,0 +1,188 @@
+"""The metrics pipeline against a real tritonserver: counters to rates, restarts, odd metric text, a server away."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from helpers import free_ports, port_ports, process_tree, wait_gone
+
+import tritonnb
+from tritonnb.monitor import Monitor, Poller, parse_metrics, target_for
+from tritonnb.widgets import render
+from tritonnb.widgets.panel import ModelStrip, Panel
+
+SPEC = {"inputs": ["x:float32[4]"], "outputs": ["y:float32[4]"]}
+
+
+@pytest.fixture
+def served():
+    """A fresh server with model ``double`` (each test may restart or kill it)."""
+    server = tritonnb.start(**port_ports(free_ports()))
+    tritonnb.bind(lambda x: x * 2, "double", **SPEC)
+    yield server
+    processes = process_tree(server.pid) if server.state == "READY" else []
+    tritonnb.stop()
+    assert wait_gone(processes) == []
+
+
+def _send(count: int, batch: int = 2) -> None:
+    call = tritonnb.client("double")
+    for _ in range(count):
+        call(np.ones((batch, 4), np.float32))
+
+
+def test_counters_become_rates_latency_split_and_batch_size(served):
+    monitor = Monitor(target_for(server=served))
+    first = monitor.poll()
+    assert first.state == "READY" and first.version.startswith("2.")
+    assert first.models["double"].success_per_s is None  # no window yet
+    _send(12)
+    time.sleep(0.2)
+    second = monitor.poll()
+    model = second.models["double"]
+    assert model.success_total == 12 and model.failure_total == 0
+    window = second.time - first.time
+    assert model.success_per_s == pytest.approx(12 / window, rel=0.01)
+    assert set(model.latency_ms) == {"queue", "compute_input", "compute_infer", "compute_output"}
+    assert all(v >= 0 for v in model.latency_ms.values()) and model.total_latency_ms > 0
+    assert model.avg_batch_size == pytest.approx(2.0)
+    assert model.pending == 0
+    assert model.device == "cpu" and model.inputs == "x:float32[4]" and "max 32" in model.batching
+    assert second.host["memory_total_bytes"] > 0 and second.host["cpu_utilization"] >= 0
+    assert second.gpus == []  # no GPU on this machine: neither DCGM families nor NVML
+    assert len(model.history) == 2
+
+
+def test_failures_are_counted_by_reason(served):
+    tritonnb.bind(lambda x: (_ for _ in ()).throw(ValueError("no")), "failing", **SPEC)
+    monitor = Monitor(target_for(server=served))
+    monitor.poll()
+    call = tritonnb.client("failing")
+    for _ in range(3):
+        with pytest.raises(Exception, match="no"):
+            call(np.ones((1, 4), np.float32))
+    model = monitor.poll().models["failing"]
+    assert model.failure_total == 3 and model.failure_per_s > 0
+    deadline = time.monotonic() + 5
+    while model.failures_by_reason != {"BACKEND": 3} and time.monotonic() < deadline:
+        time.sleep(0.2)
+        model = monitor.poll().models["failing"]
+    assert model.failures_by_reason == {"BACKEND": 3}
+
+
+def test_restart_resets_counters_without_negative_rates(served):
+    monitor = Monitor(target_for(server=served))
+    _send(10)
+    monitor.poll()
+    served.restart()
+    _send(2)
+    after = monitor.poll().models["double"]
+    assert after.success_total == 2
+    assert after.success_per_s is None  # counters went down: the window is discarded, not negative
+    _send(3)
+    assert monitor.poll().models["double"].success_per_s > 0
+
+
+def test_metrics_url_is_derived_from_the_http_port():
+    assert target_for("http://fleet-node:8000").metrics_url == "http://fleet-node:8002/metrics"
+    assert target_for("127.0.0.1:9000/").http_url == "http://127.0.0.1:9000"
+    with pytest.raises(ValueError, match="metrics URL"):
+        target_for("http://fleet-node")
+
+
+def test_unknown_and_missing_families():
+    text = (
+        "# HELP nv_inference_count Number of inferences\n# TYPE nv_inference_count counter\n"
+        'nv_inference_count{model="m",version="2"} 7\n'
+        "# HELP some_future_family Unknown to tritonnb\n# TYPE some_future_family gauge\n"
+        'some_future_family{model="m"} 1\n'
+        "# HELP nv_gpu_utilization GPU utilization\n# TYPE nv_gpu_utilization gauge\n"
+        'nv_gpu_utilization{gpu_uuid="GPU-1"} 0.5\n'
+    )
+    per_model, failures, host, gpus = parse_metrics(text)
+    assert per_model == {"m": {"inferences": 7, "version": "2"}}
+    assert failures == {} and host == {}
+    assert gpus == [{"uuid": "GPU-1", "utilization": 0.5}]
+    assert parse_metrics("") == ({}, {}, {}, [])
+
+
+def test_server_that_stops_answering_is_down_with_a_reason(served):
+    remote = Monitor(target_for(served.http_url.replace("127.0.0.1", "localhost"), metrics_url=served.metrics_url))
+    local = Monitor(target_for(server=served))
+    assert remote.poll().state == "READY"
+    assert "double" in remote.poll().models  # no token: the models come from the metrics
+    processes = process_tree(served.pid)
+    os.kill(served.pid, signal.SIGKILL)
+    assert wait_gone(processes[:1]) == []
+    time.sleep(0.3)
+    away = remote.poll()
+    assert away.state == "DOWN" and "no answer" in away.reason
+    down = local.poll()
+    assert down.state == "DOWN" and down.reason == "tritonserver exited" and down.log_tail
+    assert down.models["double"].state == "UNAVAILABLE"
+    assert "DOWN" in render.health_html(down)
+    served.restart()
+    assert local.poll().state == "READY" and remote.poll().state == "READY"
+
+
+def test_one_poller_serves_many_panels_and_stops_with_the_server(served):
+    target = target_for(server=served)
+    panels = [Panel(target, interval_s=0.5) for _ in range(3)]
+    strip = ModelStrip(target, "double", interval_s=0.5)
+    poller = Poller.for_target(target)
+    assert all(p._poller is poller for p in panels) and strip._poller is poller
+    threads = [t for t in threading.enumerate() if t.name == "tritonnb-poller"]
+    assert len(threads) == 1
+    _send(5)
+    time.sleep(1.5)
+    polls = poller.polls
+    assert 2 <= polls <= 6  # about 3 polls in 1.5 s at 0.5 s, not three panels' worth
+    assert 'data-model="double"' in panels[0].models.value and "READY" in panels[0].health.value
+    assert ">5</td>" in panels[1].models.value and "READY" in strip.value
+    panels[0].close()
+    panels[1].pause.value = True
+    assert poller.running
+    panels[2].close()
+    strip.close()
+    time.sleep(1.0)
+    assert not poller.running
+    panels[1].pause.value = False
+    assert poller.running
+    tritonnb.stop()
+    time.sleep(1.5)
+    assert not poller.running and "STOPPED" in panels[1].health.value
+
+
+def test_model_shows_loading_during_a_reload(served):
+    monitor = Monitor(target_for(server=served))
+    seen = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.add(monitor.poll().models["double"].state)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        tritonnb.bind(lambda x: x * 3, "double", inputs=["x:float32[-1]"], outputs=["y:float32[-1]"])
+    finally:
+        done.set()
+        watcher.join()
+    assert "LOADING" in seen
+    assert monitor.poll().models["double"].state == "READY"
+
+
+def test_metrics_api_returns_plain_data(served):
+    tritonnb.metrics()
+    _send(4)
+    data = tritonnb.metrics()
+    assert data["state"] == "READY"
+    assert data["models"]["double"]["success_total"] == 4
+    assert data["models"]["double"]["success_per_s"] > 0
+    assert isinstance(data["models"]["double"]["total_latency_ms"], float)

@@ -1,0 +1,134 @@
+"""The live dashboard and the per-model strip: ipywidgets fed by the shared poller, never by Triton directly."""
+
+from __future__ import annotations
+
+import html
+from typing import Any, ClassVar
+
+import ipywidgets as widgets
+
+from tritonnb.monitor import Poller, Snapshot, Target
+from tritonnb.widgets import render
+
+INTERVALS = [("0.5 s", 0.5), ("1 s", 1.0), ("2 s", 2.0), ("5 s", 5.0), ("10 s", 10.0)]
+
+
+class Panel(widgets.VBox):
+    """Health, models, live metrics with plots, host figures and controls for one Triton server."""
+
+    def __init__(self, target: Target, interval_s: float = 1.0) -> None:
+        self.target = target
+        self.health = widgets.HTML()
+        self.models = widgets.HTML()
+        self.plots = widgets.HTML()
+        self.host = widgets.HTML()
+        self.message = widgets.HTML()
+        self.log_view = widgets.HTML()
+        self.interval = widgets.Dropdown(
+            options=INTERVALS, value=_closest(interval_s), description="refresh", layout=widgets.Layout(width="160px")
+        )
+        self.pause = widgets.ToggleButton(description="Pause", icon="pause", tooltip="stop polling")
+        self.refresh = widgets.Button(description="Refresh now", icon="refresh")
+        self.show_log = widgets.ToggleButton(description="Log", icon="file-text", tooltip="tail of the server log")
+        controls = [self.interval, self.pause, self.refresh]
+        if target.server is not None:
+            self.restart = widgets.Button(
+                description="Restart server", icon="repeat", tooltip="restart tritonserver and bind every model again"
+            )
+            self.restart.on_click(self._on_restart)
+            controls += [self.show_log, self.restart]
+        super().__init__(
+            [self.health, self.models, self.plots, self.host, widgets.HBox(controls), self.message, self.log_view]
+        )
+        self.add_class("tritonnb-panel")
+        self._poller = Poller.for_target(target)
+        self._handle: int | None = None
+        self.interval.observe(self._on_interval, names="value")
+        self.pause.observe(self._on_pause, names="value")
+        self.show_log.observe(lambda _: self._update_log(), names="value")
+        self.refresh.on_click(lambda _: self._poller.refresh())
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        self._handle = self._poller.subscribe(self._on_snapshot, self.interval.value)
+
+    def _unsubscribe(self) -> None:
+        if self._handle is not None:
+            self._poller.unsubscribe(self._handle)
+            self._handle = None
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        # runs on the poller thread: only widget values change here, nothing is printed
+        self.health.value = render.health_html(snapshot)
+        self.models.value = render.models_html(snapshot)
+        self.plots.value = render.plots_html(snapshot)
+        self.host.value = render.host_html(snapshot)
+        self._update_log()
+        if snapshot.state == "STOPPED":
+            self._handle = None
+
+    def _update_log(self) -> None:
+        server = self.target.server
+        if self.show_log.value and server is not None and server.state != "STOPPED":
+            self.log_view.value = f'<pre style="max-height:16em;overflow:auto">{html.escape(server.logs(30))}</pre>'
+        else:
+            self.log_view.value = ""
+
+    def _on_interval(self, change: dict[str, Any]) -> None:
+        if self._handle is not None:
+            self._poller.set_interval(self._handle, change["new"])
+
+    def _on_pause(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self._unsubscribe()
+            self.pause.description, self.pause.icon = "Resume", "play"
+        else:
+            self._subscribe()
+            self.pause.description, self.pause.icon = "Pause", "pause"
+
+    def _on_restart(self, _: Any) -> None:
+        server = self.target.server
+        self.message.value = "<i>restarting…</i>"
+        try:
+            seconds = server.restart()
+            self.message.value = f"restarted in {seconds:.1f} s"
+        except Exception as error:
+            self.message.value = f'<span style="color:#c62828">restart failed: {html.escape(str(error))}</span>'
+        self._poller.refresh()
+
+    def close(self) -> None:
+        """Stop polling for this panel and close its widgets."""
+        self._unsubscribe()
+        super().close()
+
+
+class ModelStrip(widgets.HTML):
+    """One line under a model's card: state, req/s, latency; one live strip per model name."""
+
+    _by_name: ClassVar[dict[str, ModelStrip]] = {}
+
+    def __init__(self, target: Target, name: str, interval_s: float = 1.0) -> None:
+        super().__init__(render.strip_html(name, None))
+        self.model_name = name
+        previous = ModelStrip._by_name.get(name)
+        if previous is not None:  # the cell ran again: its old strip is gone from the page
+            previous.close()
+        ModelStrip._by_name[name] = self
+        self._poller = Poller.for_target(target)
+        self._handle: int | None = self._poller.subscribe(self._on_snapshot, interval_s)
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self.value = render.strip_html(self.model_name, snapshot)
+
+    def close(self) -> None:
+        """Stop updating and close the widget."""
+        if self._handle is not None:
+            self._poller.unsubscribe(self._handle)
+            self._handle = None
+        if ModelStrip._by_name.get(self.model_name) is self:
+            del ModelStrip._by_name[self.model_name]
+        super().close()
+
+
+def _closest(interval_s: float) -> float:
+    return min((value for _, value in INTERVALS), key=lambda v: abs(v - interval_s))

@@ -1,0 +1,173 @@
+"""Snapshot -> HTML for the panels: pure functions, so what a panel shows can be tested without a browser."""
+
+from __future__ import annotations
+
+import html
+
+from tritonnb.monitor import ModelMetrics, Snapshot
+
+STATE_COLOURS = {
+    "READY": "#2e7d32",
+    "NOT READY": "#ef6c00",
+    "LOADING": "#ef6c00",
+    "DOWN": "#c62828",
+    "UNAVAILABLE": "#c62828",
+    "STOPPED": "#757575",
+}
+
+
+def _badge(state: str, css: str) -> str:
+    colour = STATE_COLOURS.get(state, "#757575")
+    return (
+        f'<span class="{css}" style="background:{colour};color:white;border-radius:4px;padding:1px 6px;'
+        f'font-weight:bold">{html.escape(state)}</span>'
+    )
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def health_html(snapshot: Snapshot) -> str:
+    """State, live/ready, version, uptime, endpoints; the reason and log tail when DOWN."""
+    parts = [
+        f"<b>Triton</b> {_badge(snapshot.state, 'tnb-server-state')}",
+        f"live <code>{snapshot.live}</code> ready <code>{snapshot.ready}</code>",
+        f"version <code>{html.escape(snapshot.version or '–')}</code>",
+        f"uptime <code>{_duration(snapshot.uptime_s)}</code>",
+        f"HTTP <code>{html.escape(snapshot.http_url)}</code>",
+        f"metrics <code>{html.escape(snapshot.metrics_url)}</code>",
+    ]
+    out = '<div class="tnb-health">' + " &nbsp;·&nbsp; ".join(parts) + "</div>"
+    if snapshot.reason:
+        out += f'<div class="tnb-reason" style="color:#c62828">{html.escape(snapshot.reason)}</div>'
+    if snapshot.log_tail:
+        out += f'<pre class="tnb-log-tail" style="max-height:12em;overflow:auto">{html.escape(snapshot.log_tail)}</pre>'
+    return out
+
+
+def _latency(model: ModelMetrics) -> str:
+    if not model.latency_ms:
+        return "–"
+    split = " / ".join(
+        _num(model.latency_ms[p], 2) for p in ("queue", "compute_input", "compute_infer", "compute_output")
+    )
+    return f"{_num(model.total_latency_ms, 2)} <small>({split})</small>"
+
+
+def _failures(model: ModelMetrics) -> str:
+    reasons = ", ".join(f"{html.escape(r)} {n}" for r, n in sorted(model.failures_by_reason.items()))
+    return f'<span class="tnb-failure-total">{model.failure_total}</span>' + (
+        f" <small>({reasons})</small>" if reasons else ""
+    )
+
+
+def models_html(snapshot: Snapshot) -> str:
+    """One row per model: identity and config, then live figures for the last window."""
+    if not snapshot.models:
+        return '<div class="tnb-models"><i>no models</i></div>'
+    head = (
+        "<tr><th>model</th><th>ver</th><th>state</th><th>device</th><th>inputs → outputs</th><th>batching</th>"
+        "<th>req/s</th><th>requests</th><th>fail/s</th><th>failures</th>"
+        "<th>latency ms <small>(queue / in / infer / out)</small></th><th>avg batch</th><th>pending</th></tr>"
+    )
+    rows = []
+    for name, m in snapshot.models.items():
+        rows.append(
+            f'<tr data-model="{html.escape(name)}"><td><b>{html.escape(name)}</b></td><td>{html.escape(m.version)}</td>'
+            f"<td>{_badge(m.state, 'tnb-model-state')}</td><td>{html.escape(m.device or '–')}</td>"
+            f"<td><small>{html.escape(m.inputs or '–')} → {html.escape(m.outputs or '–')}</small></td>"
+            f"<td><small>{html.escape(m.batching or '–')}</small></td>"
+            f'<td class="tnb-success-rate">{_num(m.success_per_s)}</td>'
+            f'<td class="tnb-success-total">{m.success_total}</td>'
+            f"<td>{_num(m.failure_per_s)}</td><td>{_failures(m)}</td><td>{_latency(m)}</td>"
+            f"<td>{_num(m.avg_batch_size, 2)}</td><td>{'–' if m.pending is None else m.pending}</td></tr>"
+        )
+    return f'<table class="tnb-models" style="border-collapse:collapse;font-size:90%">{head}{"".join(rows)}</table>'
+
+
+def _polyline(
+    points: list[tuple[float, float]], t0: float, span: float, top: float, width: int, height: int, colour: str
+) -> str:
+    if not points:
+        return ""
+    coords = " ".join(f"{(t - t0) / span * width:.1f},{height - v / top * (height - 4) - 2:.1f}" for t, v in points)
+    return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>'
+
+
+def sparkline_svg(model: ModelMetrics, width: int = 280, height: int = 56) -> str:
+    """Request rate (green) and latency (blue) over the history window, as inline SVG."""
+    history = model.history
+    rates = [(t, r) for t, r, _ in history if r is not None]
+    latencies = [(t, lat) for t, _, lat in history if lat is not None]
+    if not history:
+        return ""
+    t0 = history[0][0]
+    span = max(history[-1][0] - t0, 1.0)
+    top_rate = max([r for _, r in rates] + [1e-9])
+    top_latency = max([lat for _, lat in latencies] + [1e-9])
+    return (
+        f'<div class="tnb-plot" data-model="{html.escape(model.name)}" style="display:inline-block;margin-right:12px">'
+        f"<small><b>{html.escape(model.name)}</b> last {_duration(span)}: "
+        f'<span style="color:#2e7d32">req/s ≤ {_num(top_rate)}</span>, '
+        f'<span style="color:#1565c0">latency ≤ {_num(top_latency, 2)} ms</span></small><br>'
+        f'<svg width="{width}" height="{height}" style="background:#fafafa;border:1px solid #ddd">'
+        f"{_polyline(rates, t0, span, top_rate, width, height, '#2e7d32')}"
+        f"{_polyline(latencies, t0, span, top_latency, width, height, '#1565c0')}</svg></div>"
+    )
+
+
+def plots_html(snapshot: Snapshot) -> str:
+    """A sparkline per model."""
+    return "".join(sparkline_svg(m) for m in snapshot.models.values())
+
+
+def host_html(snapshot: Snapshot) -> str:
+    """CPU and memory; each GPU's utilisation, memory and power, or a note that there is none."""
+    host = snapshot.host
+    parts = []
+    if "cpu_utilization" in host:
+        parts.append(f"CPU <code>{host['cpu_utilization'] * 100:.0f}%</code>")
+    if "memory_total_bytes" in host:
+        parts.append(
+            f"memory <code>{host.get('memory_used_bytes', 0) / 2**30:.1f} / "
+            f"{host['memory_total_bytes'] / 2**30:.1f} GiB</code>"
+        )
+    for index, gpu in enumerate(snapshot.gpus):
+        figures = [f"GPU {index}"]
+        if "utilization" in gpu:
+            figures.append(f"<code>{gpu['utilization'] * 100:.0f}%</code>")
+        if "memory_total_bytes" in gpu:
+            figures.append(
+                f"<code>{gpu.get('memory_used_bytes', 0) / 2**30:.1f} / "
+                f"{gpu['memory_total_bytes'] / 2**30:.1f} GiB</code>"
+            )
+        if "power_watts" in gpu:
+            figures.append(f"<code>{gpu['power_watts']:.0f} W</code>")
+        parts.append(" ".join(figures))
+    if not snapshot.gpus:
+        parts.append("no GPU")
+    return '<div class="tnb-host"><b>Host</b> ' + " &nbsp;·&nbsp; ".join(parts) + "</div>"
+
+
+def strip_html(name: str, snapshot: Snapshot | None) -> str:
+    """The compact live line under a model's card: state, req/s, latency."""
+    model = snapshot.models.get(name) if snapshot else None
+    if snapshot is None:
+        return f'<span class="tnb-strip" data-model="{html.escape(name)}">waiting for the first sample…</span>'
+    state = model.state if model else ("UNAVAILABLE" if snapshot.state == "READY" else snapshot.state)
+    rate = _num(model.success_per_s) if model else "–"
+    latency = _num(model.total_latency_ms, 2) if model else "–"
+    return (
+        f'<span class="tnb-strip" data-model="{html.escape(name)}">{_badge(state, "tnb-model-state")} '
+        f"&nbsp;{rate} req/s &nbsp;·&nbsp; {latency} ms &nbsp;·&nbsp; "
+        f"{model.success_total if model else 0} requests</span>"
+    )
