@@ -2,6 +2,16 @@
 # The test suite: set up, lint, and run every test against a real tritonserver, IPython shell and kernel.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# the browser tests drive Debian's chromium (Playwright's own browser download is not used)
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "test.sh: installing Debian's chromium for the browser tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "test.sh: the browser tests need Debian's chromium: sudo apt-get install chromium" >&2
+        exit 1
+    fi
+fi
 .venv/bin/ruff check tritonnb tests benchmarks
 .venv/bin/ruff format --check tritonnb tests benchmarks
 status=0

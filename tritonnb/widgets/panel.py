@@ -49,6 +49,9 @@ class Panel(widgets.VBox):
         self.refresh.on_click(lambda _: self._poller.refresh())
         self._subscribe()
 
+    def __repr__(self) -> str:
+        return f"tritonnb panel of {self.target.http_url} (live in a notebook front end)"
+
     def _subscribe(self) -> None:
         self._handle = self._poller.subscribe(self._on_snapshot, self.interval.value)
 
@@ -116,6 +119,9 @@ class ModelStrip(widgets.HTML):
         ModelStrip._by_name[name] = self
         self._poller = Poller.for_target(target)
         self._handle: int | None = self._poller.subscribe(self._on_snapshot, interval_s)
+
+    def __repr__(self) -> str:
+        return f"tritonnb live strip of model {self.model_name!r}"
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         self.value = render.strip_html(self.model_name, snapshot)

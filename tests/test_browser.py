@@ -1,0 +1,127 @@
+"""The live panel in a real browser: JupyterLab started here, headless Debian Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import nbformat
+import numpy as np
+import psutil
+import pytest
+from helpers import free_ports, process_tree, wait_gone
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = pathlib.Path(__file__).parent.parent / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+REQUESTS = 25
+
+
+def _notebook(path: pathlib.Path, http: int, grpc: int, metrics: int) -> None:
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(f"%load_ext tritonnb\n%triton start --http-port {http} --grpc-port {grpc} "
+                                  f"--metrics-port {metrics}"),
+        nbformat.v4.new_code_cell("%%triton_model double --input x:float32[4] --output y:float32[4]\n"
+                                  "def double(x):\n    return x * 2"),
+        nbformat.v4.new_code_cell("%triton panel --interval 0.5"),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(45)  # the kernel is busy; the panel must stay live"),
+    ]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """JupyterLab on a free loopback port, serving ``tmp_path``; stopped (with its kernels) afterwards."""
+    port = free_ports(1)[0]
+    token = "tritonnb-test"
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"), JUPYTER_DATA_DIR=str(tmp_path / "data"))
+    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
+               "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+               "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    log = open(tmp_path / "jupyterlab.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError((tmp_path / "jupyterlab.log").read_text()) from None
+            time.sleep(0.2)
+    yield base, token, tmp_path
+    server.send_signal(signal.SIGINT)  # JupyterLab asks to confirm on the first SIGINT; the second one stops it
+    time.sleep(0.5)
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+def _tritonserver_on(port: int) -> psutil.Process:
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] == "tritonserver" and f"{port}" in (process.info["cmdline"] or []):
+            return process
+    raise LookupError(f"no tritonserver with --http-port {port}")
+
+
+def test_panel_is_live_in_jupyterlab_and_shows_down(jupyterlab):
+    from playwright.sync_api import expect, sync_playwright
+
+    assert os.path.exists(CHROMIUM), "Debian's chromium is needed: scripts/test.sh installs it (apt-get)"
+    base, token, folder = jupyterlab
+    http, grpc, metrics = free_ports()
+    _notebook(folder / "panel.ipynb", http, grpc, metrics)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(f"{base}/lab/tree/panel.ipynb?token={token}")
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+            page.locator(".jp-Notebook .jp-Cell").first.click()
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.locator('li[data-command="runmenu:run-all"]').click()
+
+            row = page.locator('.tritonnb-panel tr[data-model="double"]')
+            expect(page.locator(".tritonnb-panel .tnb-server-state")).to_have_text("READY", timeout=90_000)
+            expect(row.locator(".tnb-model-state")).to_have_text("READY", timeout=30_000)
+            expect(page.locator('.tnb-strip[data-model="double"] .tnb-model-state')).to_have_text("READY")
+
+            import tritonclient.http as httpclient
+
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+            x = httpclient.InferInput("x", [1, 4], "FP32")
+            x.set_data_from_numpy(np.ones((1, 4), np.float32))
+            for _ in range(REQUESTS):  # sent from outside the kernel, while a cell keeps it busy
+                assert client.infer("double", [x]).as_numpy("y").tolist() == [[2, 2, 2, 2]]
+            expect(row.locator(".tnb-success-total")).to_have_text(str(REQUESTS), timeout=15_000)
+            busy_prompt = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".jp-InputPrompt")
+            expect(busy_prompt).to_contain_text("*")  # the sleep cell still runs: the panel updated meanwhile
+            expect(page.locator('.tnb-plot[data-model="double"] polyline').first).to_be_attached()
+            page.locator(".tritonnb-panel").screenshot(path=str(ARTIFACTS / "panel-ready.png"))
+
+            tritonserver = _tritonserver_on(http)
+            served = process_tree(tritonserver.pid)
+            tritonserver.kill()
+            expect(page.locator(".tritonnb-panel .tnb-server-state")).to_have_text("DOWN", timeout=15_000)
+            expect(page.locator(".tritonnb-panel .tnb-reason")).to_contain_text("tritonserver exited")
+            expect(row.locator(".tnb-model-state")).to_have_text("UNAVAILABLE")
+            page.locator(".tritonnb-panel").screenshot(path=str(ARTIFACTS / "panel-down.png"))
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
+            assert wait_gone(served) == []
+        finally:
+            browser.close()
