@@ -19,18 +19,27 @@ from helpers import free_ports, process_tree, wait_gone
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = pathlib.Path(__file__).parent.parent / "artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 REQUESTS = 25
 
 
 def _notebook(path: pathlib.Path, http: int, grpc: int, metrics: int) -> None:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
-        nbformat.v4.new_code_cell(f"%load_ext tritonnb\n%triton start --http-port {http} --grpc-port {grpc} "
-                                  f"--metrics-port {metrics}"),
-        nbformat.v4.new_code_cell("%%triton_model double --input x:float32[4] --output y:float32[4]\n"
-                                  "def double(x):\n    return x * 2"),
+        nbformat.v4.new_code_cell(
+            f"%load_ext tritonnb\n%triton start --http-port {http} --grpc-port {grpc} --metrics-port {metrics}"
+        ),
+        nbformat.v4.new_code_cell(
+            "%%triton_model double --input x:float32[4] --output y:float32[4]\ndef double(x):\n    return x * 2"
+        ),
         nbformat.v4.new_code_cell("%triton panel --interval 0.5"),
         nbformat.v4.new_code_cell("import time\ntime.sleep(45)  # the kernel is busy; the panel must stay live"),
     ]
@@ -43,11 +52,26 @@ def jupyterlab(tmp_path):
     """JupyterLab on a free loopback port, serving ``tmp_path``; stopped (with its kernels) afterwards."""
     port = free_ports(1)[0]
     token = "tritonnb-test"
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"), JUPYTER_DATA_DIR=str(tmp_path / "data"))
-    command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
-               "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
-               "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
+        JUPYTER_DATA_DIR=str(tmp_path / "data"),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        f"--port={port}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={tmp_path}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
     log = open(tmp_path / "jupyterlab.log", "w")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
