@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,22 @@ def test_loopback_by_default_with_status_logs_and_clean_stop(own_server, capfd):
     assert not server.home.exists()
     out, err = capfd.readouterr()
     assert "NVML" not in out + err and "tritonserver" not in out + err  # its log went to the file, not the cell
+
+
+def test_start_removes_what_killed_servers_left_behind(own_server):
+    from pytriton.constants import PYTRITON_HOME
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = PYTRITON_HOME / f"tritonnb-{dead.stdout.strip()}-dead00"
+    alive = PYTRITON_HOME / f"tritonnb-{os.getppid()}-alive0"
+    for path in (stale, alive):
+        (path / "sockets").mkdir(parents=True)
+    try:
+        server = tritonnb.start(**port_ports(free_ports()))
+        assert not stale.exists() and alive.exists()
+        assert server.home.name.startswith(f"tritonnb-{os.getpid()}-")
+    finally:
+        shutil.rmtree(alive, ignore_errors=True)
 
 
 def test_busy_default_port_moves_on_and_says_so():

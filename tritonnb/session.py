@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import json
+import os
 import pathlib
 import re
 import secrets
@@ -27,6 +29,7 @@ from tritonnb.signature import TensorSpec, as_specs
 from tritonnb.torch_bridge import resolve_device
 
 STARTUP_TIMEOUT_S = 120.0
+HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
 ACCESS_TOKEN_HEADER = "triton-access-token"
 GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 DEFAULT_OUTPUT = TensorSpec("output", "float32", (-1,))
@@ -42,7 +45,9 @@ class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.models: dict[str, ModelSlot] = {}
-        self.home = PYTRITON_HOME / f"tritonnb-{secrets.token_hex(4)}"
+        remove_stale_homes(PYTRITON_HOME)
+        remove_stale_homes(pathlib.Path(tempfile.gettempdir()))
+        self.home = PYTRITON_HOME / f"{HOME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.home.mkdir(parents=True)
         self.sockets = _socket_root(self.home)
         self.log = ServerLog(self.home / "tritonserver.log")
@@ -122,8 +127,9 @@ class Server:
     def _stop_process(self) -> None:
         if self._process is not None:
             self._process.stop()
-        for slot in self.models.values():
-            slot.retire_all()
+        if self.models:  # each retirement waits on PyTriton's socket timeouts: do them side by side
+            with concurrent.futures.ThreadPoolExecutor(len(self.models)) as pool:
+                list(pool.map(ModelSlot.retire_all, self.models.values()))
 
     def stop(self) -> float:
         """Stop tritonserver and every model's threads; return the seconds it took."""
@@ -267,7 +273,28 @@ def _socket_root(home: pathlib.Path) -> pathlib.Path:
         root = home / "sockets"
         root.mkdir()
         return root
-    return pathlib.Path(tempfile.mkdtemp(prefix="tritonnb-"))
+    return pathlib.Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
+
+
+def remove_stale_homes(parent: pathlib.Path) -> list[pathlib.Path]:
+    """Delete the folders that servers of processes no longer running left in ``parent`` (after a kill -9)."""
+    removed = []
+    for path in parent.glob(f"{HOME_PREFIX}*-*") if parent.is_dir() else ():
+        pid = path.name.removeprefix(HOME_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_name(name: str, sockets: pathlib.Path) -> None:
