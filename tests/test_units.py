@@ -86,3 +86,42 @@ def test_model_spec_validation_and_example_requests():
     spec = ModelSpec("m", (TensorSpec("x", "float32", (-1, 3)),), (TensorSpec("y", "float32"),))
     assert example_shape(spec.inputs[0], batched=True) == [1, 1, 3]
     assert '"shape":[1,1,3]' in curl_command("http://127.0.0.1:8000", spec)
+
+
+def test_panel_rendering_of_gpus_down_state_and_strip():
+    from tritonnb.monitor import ModelMetrics, Snapshot
+    from tritonnb.widgets import render
+
+    gpu = {
+        "uuid": "GPU-0",
+        "utilization": 0.25,
+        "memory_total_bytes": 2**34,
+        "memory_used_bytes": 2**33,
+        "power_watts": 300.0,
+    }
+    snapshot = Snapshot(
+        time=0,
+        http_url="http://h:8000",
+        metrics_url="http://h:8002/metrics",
+        state="READY",
+        host={"cpu_utilization": 0.5, "memory_total_bytes": 2**31},
+        gpus=[gpu],
+    )
+    assert "GPU 0 <code>25%</code> <code>8.0 / 16.0 GiB</code> <code>300 W</code>" in render.host_html(snapshot)
+    assert "no GPU" in render.host_html(Snapshot(time=0, http_url="", metrics_url="", state="READY"))
+    down = Snapshot(
+        time=0, http_url="h", metrics_url="m", state="DOWN", reason="tritonserver exited", log_tail="E boom <tag>"
+    )
+    page = render.health_html(down)
+    assert "DOWN" in page and "tritonserver exited" in page and "E boom &lt;tag&gt;" in page
+    model = ModelMetrics(
+        name="m",
+        state="READY",
+        success_per_s=12.5,
+        latency_ms={"queue": 0.1, "compute_input": 0.2, "compute_infer": 1.0, "compute_output": 0.2},
+        history=[(0, 1.0, 1.0), (5, 3.0, 2.0)],
+    )
+    snapshot.models = {"m": model}
+    assert "12.5 req/s" in render.strip_html("m", snapshot) and "1.50 ms" in render.strip_html("m", snapshot)
+    assert render.sparkline_svg(model).count("<polyline") == 2
+    assert 'data-model="m"' in render.models_html(snapshot)

@@ -114,11 +114,6 @@ class ServerProcess(Triton):
         cmd = server._tritonserver_running_cmd if server is not None else None
         return cmd.pid if cmd is not None else None
 
-    @property
-    def server_args(self) -> list[str]:
-        """The command-line arguments tritonserver was given."""
-        return self._triton_server_config.to_args_list()
-
     def process_alive(self) -> bool:
         """Whether the tritonserver process is running."""
         return self._is_alive_impl()

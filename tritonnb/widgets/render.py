@@ -130,26 +130,22 @@ def plots_html(snapshot: Snapshot) -> str:
     return "".join(sparkline_svg(m) for m in snapshot.models.values())
 
 
+def _usage(figures: dict, utilization_key: str) -> list[str]:
+    """Utilisation and used/total memory, from the keys a host or GPU entry carries."""
+    parts = []
+    if utilization_key in figures:
+        parts.append(f"<code>{figures[utilization_key] * 100:.0f}%</code>")
+    if "memory_total_bytes" in figures:
+        used, total = figures.get("memory_used_bytes", 0) / 2**30, figures["memory_total_bytes"] / 2**30
+        parts.append(f"<code>{used:.1f} / {total:.1f} GiB</code>")
+    return parts
+
+
 def host_html(snapshot: Snapshot) -> str:
     """CPU and memory; each GPU's utilisation, memory and power, or a note that there is none."""
-    host = snapshot.host
-    parts = []
-    if "cpu_utilization" in host:
-        parts.append(f"CPU <code>{host['cpu_utilization'] * 100:.0f}%</code>")
-    if "memory_total_bytes" in host:
-        parts.append(
-            f"memory <code>{host.get('memory_used_bytes', 0) / 2**30:.1f} / "
-            f"{host['memory_total_bytes'] / 2**30:.1f} GiB</code>"
-        )
+    parts = [" ".join(["CPU", *_usage(snapshot.host, "cpu_utilization")])]
     for index, gpu in enumerate(snapshot.gpus):
-        figures = [f"GPU {index}"]
-        if "utilization" in gpu:
-            figures.append(f"<code>{gpu['utilization'] * 100:.0f}%</code>")
-        if "memory_total_bytes" in gpu:
-            figures.append(
-                f"<code>{gpu.get('memory_used_bytes', 0) / 2**30:.1f} / "
-                f"{gpu['memory_total_bytes'] / 2**30:.1f} GiB</code>"
-            )
+        figures = [f"GPU {index}", *_usage(gpu, "utilization")]
         if "power_watts" in gpu:
             figures.append(f"<code>{gpu['power_watts']:.0f} W</code>")
         parts.append(" ".join(figures))
