@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from helpers import fp32, infer_json
@@ -143,6 +144,14 @@ def test_signature_change_reloads_under_load_with_no_failure(triton):
     assert seen[0] == 1.0 and seen[-1] == 7.0
     status, body = infer_json(triton.http_url, "grow", [fp32("x", [1, 6], [1] * 6)])  # -1 dim takes any length
     assert status == 200 and body["outputs"][0]["shape"] == [1, 6]
+
+    def stubs_of_grow() -> int:
+        return sum("grow_0_0" in p.cmdline() for p in psutil.Process(triton.pid).children())
+
+    deadline = time.monotonic() + 15
+    while stubs_of_grow() > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stubs_of_grow() == 1  # replaced generations are retired once quiet, not kept until stop
 
 
 def test_two_models_coexist_and_unbind_leaves_the_other(triton):

@@ -15,7 +15,8 @@ from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
 from tritonnb.signature import TensorSpec
 
 LOGGER = logging.getLogger("tritonnb")
-RETIRE_GRACE_S = 10.0  # how long a replaced generation keeps its threads for requests Triton routed to it
+RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
+RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case
 
 
 class BindError(RuntimeError):
@@ -86,7 +87,7 @@ class ModelSlot:
         self._generation: Generation | None = None
         self._trampoline: Trampoline | None = None
         self._generation_number = 0
-        self._pending_retire: dict[Generation, threading.Timer] = {}
+        self._pending_retire: dict[Generation, threading.Event] = {}
         self._lock = threading.Lock()
 
     @property
@@ -163,17 +164,26 @@ class ModelSlot:
         except Exception as error:
             generation.retire()
             raise BindError(f"Triton could not load model {spec.name!r}: {error}") from error
-        previous, self._generation, self._trampoline = self._generation, generation, trampoline
-        if previous is not None:
-            timer = threading.Timer(RETIRE_GRACE_S, self._retire, args=(previous,))
-            timer.daemon = True
-            self._pending_retire[previous] = timer
-            timer.start()
+        previous, previous_trampoline = self._generation, self._trampoline
+        self._generation, self._trampoline = generation, trampoline
+        if previous is not None and previous_trampoline is not None:
+            # Triton now routes new requests to the new generation; the old one finishes what it holds
+            cancelled = self._pending_retire[previous] = threading.Event()
+            threading.Thread(
+                target=self._retire_when_quiet, args=(previous, previous_trampoline, cancelled), daemon=True
+            ).start()
+
+    def _retire_when_quiet(self, generation: Generation, trampoline: Trampoline, cancelled: threading.Event) -> None:
+        deadline = time.monotonic() + RETIRE_MAX_WAIT_S
+        while not cancelled.wait(0.2):
+            if trampoline.idle_for() >= RETIRE_QUIET_S or time.monotonic() > deadline:
+                self._retire(generation)
+                return
 
     def _retire(self, generation: Generation) -> None:
-        timer = self._pending_retire.pop(generation, None)
-        if timer is not None:  # whoever pops it first retires it, exactly once
-            timer.cancel()
+        cancelled = self._pending_retire.pop(generation, None)
+        if cancelled is not None:  # whoever pops it first retires it, exactly once
+            cancelled.set()
             generation.retire()
 
     def _drop_generation(self) -> None:

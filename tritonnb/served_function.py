@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,6 +98,14 @@ class Trampoline:
     def __init__(self, target: ServedFunction, batched: bool) -> None:
         self.target = target
         self.batched = batched
+        self._in_flight = 0
+        self._last_request = time.monotonic()
+        self._count_lock = threading.Lock()
+
+    def idle_for(self) -> float:
+        """Seconds since the last request finished; 0 while one is in flight."""
+        with self._count_lock:
+            return 0.0 if self._in_flight else time.monotonic() - self._last_request
 
     def handlers(self, instances: int) -> list[Callable[[list], list]]:
         """One distinct callable per Triton model instance, all calling this trampoline."""
@@ -103,6 +113,16 @@ class Trampoline:
 
     def handle(self, requests: list) -> list[dict[str, np.ndarray]]:
         """PyTriton's request-list interface: merge a dynamic batch, call the target once, split the result."""
+        with self._count_lock:
+            self._in_flight += 1
+        try:
+            return self._handle(requests)
+        finally:
+            with self._count_lock:
+                self._in_flight -= 1
+                self._last_request = time.monotonic()
+
+    def _handle(self, requests: list) -> list[dict[str, np.ndarray]]:
         target = self.target  # read once: a swap mid-batch must not mix two functions
         if not self.batched or len(requests) == 1:
             return [self._checked(target, r.data, _batch_size(r.data)) for r in requests]
