@@ -116,15 +116,19 @@ def test_server_that_stops_answering_is_down_with_a_reason(served):
     local = Monitor(target_for(server=served))
     assert remote.poll().state == "READY"
     assert "double" in remote.poll().models  # no token: the models come from the metrics
+    _send(3)
+    assert local.poll().models["double"].success_total == 3
     processes = process_tree(served.pid)
     os.kill(served.pid, signal.SIGKILL)
     assert wait_gone(processes[:1]) == []
     time.sleep(0.3)
     away = remote.poll()
     assert away.state == "DOWN" and "no answer" in away.reason
+    assert away.models["double"].state == "UNAVAILABLE"
     down = local.poll()
     assert down.state == "DOWN" and down.reason == "tritonserver exited" and down.log_tail
     assert down.models["double"].state == "UNAVAILABLE"
+    assert down.models["double"].success_total == 3  # the last known totals stay on show
     assert "DOWN" in render.health_html(down)
     served.restart()
     assert local.poll().state == "READY" and remote.poll().state == "READY"

@@ -167,6 +167,7 @@ class Monitor:
         self._previous: dict[str, tuple[float, dict[str, float]]] = {}
         self._history: dict[str, collections.deque] = {}
         self._version = ""
+        self._last_models: dict[str, ModelMetrics] = {}
 
     def poll(self) -> Snapshot:
         """One sample: health, metrics, statistics, model states; never raises for a server that is away."""
@@ -178,7 +179,7 @@ class Monitor:
             snapshot.state = server.state
             snapshot.reason = "stopped with %triton stop" if server.state == "STOPPED" else "tritonserver exited"
             snapshot.log_tail = server.logs(12) if server.state == "DOWN" else ""
-            snapshot.models = {n: self._static_model(n, "UNAVAILABLE") for n in server.models}
+            snapshot.models = {n: self._unavailable(n) for n in server.models}
             return snapshot
         try:
             snapshot.live = _get(f"{target.http_url}/v2/health/live") is not None
@@ -187,6 +188,7 @@ class Monitor:
             snapshot.reason = f"no answer from {target.http_url}: {_reason(error)}"
             if server is not None:
                 snapshot.log_tail = server.logs(12)
+            snapshot.models = {n: self._unavailable(n) for n in self._last_models}
             self._previous.clear()
             return snapshot
         snapshot.state = "READY" if snapshot.ready else "NOT READY"
@@ -212,7 +214,17 @@ class Monitor:
         snapshot.models = {
             name: self._model(name, per_model.get(name, {}), failures.get(name, {}), now) for name in names
         }
+        self._last_models = snapshot.models
         return snapshot
+
+    def _unavailable(self, name: str) -> ModelMetrics:
+        """A model of a server that is away: its last totals, no rates."""
+        model = self._static_model(name, "UNAVAILABLE")
+        last = self._last_models.get(name)
+        if last is not None:
+            model.version, model.failures_by_reason = last.version, last.failures_by_reason
+            model.success_total, model.failure_total = last.success_total, last.failure_total
+        return model
 
     def _stats(self) -> dict[str, dict[str, float]] | None:
         server = self.target.server
