@@ -64,13 +64,15 @@ def bind(
     batch_delay_us: int = 0,
     instances: int = 1,
     device: str | None = None,
+    warmup: int = 0,
 ) -> ModelCard:
     """Serve ``fn`` as Triton model ``name`` (starting the server if needed); binding a name again hot-swaps it.
 
     ``inputs``/``outputs`` are specs like ``"x:float32[-1,64]"`` (dims per sample; the batch dim is implied when
     ``max_batch_size`` > 0). Without inputs, each parameter becomes a ``float32[-1]`` input; without outputs, one
     ``output:float32[-1]``. ``fn`` gets torch tensors on ``device`` (CUDA when available) and may return a tensor,
-    a tuple or a dict of tensors or numpy arrays.
+    a tuple or a dict of tensors or numpy arrays. ``warmup`` generated batches run through ``fn`` before Triton
+    may route a request to it (and before a swap takes effect); a failing warm-up raises and changes nothing.
     """
     from tritonnb.card import ModelCard
 
@@ -84,6 +86,7 @@ def bind(
         batch_delay_us=batch_delay_us,
         instances=instances,
         device=device,
+        warmup=warmup,
     )
     slot = current.models[name]
     return ModelCard(

@@ -8,15 +8,37 @@ import pathlib
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Protocol
 
+import numpy as np
+
 from tritonnb._pytriton import Generation
-from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
-from tritonnb.signature import TensorSpec
+from tritonnb.served_function import ErrorReporter, ModelError, ServedFunction, Trampoline
+from tritonnb.signature import TensorSpec, sample_inputs
 
 LOGGER = logging.getLogger("tritonnb")
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
 RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case
+
+
+class WarmupError(RuntimeError):
+    """A warm-up batch failed; the model was not (re)bound."""
+
+
+def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
+    """Run ``batches`` generated batches through the same path requests take, before anyone can call it."""
+    if batches < 0:
+        raise ValueError(f"warm-up batches must be 0 or more, got {batches}")
+    trampoline = Trampoline(target, spec.batched)
+    rng = np.random.default_rng(0)
+    batch_size = spec.max_batch_size if spec.batched else None
+    for number in range(1, batches + 1):
+        request = SimpleNamespace(data=sample_inputs(spec.inputs, batch_size, rng))
+        try:
+            trampoline.handle([request])
+        except ModelError as error:
+            raise WarmupError(f"warm-up batch {number} of {batches} failed: {error}") from None
 
 
 class BindError(RuntimeError):
@@ -95,10 +117,14 @@ class ModelSlot:
         """The model's name in Triton."""
         return self.spec.name
 
-    def bind(self, fn: Callable, spec: ModelSpec, device: str) -> BindResult:
-        """Serve ``fn`` under this slot's name: swap in place if the spec is unchanged, else reload."""
+    def bind(self, fn: Callable, spec: ModelSpec, device: str, warmup: int = 0) -> BindResult:
+        """Serve ``fn`` under this slot's name: swap in place if the spec is unchanged, else reload.
+
+        With ``warmup`` > 0 the function first runs that many generated batches; if one fails, nothing changes.
+        """
         started = time.perf_counter()
         target = self._served(fn, spec, device)
+        warm_up(target, spec, warmup)
         with self._lock:
             if self._trampoline is not None and spec == self.spec and self.is_serving():
                 self._trampoline.target = target

@@ -48,6 +48,46 @@ def _positive(text: str) -> int:
     return value
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} needs at least one value, none negative")
+    return values
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _perf_parser() -> MagicArgumentParser:
+    parser = _parser("%triton_perf", "Closed-loop load test of a served model.")
+    parser.add_argument("name")
+    parser.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8], help="levels, e.g. 1,2,4,8")
+    parser.add_argument("--duration", type=_positive_float, default=5.0, help="seconds per level")
+    parser.add_argument("--input-data", help="a variable (dict of arrays, or an array) or an .npz file")
+    return parser
+
+
+def _tune_parser() -> MagicArgumentParser:
+    parser = _parser("%triton_tune", "Sweep batching and instances of a served model and recommend the best.")
+    parser.add_argument("name")
+    parser.add_argument("--max-latency-ms", type=_positive_float, help="p95 latency budget")
+    parser.add_argument("--concurrency", type=_int_list, default=[8])
+    parser.add_argument("--duration", type=_positive_float, default=2.0, help="seconds per configuration")
+    parser.add_argument("--max-batch-sizes", type=_int_list, default=[0, 8, 32])
+    parser.add_argument("--delays-us", type=_int_list, default=[0, 1000])
+    parser.add_argument("--instances", type=_int_list, default=[1, 2])
+    parser.add_argument("--input-data", help="a variable (dict of arrays, or an array) or an .npz file")
+    parser.add_argument("--apply", action="store_true", help="leave the model bound with the best configuration")
+    return parser
+
+
 def _triton_parser() -> MagicArgumentParser:
     parser = _parser("%triton", "Control the background Triton server.")
     sub = parser.add_subparsers(
@@ -83,6 +123,7 @@ def _model_parser() -> MagicArgumentParser:
     parser.add_argument("--batch-delay-us", type=_non_negative, default=0)
     parser.add_argument("--instances", type=_positive, default=1)
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda when available)")
+    parser.add_argument("--warmup", type=_non_negative, default=0, help="generated batches to run before serving")
     return parser
 
 
@@ -138,7 +179,7 @@ class TritonMagics(Magics):
     @cell_magic
     def triton_model(self, line: str, cell: str) -> None:
         """%%triton_model NAME [--input SPEC ...] [--output SPEC ...] [--max-batch-size N] [--batch-delay-us N]
-        [--instances N] [--device cpu|cuda|cuda:K]"""
+        [--instances N] [--device cpu|cuda|cuda:K] [--warmup N]"""
         from tritonnb.cell import CellError, run_cell_and_pick
         from tritonnb.torch_bridge import resolve_device
 
@@ -164,15 +205,87 @@ class TritonMagics(Magics):
                 batch_delay_us=args.batch_delay_us,
                 instances=args.instances,
                 device=args.device,
+                warmup=args.warmup,
             )
         except (ValueError, TypeError) as error:  # bad names, specs or a function that cannot take the inputs
             raise UsageError(str(error)) from None
         display(card)
-        if getattr(self.shell, "kernel", None) is not None:  # live widgets need a kernel with comms
+        if self._has_kernel():  # live widgets need a kernel with comms
             from tritonnb.monitor import target_for
             from tritonnb.widgets.panel import ModelStrip
 
             display(ModelStrip(target_for(server=tritonnb.server()), args.name))
+
+    @line_magic
+    def triton_perf(self, line: str):
+        """%triton_perf NAME [--concurrency 1,2,4,8] [--duration S] [--input-data VAR_OR_NPZ]"""
+        from tritonnb.perf import PerfError, run_perf
+        from tritonnb.widgets.progress import StepProgress
+
+        args = _parse(_perf_parser(), line)
+        server = self._require_model(args.name)
+        if 0 in args.concurrency:
+            raise UsageError("concurrency levels must be 1 or more")
+        progress = StepProgress(len(args.concurrency), "load test", self._has_kernel())
+        try:
+            return run_perf(
+                server, args.name, args.concurrency, args.duration, self._input_data(args.input_data), progress.step
+            )
+        except PerfError as error:
+            raise UsageError(str(error)) from None
+
+    @line_magic
+    def triton_tune(self, line: str):
+        """%triton_tune NAME [--max-latency-ms X] [--concurrency 8] [--duration S] [--max-batch-sizes 0,8,32]
+        [--delays-us 0,1000] [--instances 1,2] [--input-data VAR_OR_NPZ] [--apply]"""
+        from tritonnb.perf import PerfError
+        from tritonnb.tune import configurations, tune
+        from tritonnb.widgets.progress import StepProgress
+
+        args = _parse(_tune_parser(), line)
+        server = self._require_model(args.name)
+        if 0 in args.concurrency or 0 in args.instances:
+            raise UsageError("concurrency levels and instance counts must be 1 or more")
+        grid = configurations(args.max_batch_sizes, args.delays_us, args.instances)
+        progress = StepProgress(len(grid), "tuning", self._has_kernel())
+        try:
+            return tune(
+                server,
+                args.name,
+                max_latency_ms=args.max_latency_ms,
+                concurrency=args.concurrency,
+                duration_s=args.duration,
+                max_batch_sizes=args.max_batch_sizes,
+                delays_us=args.delays_us,
+                instances=args.instances,
+                apply=args.apply,
+                input_data=self._input_data(args.input_data),
+                on_progress=progress.step,
+            )
+        except PerfError as error:
+            raise UsageError(str(error)) from None
+
+    def _has_kernel(self) -> bool:
+        return getattr(self.shell, "kernel", None) is not None
+
+    def _input_data(self, reference: str | None):
+        if reference is None:
+            return None
+        if reference.isidentifier():
+            if reference not in self.shell.user_ns:
+                raise UsageError(f"no variable named {reference!r} holds input data")
+            return self.shell.user_ns[reference]
+        import pathlib
+
+        if not pathlib.Path(reference).is_file():
+            raise UsageError(f"input data {reference!r} is neither a variable nor a file")
+        return reference
+
+    def _require_model(self, name: str):
+        server = self._require_server()
+        if name not in server.models:
+            raise UsageError(f"no model named {name!r}; served: {', '.join(server.models) or 'none'}")
+        return server
 
     def _start(self, args: argparse.Namespace | None):
         options = {}

@@ -159,6 +159,16 @@ def counters_from_stats(stats: dict) -> dict[str, dict[str, float]]:
     return result
 
 
+def fetch_stats(http_url: str, token: str | None, model: str | None = None) -> dict[str, dict[str, float]] | None:
+    """Per-model counters from the statistics API (all models, or one); None when it is not reachable or refused."""
+    headers = {"triton-access-token": token} if token else {}
+    path = f"/v2/models/{model}/stats" if model else "/v2/models/stats"
+    try:
+        return counters_from_stats(_json(f"{http_url}{path}", headers))
+    except (OSError, ValueError):
+        return None
+
+
 class Monitor:
     """Samples one server and keeps what rates and history need between samples."""
 
@@ -229,11 +239,7 @@ class Monitor:
     def _stats(self) -> dict[str, dict[str, float]] | None:
         server = self.target.server
         token = server.access_token if server is not None else self.target.access_token  # new on every restart
-        headers = {"triton-access-token": token} if token else {}
-        try:
-            return counters_from_stats(_json(f"{self.target.http_url}/v2/models/stats", headers))
-        except (OSError, ValueError):
-            return None
+        return fetch_stats(self.target.http_url, token)
 
     def _static_model(self, name: str, state: str) -> ModelMetrics:
         model = ModelMetrics(name=name, state=state)

@@ -169,8 +169,12 @@ class Server:
         batch_delay_us: int = 0,
         instances: int = 1,
         device: str | None = None,
+        warmup: int = 0,
     ) -> BindResult:
-        """Serve ``fn`` as model ``name``; calling it again with the same name hot-swaps it."""
+        """Serve ``fn`` as model ``name``; calling it again with the same name hot-swaps it.
+
+        ``warmup`` batches, generated from the inputs, run through ``fn`` before Triton may route a request to it.
+        """
         if self.state != "READY":
             raise RuntimeError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
         _check_name(name, self.sockets)
@@ -191,7 +195,7 @@ class Server:
             )
             self.models[name] = slot
         try:
-            return slot.bind(fn, spec, resolved_device)
+            return slot.bind(fn, spec, resolved_device, warmup)
         except BaseException:
             if slot.fn is None:  # never served: forget it
                 self.models.pop(name, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -99,3 +100,24 @@ def as_specs(specs: object, what: str) -> tuple[TensorSpec, ...]:
     if duplicated:
         raise SpecError(f"{what} names must be unique; repeated: {', '.join(duplicated)}")
     return result
+
+
+def sample_inputs(
+    specs: Sequence[TensorSpec], batch_size: int | None, rng: np.random.Generator, any_dim: int = 1
+) -> dict[str, np.ndarray]:
+    """Random arrays that fit ``specs``: -1 dims become ``any_dim``; a leading batch dim when ``batch_size``."""
+    arrays = {}
+    for spec in specs:
+        shape = [any_dim if d == -1 else d for d in spec.dims]
+        if batch_size is not None:
+            shape = [batch_size, *shape]
+        if spec.dtype == "bytes":
+            arrays[spec.name] = np.full(shape, b"x", dtype=object)
+        elif spec.dtype == "bool":
+            arrays[spec.name] = rng.random(shape) < 0.5
+        elif spec.numpy_dtype in (np.float16, np.float32, np.float64):
+            arrays[spec.name] = rng.standard_normal(shape).astype(spec.numpy_dtype)
+        else:
+            info = np.iinfo(spec.numpy_dtype)
+            arrays[spec.name] = rng.integers(max(info.min, -100), min(info.max, 100), shape, dtype=spec.numpy_dtype)
+    return arrays

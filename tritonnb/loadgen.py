@@ -1,0 +1,102 @@
+"""Closed-loop HTTP load against one Triton model, run in its own process so it does not share the kernel's GIL.
+
+``python -m tritonnb.loadgen --port P --model NAME --concurrency C --duration S --body FILE --header-length N``
+prints one JSON line: every request's latency in ms, the error count, a few error messages, and the elapsed time.
+Requests go to 127.0.0.1 only; the loop is bounded by ``--duration`` (and ``--max-requests``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import re
+import sys
+import threading
+import time
+
+
+def error_message(payload: bytes) -> str:
+    """The telling line of an error response: the served function's exception, not Triton's traceback around it."""
+    try:
+        text = json.loads(payload)["error"]
+    except (ValueError, KeyError, TypeError):
+        return payload[:300].decode(errors="replace")
+    lines = [line.strip() for line in text.replace("\\n", "\n").splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (raised[-1] if raised else text)[:300]
+
+
+def run(
+    port: int,
+    model: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    body: bytes,
+    header_length: int,
+    max_requests: int,
+) -> dict:
+    """C clients, each on its own keep-alive connection, sending back to back until the time is up."""
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
+    path = f"/v2/models/{model}/infer"
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_at = time.perf_counter() + warmup_s
+    stop_at = start_at + duration_s
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            sent = time.perf_counter()
+            if sent >= stop_at or len(latencies) + len(errors) >= max_requests:
+                return
+            try:
+                connection.request("POST", path, body, headers)
+                response = connection.getresponse()
+                payload = response.read()
+                failed = None if response.status == 200 else f"{response.status} {error_message(payload)}"
+            except OSError as error:
+                failed = repr(error)
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            if sent < start_at:  # warm-up: not counted
+                continue
+            with lock:
+                if failed is None:
+                    latencies.append((time.perf_counter() - sent) * 1000)
+                else:
+                    errors.append(failed)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = min(time.perf_counter(), stop_at) - start_at
+    return {"latencies_ms": latencies, "errors": len(errors), "error_samples": errors[:5], "elapsed_s": elapsed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run, print the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--body", required=True, help="file with the request body (JSON header + binary tensors)")
+    parser.add_argument("--header-length", type=int, required=True)
+    parser.add_argument("--max-requests", type=int, default=10_000_000)
+    args = parser.parse_args(argv)
+    with open(args.body, "rb") as f:
+        body = f.read()
+    result = run(
+        args.port, args.model, args.concurrency, args.duration, args.warmup, body, args.header_length, args.max_requests
+    )
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Closed-loop load tests of a served model: percentiles, errors, Triton's server-side split, per concurrency."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tritonnb.binding import ModelSpec
+from tritonnb.monitor import PHASES, fetch_stats
+from tritonnb.signature import sample_inputs
+
+ROW_KEYS = (
+    "concurrency",
+    "throughput",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "errors",
+    "requests",
+    *(f"{p}_ms" for p in PHASES),
+)
+WARMUP_S = 0.5
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+
+class PerfError(RuntimeError):
+    """The load test could not run (the load generator failed, or the input data does not fit)."""
+
+
+@dataclasses.dataclass
+class PerfResult:
+    """Rows of one load test (one per concurrency level) and the equivalent perf_analyzer command line."""
+
+    model: str
+    duration_s: float
+    rows: list[dict[str, Any]]
+    perf_analyzer: str
+    error_samples: list[str] = dataclasses.field(default_factory=list)
+
+    def __repr__(self) -> str:
+        from tritonnb.widgets.perf_view import rows_text
+
+        return (
+            f"load test of {self.model!r}, {self.duration_s:g} s per level\n{rows_text(self.rows, ROW_KEYS)}\n"
+            f"\nreproduce with NVIDIA's tool:\n{self.perf_analyzer}"
+        )
+
+    def _repr_html_(self) -> str:
+        from tritonnb.widgets.perf_view import perf_html
+
+        return perf_html(self)
+
+
+def input_arrays(spec: ModelSpec, data: Any = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """The request's arrays: ``data`` (dict by input name, one array for a one-input model, or an .npz path), or
+    random arrays generated from the signature (a batch of one)."""
+    if data is None:
+        return sample_inputs(spec.inputs, 1 if spec.batched else None, np.random.default_rng(seed))
+    if isinstance(data, (str, pathlib.Path)):
+        with np.load(data) as npz:
+            data = dict(npz)
+    if not isinstance(data, dict):
+        if len(spec.inputs) != 1:
+            raise PerfError(f"model {spec.name!r} has {len(spec.inputs)} inputs: give a dict of arrays by name")
+        data = {spec.inputs[0].name: data}
+    names = [s.name for s in spec.inputs]
+    if sorted(data) != sorted(names):
+        raise PerfError(f"input data names {sorted(data)} do not match the model's inputs {names}")
+    arrays = {}
+    for input_spec in spec.inputs:
+        value = data[input_spec.name]
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        arrays[input_spec.name] = np.asarray(
+            value, dtype=object if input_spec.dtype == "bytes" else input_spec.numpy_dtype
+        )
+    return arrays
+
+
+def request_body(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """A binary-tensor KServe v2 request (and its JSON header length), asking for binary outputs."""
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for input_spec in spec.inputs:
+        array = arrays[input_spec.name]
+        infer_input = httpclient.InferInput(input_spec.name, list(array.shape), input_spec.triton_dtype)
+        infer_input.set_data_from_numpy(array, binary_data=True)
+        inputs.append(infer_input)
+    outputs = [httpclient.InferRequestedOutput(o.name, binary_data=True) for o in spec.outputs]
+    body, header_length = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
+    return body, header_length if header_length is not None else len(body)
+
+
+def perf_analyzer_command(
+    http_url: str, spec: ModelSpec, arrays: dict[str, np.ndarray], levels: Sequence[int], duration_s: float, token: str
+) -> str:
+    """The perf_analyzer command line measuring the same thing (with the token its server-side stats need)."""
+    shapes = [
+        f"--shape {name}:{','.join(map(str, a.shape[1:] if spec.batched else a.shape))}" for name, a in arrays.items()
+    ]
+    common = [
+        f"perf_analyzer -m {spec.name} -u {http_url.removeprefix('http://')} -i http -b 1",
+        f"--measurement-interval {int(duration_s * 1000)}",
+        *shapes,
+        f"-H {shlex.quote('triton-access-token:' + token)}",
+    ]
+    steps = {b - a for a, b in itertools.pairwise(levels)}
+    if len(levels) == 1 or len(steps) == 1:
+        step = steps.pop() if steps else 1
+        return " ".join([*common, f"--concurrency-range {levels[0]}:{levels[-1]}:{step}"])
+    return "\n".join(" ".join([*common, f"--concurrency-range {c}:{c}"]) for c in levels)
+
+
+def percentiles(latencies_ms: Sequence[float]) -> dict[str, float | None]:
+    """p50/p90/p95/p99 of the latencies (None when there are none)."""
+    if not latencies_ms:
+        return {f"p{q}_ms": None for q in (50, 90, 95, 99)}
+    values = np.percentile(np.asarray(latencies_ms), [50, 90, 95, 99])
+    return {f"p{q}_ms": float(v) for q, v in zip((50, 90, 95, 99), values)}
+
+
+def _server_split(before: dict | None, after: dict | None) -> dict[str, float | None]:
+    if not before or not after:
+        return {f"{p}_ms": None for p in PHASES}
+    count = after.get("success", 0) - before.get("success", 0)
+    return {f"{p}_ms": ((after[f"{p}_ns"] - before[f"{p}_ns"]) / count / 1e6 if count > 0 else None) for p in PHASES}
+
+
+def run_perf(
+    server: Any,
+    name: str,
+    concurrency: Sequence[int] = (1, 2, 4, 8),
+    duration_s: float = 5.0,
+    input_data: Any = None,
+    on_progress: Progress | None = None,
+    warmup_s: float = WARMUP_S,
+) -> PerfResult:
+    """Load-test model ``name`` of ``server`` at each concurrency level; the clients run in a separate process.
+
+    Each level first runs ``warmup_s`` uncounted (Triton's server-side columns include that time too).
+    """
+    if name not in server.models:
+        raise KeyError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
+    levels = [int(c) for c in concurrency]
+    if not levels or any(c < 1 for c in levels):
+        raise ValueError(f"concurrency levels must be 1 or more, got {levels}")
+    if duration_s <= 0:
+        raise ValueError(f"duration must be positive, got {duration_s}")
+    spec = server.models[name].spec
+    arrays = input_arrays(spec, input_data)
+    body, header_length = request_body(spec, arrays)
+    port = int(server.http_url.rsplit(":", 1)[1])
+    rows: list[dict[str, Any]] = []
+    samples: list[str] = []
+    with tempfile.NamedTemporaryFile(suffix=".bin") as body_file:
+        body_file.write(body)
+        body_file.flush()
+        for index, level in enumerate(levels):
+            before = (fetch_stats(server.http_url, server.access_token, name) or {}).get(name)
+            command = [
+                sys.executable,
+                "-m",
+                "tritonnb.loadgen",
+                f"--port={port}",
+                f"--model={name}",
+                f"--concurrency={level}",
+                f"--duration={duration_s}",
+                f"--warmup={warmup_s}",
+                f"--body={body_file.name}",
+                f"--header-length={header_length}",
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + warmup_s + 120)
+            if done.returncode != 0:
+                raise PerfError(f"the load generator failed:\n{done.stderr[-2000:]}")
+            measured = json.loads(done.stdout)
+            after = (fetch_stats(server.http_url, server.access_token, name) or {}).get(name)
+            latencies = measured["latencies_ms"]
+            row = {
+                "concurrency": level,
+                "throughput": len(latencies) / measured["elapsed_s"],
+                **percentiles(latencies),
+                "errors": measured["errors"],
+                "requests": len(latencies) + measured["errors"],
+                **_server_split(before, after),
+            }
+            rows.append(row)
+            samples += measured["error_samples"]
+            if on_progress is not None:
+                on_progress(index + 1, len(levels), row)
+    command = perf_analyzer_command(server.http_url, spec, arrays, levels, duration_s, server.access_token)
+    return PerfResult(name, duration_s, rows, command, samples[:5])
