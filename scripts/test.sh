@@ -12,6 +12,8 @@ if ! command -v chromium >/dev/null 2>&1; then
         exit 1
     fi
 fi
+source scripts/install_perf_analyzer.sh
+export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check tritonnb tests benchmarks
 .venv/bin/ruff format --check tritonnb tests benchmarks
 status=0

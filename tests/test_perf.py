@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import urllib.request
@@ -88,6 +89,27 @@ def test_perf_result_and_perf_analyzer_command(triton):
         run_perf(triton, "plain", [1], 0.3, input_data={"z": data["x"]})
     with pytest.raises(KeyError):
         run_perf(triton, "missing", [1], 0.3)
+
+
+def test_perf_analyzer_engine_reports_the_same_columns(shell, triton):
+    assert shutil.which("perf_analyzer"), "scripts/test.sh installs perf_analyzer into .venv/bin (on PATH there)"
+    tritonnb.bind(lambda x: x * 3, "pa", **SPEC)
+    with capture_output():
+        builtin = shell.run_line_magic("triton_perf", "pa --concurrency 1,2 --duration 1")
+        nvidia = shell.run_line_magic("triton_perf", "pa --concurrency 1,2 --duration 1 --engine perf_analyzer")
+    assert nvidia.engine == "perf_analyzer" and builtin.engine == "builtin"
+    for row in nvidia.rows:
+        assert set(ROW_KEYS) == set(row)
+        assert row["throughput"] > 0 and row["requests"] > 0 and row["errors"] == 0
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["compute_infer_ms"] > 0
+    print(
+        "builtin vs perf_analyzer infer/s:",
+        [(round(a["throughput"]), round(b["throughput"])) for a, b in zip(builtin.rows, nvidia.rows)],
+    )
+    tritonnb.bind(lambda x: (_ for _ in ()).throw(ValueError("no")), "pa_broken", **SPEC)
+    with pytest.raises(UsageError, match="perf_analyzer failed"):
+        shell.run_line_magic("triton_perf", "pa_broken --concurrency 1 --duration 0.5 --engine perf_analyzer")
 
 
 def test_tuner_changes_the_served_configuration(triton):

@@ -71,6 +71,12 @@ def _perf_parser() -> MagicArgumentParser:
     parser.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8], help="levels, e.g. 1,2,4,8")
     parser.add_argument("--duration", type=_positive_float, default=5.0, help="seconds per level")
     parser.add_argument("--input-data", help="a variable (dict of arrays, or an array) or an .npz file")
+    parser.add_argument(
+        "--engine",
+        choices=["builtin", "perf_analyzer"],
+        default="builtin",
+        help="tritonnb's load generator, or NVIDIA's perf_analyzer from PATH",
+    )
     return parser
 
 
@@ -218,7 +224,8 @@ class TritonMagics(Magics):
 
     @line_magic
     def triton_perf(self, line: str):
-        """%triton_perf NAME [--concurrency 1,2,4,8] [--duration S] [--input-data VAR_OR_NPZ]"""
+        """%triton_perf NAME [--concurrency 1,2,4,8] [--duration S] [--input-data VAR_OR_NPZ]
+        [--engine builtin|perf_analyzer]"""
         from tritonnb.perf import PerfError, run_perf
         from tritonnb.widgets.progress import StepProgress
 
@@ -229,7 +236,13 @@ class TritonMagics(Magics):
         progress = StepProgress(len(args.concurrency), "load test", self._has_kernel())
         try:
             return run_perf(
-                server, args.name, args.concurrency, args.duration, self._input_data(args.input_data), progress.step
+                server,
+                args.name,
+                args.concurrency,
+                args.duration,
+                self._input_data(args.input_data),
+                progress.step,
+                engine=args.engine,
             )
         except PerfError as error:
             raise UsageError(str(error)) from None

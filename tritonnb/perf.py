@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import itertools
 import json
 import pathlib
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +50,7 @@ class PerfResult:
     rows: list[dict[str, Any]]
     perf_analyzer: str
     error_samples: list[str] = dataclasses.field(default_factory=list)
+    engine: str = "builtin"
 
     def __repr__(self) -> str:
         from tritonnb.widgets.perf_view import rows_text
@@ -138,6 +142,137 @@ def _server_split(before: dict | None, after: dict | None) -> dict[str, float | 
     return {f"{p}_ms": ((after[f"{p}_ns"] - before[f"{p}_ns"]) / count / 1e6 if count > 0 else None) for p in PHASES}
 
 
+class _BuiltinEngine:
+    """tritonnb's own generator (``tritonnb.loadgen``) in a child process, one run per level."""
+
+    def __init__(
+        self, server: Any, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float, warmup_s: float
+    ) -> None:
+        self.server, self.spec, self.duration_s, self.warmup_s = server, spec, duration_s, warmup_s
+        body, self.header_length = request_body(spec, arrays)
+        self._body = tempfile.NamedTemporaryFile(suffix=".bin")  # noqa: SIM115 (closed in close())
+        self._body.write(body)
+        self._body.flush()
+
+    def measure(self, level: int) -> tuple[dict[str, Any], list[str]]:
+        """One level: client-side latencies and errors, and Triton's split over the same window."""
+        server, name = self.server, self.spec.name
+        before = (fetch_stats(server.http_url, server.access_token, name) or {}).get(name)
+        command = [
+            sys.executable,
+            "-m",
+            "tritonnb.loadgen",
+            f"--port={server.http_url.rsplit(':', 1)[1]}",
+            f"--model={name}",
+            f"--concurrency={level}",
+            f"--duration={self.duration_s}",
+            f"--warmup={self.warmup_s}",
+            f"--body={self._body.name}",
+            f"--header-length={self.header_length}",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=self.duration_s + self.warmup_s + 120)
+        if done.returncode != 0:
+            raise PerfError(f"the load generator failed:\n{done.stderr[-2000:]}")
+        measured = json.loads(done.stdout)
+        after = (fetch_stats(server.http_url, server.access_token, name) or {}).get(name)
+        latencies = measured["latencies_ms"]
+        row = {
+            "concurrency": level,
+            "throughput": len(latencies) / measured["elapsed_s"],
+            **percentiles(latencies),
+            "errors": measured["errors"],
+            "requests": len(latencies) + measured["errors"],
+            **_server_split(before, after),
+        }
+        return row, measured["error_samples"]
+
+    def close(self) -> None:
+        """Remove the request body file."""
+        self._body.close()
+
+
+class _PerfAnalyzerEngine:
+    """NVIDIA's perf_analyzer (from PATH), one run per level, read back from its CSV report."""
+
+    def __init__(self, server: Any, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float) -> None:
+        self.binary = shutil.which("perf_analyzer")
+        if self.binary is None:
+            raise PerfError("perf_analyzer is not on PATH; use the built-in engine, or install Triton's client SDK")
+        self.server, self.spec, self.duration_s = server, spec, duration_s
+        self._folder = tempfile.TemporaryDirectory(prefix="tritonnb-perf-")
+        self._data = pathlib.Path(self._folder.name) / "input.json"
+        sample = {}
+        for name, array in arrays.items():
+            per_request = array[0] if spec.batched else array
+            content = [v.decode() if isinstance(v, bytes) else v for v in per_request.reshape(-1).tolist()]
+            sample[name] = {"content": content, "shape": list(per_request.shape)}
+        self._data.write_text(json.dumps({"data": [sample]}))
+
+    def measure(self, level: int) -> tuple[dict[str, Any], list[str]]:
+        """One level, measured over three windows that together take about ``duration_s``."""
+        report = pathlib.Path(self._folder.name) / f"c{level}.csv"
+        window_ms = max(200, int(self.duration_s * 1000 / 3))
+        command = [
+            self.binary,
+            "-m",
+            self.spec.name,
+            "-u",
+            self.server.http_url.removeprefix("http://"),
+            "-i",
+            "http",
+            "-b",
+            "1",
+            "--concurrency-range",
+            f"{level}:{level}",
+            "--measurement-interval",
+            str(window_ms),
+            "--stability-percentage",
+            "100",
+            "--input-data",
+            str(self._data),
+            "-H",
+            f"triton-access-token:{self.server.access_token}",
+            "-f",
+            str(report),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=self.duration_s * 10 + 120)
+        if done.returncode != 0 or not report.exists():
+            raise PerfError(f"perf_analyzer failed:\n{(done.stdout + done.stderr)[-2000:]}")
+        with open(report, newline="") as f:
+            row = next(csv.DictReader(f))
+        ms = {
+            key: float(row[column]) / 1000
+            for key, column in (
+                ("p50_ms", "p50 latency"),
+                ("p90_ms", "p90 latency"),
+                ("p95_ms", "p95 latency"),
+                ("p99_ms", "p99 latency"),
+                ("queue_ms", "Server Queue"),
+                ("compute_input_ms", "Server Compute Input"),
+                ("compute_infer_ms", "Server Compute Infer"),
+                ("compute_output_ms", "Server Compute Output"),
+            )
+        }
+        throughput = float(row["Inferences/Second"])
+        counts = re.findall(r"Request count: (\d+)", done.stdout)  # of the stable window it reports
+        requests = int(counts[-1]) if counts else None
+        return {
+            "concurrency": level,
+            "throughput": throughput,
+            **{k: ms[k] for k in ms if k.startswith("p")},
+            "errors": 0,
+            "requests": requests,
+            **{k: ms[k] for k in ms if not k.startswith("p")},
+        }, []
+
+    def close(self) -> None:
+        """Remove the input data and reports."""
+        self._folder.cleanup()
+
+
+ENGINES = ("builtin", "perf_analyzer")
+
+
 def run_perf(
     server: Any,
     name: str,
@@ -146,10 +281,12 @@ def run_perf(
     input_data: Any = None,
     on_progress: Progress | None = None,
     warmup_s: float = WARMUP_S,
+    engine: str = "builtin",
 ) -> PerfResult:
     """Load-test model ``name`` of ``server`` at each concurrency level; the clients run in a separate process.
 
-    Each level first runs ``warmup_s`` uncounted (Triton's server-side columns include that time too).
+    ``engine`` is ``builtin`` (tritonnb's generator; each level first runs ``warmup_s`` uncounted, which Triton's
+    server-side columns include) or ``perf_analyzer`` (NVIDIA's tool from PATH; it fails on any error).
     """
     if name not in server.models:
         raise KeyError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
@@ -158,46 +295,24 @@ def run_perf(
         raise ValueError(f"concurrency levels must be 1 or more, got {levels}")
     if duration_s <= 0:
         raise ValueError(f"duration must be positive, got {duration_s}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spec = server.models[name].spec
     arrays = input_arrays(spec, input_data)
-    body, header_length = request_body(spec, arrays)
-    port = int(server.http_url.rsplit(":", 1)[1])
+    if engine == "builtin":
+        runner: Any = _BuiltinEngine(server, spec, arrays, duration_s, warmup_s)
+    else:
+        runner = _PerfAnalyzerEngine(server, spec, arrays, duration_s)
     rows: list[dict[str, Any]] = []
     samples: list[str] = []
-    with tempfile.NamedTemporaryFile(suffix=".bin") as body_file:
-        body_file.write(body)
-        body_file.flush()
+    try:
         for index, level in enumerate(levels):
-            before = (fetch_stats(server.http_url, server.access_token, name) or {}).get(name)
-            command = [
-                sys.executable,
-                "-m",
-                "tritonnb.loadgen",
-                f"--port={port}",
-                f"--model={name}",
-                f"--concurrency={level}",
-                f"--duration={duration_s}",
-                f"--warmup={warmup_s}",
-                f"--body={body_file.name}",
-                f"--header-length={header_length}",
-            ]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + warmup_s + 120)
-            if done.returncode != 0:
-                raise PerfError(f"the load generator failed:\n{done.stderr[-2000:]}")
-            measured = json.loads(done.stdout)
-            after = (fetch_stats(server.http_url, server.access_token, name) or {}).get(name)
-            latencies = measured["latencies_ms"]
-            row = {
-                "concurrency": level,
-                "throughput": len(latencies) / measured["elapsed_s"],
-                **percentiles(latencies),
-                "errors": measured["errors"],
-                "requests": len(latencies) + measured["errors"],
-                **_server_split(before, after),
-            }
+            row, errors = runner.measure(level)
             rows.append(row)
-            samples += measured["error_samples"]
+            samples += errors
             if on_progress is not None:
                 on_progress(index + 1, len(levels), row)
+    finally:
+        runner.close()
     command = perf_analyzer_command(server.http_url, spec, arrays, levels, duration_s, server.access_token)
-    return PerfResult(name, duration_s, rows, command, samples[:5])
+    return PerfResult(name, duration_s, rows, command, samples[:5], engine)
