@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import signal
 import socket
@@ -71,9 +72,11 @@ def test_start_removes_what_killed_servers_left_behind(own_server):
     alive = PYTRITON_HOME / f"tritonnb-{os.getppid()}-alive0"
     for path in (stale, alive):
         (path / "sockets").mkdir(parents=True)
+    stale_shm = pathlib.Path(f"/dev/shm/pytrtion{dead.stdout.strip()}-0000-test")
+    stale_shm.write_bytes(b"")
     try:
         server = tritonnb.start(**port_ports(free_ports()))
-        assert not stale.exists() and alive.exists()
+        assert not stale.exists() and alive.exists() and not stale_shm.exists()
         assert server.home.name.startswith(f"tritonnb-{os.getpid()}-")
     finally:
         shutil.rmtree(alive, ignore_errors=True)
@@ -136,6 +139,8 @@ def test_restart_rebinds_models_and_dead_server_reports_down(own_server):
     assert status == 200 and body["outputs"][0]["data"] == [11]
 
     processes = process_tree(server.pid)
+    shm_prefix = server._process._python_backend_config["shm-region-prefix-name"]
+    assert list(pathlib.Path("/dev/shm").glob(f"{shm_prefix}*"))
     os.kill(server.pid, signal.SIGKILL)
     assert wait_gone(processes[:1]) == []
     deadline = time.monotonic() + 10
@@ -146,6 +151,7 @@ def test_restart_rebinds_models_and_dead_server_reports_down(own_server):
         tritonnb.bind(lambda x: x, "late", inputs=["x:float32[1]"], outputs=["y:float32[1]"])
     server.restart()
     assert server.state == "READY"
+    assert not list(pathlib.Path("/dev/shm").glob(f"{shm_prefix}*"))  # the killed server's regions are unlinked
     status, body = infer_json(server.http_url, "plus10", [fp32("x", [1, 1], [5])])
     assert status == 200 and body["outputs"][0]["data"] == [15]
     assert wait_gone(processes) == []  # the killed server's stubs did not linger

@@ -114,9 +114,35 @@ class ServerProcess(Triton):
         cmd = server._tritonserver_running_cmd if server is not None else None
         return cmd.pid if cmd is not None else None
 
+    def remove_shared_memory(self) -> list[str]:
+        """Unlink the python backend's shared-memory regions a killed tritonserver could not remove itself."""
+        return remove_shared_memory(self._python_backend_config["shm-region-prefix-name"])
+
     def process_alive(self) -> bool:
         """Whether the tritonserver process is running."""
         return self._is_alive_impl()
+
+
+SHM_FOLDER = pathlib.Path("/dev/shm")
+
+
+def remove_shared_memory(prefix: str) -> list[str]:
+    """Unlink ``/dev/shm/<prefix>*`` (PyTriton names the python backend's regions ``pytrtion<pid>-<hex>...``)."""
+    removed = []
+    for path in SHM_FOLDER.glob(f"{prefix}*") if prefix and SHM_FOLDER.is_dir() else ():
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def stale_shared_memory_pids() -> set[int]:
+    """Process ids named by python backend regions in ``/dev/shm`` (``pytrtion<pid>-...``)."""
+    pids = set()
+    for path in SHM_FOLDER.glob("pytrtion*-*") if SHM_FOLDER.is_dir() else ():
+        pid = path.name.removeprefix("pytrtion").split("-", 1)[0]
+        if pid.isdigit():
+            pids.add(int(pid))
+    return pids
 
 
 def triton_config_from_env() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 from pytriton.constants import PYTRITON_HOME
 from pytriton.triton import TritonConfig
 
-from tritonnb._pytriton import ServerProcess
+from tritonnb._pytriton import ServerProcess, remove_shared_memory, stale_shared_memory_pids
 from tritonnb.binding import BindResult, ModelSlot, ModelSpec
 from tritonnb.served_function import default_inputs
 from tritonnb.server_log import ServerLog
@@ -47,6 +47,9 @@ class Server:
         self.models: dict[str, ModelSlot] = {}
         remove_stale_homes(PYTRITON_HOME)
         remove_stale_homes(pathlib.Path(tempfile.gettempdir()))
+        for pid in stale_shared_memory_pids():
+            if not _process_exists(pid):
+                remove_shared_memory(f"pytrtion{pid}-")
         self.home = PYTRITON_HOME / f"{HOME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.home.mkdir(parents=True)
         self.sockets = _socket_root(self.home)
@@ -127,6 +130,7 @@ class Server:
     def _stop_process(self) -> None:
         if self._process is not None:
             self._process.stop()
+            self._process.remove_shared_memory()  # left behind when tritonserver was killed
         if self.models:  # each retirement waits on PyTriton's socket timeouts: do them side by side
             with concurrent.futures.ThreadPoolExecutor(len(self.models)) as pool:
                 list(pool.map(ModelSlot.retire_all, self.models.values()))
