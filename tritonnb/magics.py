@@ -147,7 +147,7 @@ class TritonMagics(Magics):
 
     @line_magic
     def triton(self, line: str) -> None:
-        """%triton {start,stop,restart,status,models,unbind NAME,logs [-n N]}"""
+        """%triton {start,stop,restart,status,models,unbind NAME,logs [-n N],panel [--url URL]}"""
         args = _parse(_triton_parser(), line)
         if args.command == "start":
             self._start(args)
