@@ -1,0 +1,561 @@
+"""Serving overhead: the same torch MLP behind tritonnb, raw PyTriton and FastAPI + uvicorn, in one run.
+
+Run: ``.venv/bin/python benchmarks/compare.py [--duration 10] [--concurrency 1,8]``. Prints a markdown table.
+
+The function is ``Sequential(Linear(64, 256), ReLU, Linear(256, 64)).eval()`` under ``torch.inference_mode()``,
+``x: float32[64]`` in, ``y: float32[64]`` out, with the same weights everywhere. The servers run one after another
+on free loopback ports, each alone:
+
+- tritonnb, in this process (``tritonnb.bind(..., max_batch_size=64)``, dynamic batching, no batch delay);
+- raw PyTriton (``@batch``, ``max_batch_size=64``, dynamic batcher) in a subprocess, stopped with SIGINT;
+- FastAPI + uvicorn (1 worker, ``async def`` handler) in a subprocess, on the same URL path.
+
+Every server gets the same closed-loop load: KServe v2 JSON ``POST /v2/models/mlp/infer`` with one sample, from C
+threads with one keep-alive ``http.client.HTTPConnection`` each, sending back to back. The client runs in its own
+(spawned) process, so it never shares a GIL with tritonnb's in-process handler. Each server's answer is checked
+against the local function once before it is measured; the script exits non-zero if any server failed.
+This machine's cores are shared by client and server: compare numbers only within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+MODEL = "mlp"
+PATH = f"/v2/models/{MODEL}/infer"
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+# Shared by the server subprocesses: builds the MLP from the saved weights and sets torch's thread count.
+MLP_SOURCE = """
+import torch
+
+def load_mlp(weights, threads):
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
+    model.load_state_dict(torch.load(weights))
+    return model.eval()
+"""
+
+PYTRITON_SERVER = """
+import sys
+import numpy as np
+import torch
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+from mlp import load_mlp
+
+weights, threads, http_port, grpc_port, metrics_port, log_file = sys.argv[1:7]
+model = load_mlp(weights, int(threads))
+
+
+@batch
+def infer(x):
+    with torch.inference_mode():
+        return {"y": model(torch.from_numpy(x)).numpy()}
+
+
+config = TritonConfig(
+    http_address="127.0.0.1", http_port=int(http_port),
+    grpc_address="127.0.0.1", grpc_port=int(grpc_port),
+    metrics_address="127.0.0.1", metrics_port=int(metrics_port),
+    exit_timeout_secs=2, log_file=log_file,
+)
+with Triton(config=config) as triton:
+    triton.bind(
+        model_name="mlp",
+        infer_func=infer,
+        inputs=[Tensor(name="x", dtype=np.float32, shape=(64,))],
+        outputs=[Tensor(name="y", dtype=np.float32, shape=(64,))],
+        config=ModelConfig(max_batch_size=64, batching=True, batcher=DynamicBatcher(max_queue_delay_microseconds=0)),
+    )
+    triton.serve()
+"""
+
+FASTAPI_SERVER = """
+import json
+import sys
+import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from mlp import load_mlp
+
+weights, threads, port = sys.argv[1:4]
+model = load_mlp(weights, int(threads))
+app = FastAPI()
+
+
+@app.get("/v2/health/ready")
+async def ready():
+    return {}
+
+
+@app.post("/v2/models/mlp/infer")
+async def infer(request: Request):
+    spec = json.loads(await request.body())["inputs"][0]
+    x = np.asarray(spec["data"], dtype=np.float32).reshape(spec["shape"])
+    with torch.inference_mode():
+        y = model(torch.from_numpy(x)).numpy()
+    body = {
+        "model_name": "mlp",
+        "model_version": "1",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": list(y.shape), "data": y.ravel().tolist()}],
+    }
+    return Response(json.dumps(body), media_type="application/json")
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(port), workers=1, log_level="warning", access_log=False)
+"""
+
+
+@dataclass
+class Result:
+    """One server at one concurrency."""
+
+    server: str
+    concurrency: int
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    first_errors: list[str] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        """Answered requests per second in the measured window."""
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        """Latency percentile in ms (NaN without answers)."""
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+# -- the load -----------------------------------------------------------------------------------------
+
+
+def request_body(x: np.ndarray) -> str:
+    """The KServe v2 JSON body for one sample."""
+    return json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": x.tolist()}]})
+
+
+def run_load(port: int, body: str, clients: int, warmup_s: float, duration_s: float, max_requests: int) -> dict:
+    """Closed-loop load from ``clients`` threads; latencies of requests that start inside the measured window.
+
+    Runs in the client process. Each thread sends back to back on its own keep-alive connection until the window
+    ends or it has sent ``max_requests``.
+    """
+    start = time.perf_counter() + 0.05
+    window = (start + warmup_s, start + warmup_s + duration_s)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[list[str]] = [[] for _ in range(clients)]
+    headers = {"Content-Type": "application/json"}
+
+    def loop(i: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        sent = 0
+        while time.perf_counter() < start:
+            time.sleep(0.001)
+        while sent < max_requests:
+            began = time.perf_counter()
+            if began >= window[1]:
+                break
+            sent += 1
+            try:
+                connection.request("POST", PATH, body, headers)
+                response = connection.getresponse()
+                payload = response.read()
+                ok = response.status == 200 and b'"outputs"' in payload
+                problem = "" if ok else f"{response.status} {payload[:160]!r}"
+            except OSError as error:
+                problem = repr(error)
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            ended = time.perf_counter()
+            if began >= window[0]:
+                if problem:
+                    errors[i].append(problem)
+                else:
+                    latencies[i].append((ended - began) * 1000)
+        connection.close()
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {
+        "latencies_ms": [value for values in latencies for value in values],
+        "errors": [value for values in errors for value in values],
+        "seconds": duration_s,
+    }
+
+
+def post(port: int, body: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """One POST to the model's infer URL: status and payload."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", PATH, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def check_answer(port: int, x: np.ndarray, expected: np.ndarray) -> None:
+    """Raise unless the server's ``y`` for ``x`` equals the local function's result."""
+    status, payload = post(port, request_body(x))
+    if status != 200:
+        raise RuntimeError(f"status {status}: {payload[:300]!r}")
+    output = json.loads(payload)["outputs"][0]
+    y = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+    if y.shape != (1, 64) or not np.allclose(y, expected, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"wrong answer: shape {y.shape}, max abs diff {np.abs(y - expected).max():.3g}")
+
+
+# -- ports and processes ------------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all held open together while the OS picks them)."""
+    with contextlib.ExitStack() as stack:
+        sockets = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen | None, log: Path | None, what: str) -> None:
+    """Poll ``ready`` until it is true; raise if ``process`` exits or the time-out passes."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {READY_TIMEOUT_S:.0f} s:\n{tail(log)}")
+        time.sleep(0.1)
+
+
+def http_ok(port: int, path: str) -> bool:
+    """True when ``GET path`` answers 200."""
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", path)
+            return connection.getresponse().status == 200
+        finally:
+            connection.close()
+    except OSError:
+        return False
+
+
+def tail(log: Path | None, lines: int = 20) -> str:
+    """The last lines of a log file, for error messages."""
+    if log is None or not log.exists():
+        return ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when this benchmark dies (Linux), so no server outlives it."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def subprocess_server(script: str, args: list[str], workdir: Path, name: str, env: dict[str, str]) -> Iterator[Any]:
+    """Run ``script`` in a child Python; on exit send SIGINT, wait, and make sure its whole process tree is gone."""
+    path = workdir / f"{name}_server.py"
+    path.write_text(textwrap.dedent(script))
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(path), *args],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl+C on the terminal reaches this script only; it stops the child itself
+            preexec_fn=_die_with_parent,
+        )
+    tree: dict[int, psutil.Process] = {}
+    handle = _ServerHandle(process, log, tree)
+    try:
+        yield handle
+    finally:
+        handle.remember_tree()
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                print(f"{name}: no exit {STOP_TIMEOUT_S:.0f} s after SIGINT; killing it", file=sys.stderr)
+                process.kill()
+                process.wait()
+        check_gone(name, list(tree.values()))
+
+
+def check_gone(name: str, processes: list[psutil.Process]) -> None:
+    """Raise (after killing them) if any of a stopped server's ``processes`` still runs a few seconds later."""
+    deadline = time.monotonic() + 5  # PDEATHSIG'd children may need a moment after their parent exits
+    while any(_alive(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [f"{p.pid} {_name(p)}" for p in processes if _alive(p)]
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            if _alive(p):
+                p.kill()
+    if survivors:
+        raise RuntimeError(f"{name}: processes outlived the server and were killed: {survivors}")
+    print(f"{name}: stopped; none of its {len(processes)} server processes survives", file=sys.stderr)
+
+
+def _alive(process: psutil.Process) -> bool:
+    """True while ``process`` runs (a zombie counts as gone)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class _ServerHandle:
+    """A server subprocess, its log and the descendants seen while it ran."""
+
+    process: subprocess.Popen
+    log: Path
+    tree: dict[int, psutil.Process]
+
+    def remember_tree(self) -> None:
+        """Record the current descendants (tritonserver, its stubs) so they can be checked after the stop."""
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                self.tree.setdefault(child.pid, child)
+
+    def tritonserver_pids(self) -> list[int]:
+        """Pids of the tritonserver processes seen under this server."""
+        return [pid for pid, p in self.tree.items() if _name(p) == "tritonserver"]
+
+
+def _name(process: psutil.Process) -> str:
+    """A process's name, or '' once it is gone."""
+    try:
+        return process.name()
+    except psutil.Error:
+        return ""
+
+
+# -- the three servers --------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """What every server's measurement shares: the client process, body, expected answer and settings."""
+
+    pool: concurrent.futures.ProcessPoolExecutor
+    x: np.ndarray
+    expected: np.ndarray
+    args: argparse.Namespace
+    results: list[Result] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def measure(self, server: str, port: int) -> None:
+        """Check the answer once, then run the load at every concurrency."""
+        check_answer(port, self.x, self.expected)
+        body = request_body(self.x)
+        for clients in self.args.concurrency:
+            load = self.pool.submit(
+                run_load, port, body, clients, self.args.warmup, self.args.duration, self.args.max_requests
+            ).result()
+            result = Result(server, clients, len(load["latencies_ms"]), len(load["errors"]), load["seconds"])
+            result.latencies_ms, result.first_errors = load["latencies_ms"], load["errors"][:3]
+            self.results.append(result)
+            print(
+                f"  {server} c={clients}: {result.throughput:.0f} req/s, p50 {result.percentile(50):.2f} ms, "
+                f"p99 {result.percentile(99):.2f} ms, {result.errors} errors",
+                file=sys.stderr,
+            )
+
+    def run(self, server: str, body: Callable[[], None]) -> None:
+        """Run one server's start-measure-stop; a failure is recorded and the next server still runs."""
+        print(f"{server}: starting", file=sys.stderr)
+        try:
+            body()
+        except Exception as error:
+            self.failures.append(f"{server}: {error}")
+            print(f"{server}: FAILED: {error}", file=sys.stderr)
+
+
+def bench_tritonnb(bench: Bench, model: Any) -> None:
+    """tritonnb in this process."""
+    import torch
+
+    import tritonnb
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    tree: list[psutil.Process] = []
+    try:
+        server = tritonnb.start(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+
+        def mlp(x: torch.Tensor) -> torch.Tensor:
+            return model(x)
+
+        tritonnb.bind(mlp, MODEL, inputs=["x:float32[64]"], outputs=["y:float32[64]"], max_batch_size=64)
+        with contextlib.suppress(psutil.Error, TypeError):
+            tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+        bench.measure("tritonnb", http_port)
+    finally:
+        tritonnb.stop()
+        check_gone("tritonnb", tree)
+
+
+def server_env() -> dict[str, str]:
+    """The environment for server subprocesses: this Python's libpython first on the library path."""
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def bench_pytriton(bench: Bench, workdir: Path, weights: Path) -> None:
+    """Raw PyTriton in a subprocess."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    args = [str(weights), str(bench.args.torch_threads), str(http_port), str(grpc_port), str(metrics_port)]
+    args.append(str(workdir / "pytriton-triton.log"))
+    with subprocess_server(PYTRITON_SERVER, args, workdir, "pytriton", server_env()) as server:
+        log = server.log
+        wait_until(lambda: http_ok(http_port, f"/v2/models/{MODEL}/ready"), server.process, log, "PyTriton")
+        server.remember_tree()
+        if not server.tritonserver_pids():
+            raise RuntimeError("no tritonserver process found under the PyTriton server")
+        bench.measure("raw PyTriton", http_port)
+
+
+def bench_fastapi(bench: Bench, workdir: Path, weights: Path) -> None:
+    """FastAPI + uvicorn (1 worker) in a subprocess."""
+    (port,) = free_ports(1)
+    args = [str(weights), str(bench.args.torch_threads), str(port)]
+    with subprocess_server(FASTAPI_SERVER, args, workdir, "fastapi", server_env()) as server:
+        wait_until(lambda: http_ok(port, "/v2/health/ready"), server.process, server.log, "FastAPI")
+        bench.measure("FastAPI + uvicorn", port)
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+
+def find(results: list[Result], server: str, clients: int) -> Result | None:
+    """The result for ``server`` at ``clients``, if measured."""
+    return next((r for r in results if r.server == server and r.concurrency == clients), None)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """``a / b`` formatted, or n/a."""
+    if a is None or b is None or not b or a != a or b != b:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def report(bench: Bench) -> None:
+    """Print the markdown table and the ratio lines."""
+    print(
+        f"\n{os.cpu_count()} cores, torch threads per server: {bench.args.torch_threads or 'default'}, "
+        f"{bench.args.duration:g} s per point after {bench.args.warmup:g} s warm-up, one sample per request\n"
+    )
+    print("| server | concurrency | throughput (req/s) | p50 (ms) | p99 (ms) | errors |\n|---|---|---|---|---|---|")
+    for r in bench.results:
+        print(
+            f"| {r.server} | {r.concurrency} | {r.throughput:.0f} | {r.percentile(50):.2f} | "
+            f"{r.percentile(99):.2f} | {r.errors} of {r.requests + r.errors} |"
+        )
+    nb1, raw1 = find(bench.results, "tritonnb", 1), find(bench.results, "raw PyTriton", 1)
+    nb8, raw8 = find(bench.results, "tritonnb", 8), find(bench.results, "raw PyTriton", 8)
+    api8 = find(bench.results, "FastAPI + uvicorn", 8)
+    print()
+    print(
+        "tritonnb / raw PyTriton, p50 latency at c=1: "
+        f"{ratio(nb1 and nb1.percentile(50), raw1 and raw1.percentile(50))}"
+    )
+    print(f"tritonnb / raw PyTriton, throughput at c=8: {ratio(nb8 and nb8.throughput, raw8 and raw8.throughput)}")
+    print(f"tritonnb / FastAPI, throughput at c=8: {ratio(nb8 and nb8.throughput, api8 and api8.throughput)}")
+    for r in bench.results:
+        if r.first_errors:
+            print(f"first errors, {r.server} c={r.concurrency}: {r.first_errors}")
+    for failure in bench.failures:
+        print(f"FAILED: {failure}")
+
+
+def main() -> int:
+    """Measure the three servers; 1 if any failed to answer correctly, else 0."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8], help="e.g. 1,8")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of load before each point")
+    parser.add_argument("--max-requests", type=int, default=1_000_000, help="cap per client thread and point")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in every server (0: default)")
+    parser.add_argument(
+        "--servers", default="tritonnb,pytriton,fastapi", help="which to run, in order: tritonnb,pytriton,fastapi"
+    )
+    args = parser.parse_args()
+
+    import torch
+
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x[None])).numpy()
+
+    with (
+        tempfile.TemporaryDirectory(prefix="tritonnb-compare-") as tmp,
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
+    ):
+        workdir = Path(tmp)
+        weights = workdir / "mlp.pt"
+        torch.save(model.state_dict(), weights)
+        (workdir / "mlp.py").write_text(MLP_SOURCE)
+        bench = Bench(pool, x, expected, args)
+        pool.submit(time.sleep, 0).result()  # start the client process before any server
+        runners = {
+            "tritonnb": lambda: bench_tritonnb(bench, model),
+            "pytriton": lambda: bench_pytriton(bench, workdir, weights),
+            "fastapi": lambda: bench_fastapi(bench, workdir, weights),
+        }
+        for name in args.servers.split(","):
+            bench.run(name, runners[name])
+    report(bench)
+    return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
