@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from common import free_ports
 
 MODEL = "mlp"
 PATH = f"/v2/models/{MODEL}/infer"
@@ -238,17 +238,6 @@ def check_answer(port: int, x: np.ndarray, expected: np.ndarray) -> None:
 
 
 # -- ports and processes ------------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (all held open together while the OS picks them)."""
-    with contextlib.ExitStack() as stack:
-        sockets = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def wait_until(ready: Callable[[], bool], process: subprocess.Popen | None, log: Path | None, what: str) -> None:

@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import threading
 import time
 
 import numpy as np
 import psutil
+from common import free_ports
 from jupyter_client.manager import KernelManager
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def _run(client, code: str) -> str:
@@ -42,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
 
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel()

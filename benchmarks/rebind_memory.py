@@ -14,8 +14,6 @@ of tritonserver's child processes. Exits non-zero if an answer was wrong.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import psutil
+from common import free_ports
 
 MODEL = "rebind"
 MIB = 1024 * 1024
@@ -41,17 +40,6 @@ class Row:
     threads: int
     children: int
     answer: str
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (all held open together while the OS picks them)."""
-    with contextlib.ExitStack() as stack:
-        sockets = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def scaler(factor: float) -> Callable:
