@@ -135,14 +135,14 @@ def remove_shared_memory(prefix: str) -> list[str]:
     return removed
 
 
-def stale_shared_memory_pids() -> set[int]:
-    """Process ids named by python backend regions in ``/dev/shm`` (``pytrtion<pid>-...``)."""
+def orphaned_shared_memory_prefixes(process_exists: Callable[[int], bool]) -> list[str]:
+    """Prefixes of python backend regions in ``/dev/shm`` whose creating process (``pytrtion<pid>-``) is gone."""
     pids = set()
     for path in SHM_FOLDER.glob("pytrtion*-*") if SHM_FOLDER.is_dir() else ():
         pid = path.name.removeprefix("pytrtion").split("-", 1)[0]
         if pid.isdigit():
             pids.add(int(pid))
-    return pids
+    return [f"pytrtion{pid}-" for pid in sorted(pids) if not process_exists(pid)]
 
 
 def triton_config_from_env() -> dict[str, Any]:

@@ -20,8 +20,9 @@ from typing import Any
 from pytriton.constants import PYTRITON_HOME
 from pytriton.triton import TritonConfig
 
-from tritonnb._pytriton import ServerProcess, remove_shared_memory, stale_shared_memory_pids
+from tritonnb._pytriton import ServerProcess
 from tritonnb.binding import BindResult, ModelSlot, ModelSpec
+from tritonnb.leftovers import remove_leftovers
 from tritonnb.served_function import default_inputs
 from tritonnb.server_log import ServerLog
 from tritonnb.settings import ServerSettings, resolve_settings
@@ -30,7 +31,6 @@ from tritonnb.torch_bridge import resolve_device
 
 STARTUP_TIMEOUT_S = 120.0
 HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
-ACCESS_TOKEN_HEADER = "triton-access-token"
 GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 DEFAULT_OUTPUT = TensorSpec("output", "float32", (-1,))
 
@@ -45,11 +45,7 @@ class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.models: dict[str, ModelSlot] = {}
-        remove_stale_homes(PYTRITON_HOME)
-        remove_stale_homes(pathlib.Path(tempfile.gettempdir()))
-        for pid in stale_shared_memory_pids():
-            if not _process_exists(pid):
-                remove_shared_memory(f"pytrtion{pid}-")
+        remove_leftovers(PYTRITON_HOME, HOME_PREFIX)
         self.home = PYTRITON_HOME / f"{HOME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.home.mkdir(parents=True)
         self.sockets = _socket_root(self.home)
@@ -282,27 +278,6 @@ def _socket_root(home: pathlib.Path) -> pathlib.Path:
         root.mkdir()
         return root
     return pathlib.Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
-
-
-def remove_stale_homes(parent: pathlib.Path) -> list[pathlib.Path]:
-    """Delete the folders that servers of processes no longer running left in ``parent`` (after a kill -9)."""
-    removed = []
-    for path in parent.glob(f"{HOME_PREFIX}*-*") if parent.is_dir() else ():
-        pid = path.name.removeprefix(HOME_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _process_exists(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _check_name(name: str, sockets: pathlib.Path) -> None:
