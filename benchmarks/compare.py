@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 import psutil
-from common import free_ports
+
+from tritonnb.ports import free_loopback_ports as free_ports
 
 MODEL = "mlp"
 PATH = f"/v2/models/{MODEL}/infer"

@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 import psutil
-from common import free_ports
 from jupyter_client.manager import KernelManager
+
+from tritonnb.ports import free_loopback_ports as free_ports
 
 
 def _run(client, code: str) -> str:

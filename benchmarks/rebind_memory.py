@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import psutil
-from common import free_ports
+
+from tritonnb.ports import free_loopback_ports as free_ports
 
 MODEL = "rebind"
 MIB = 1024 * 1024

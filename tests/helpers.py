@@ -11,19 +11,12 @@ from typing import Any
 
 import psutil
 
+from tritonnb.ports import free_loopback_ports
+
 
 def free_ports(count: int = 3) -> list[int]:
-    """Distinct ports that are free on 127.0.0.1 right now."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """Distinct free loopback ports (outside the ephemeral range)."""
+    return free_loopback_ports(count)
 
 
 def port_ports(ports: list[int]) -> dict[str, int]:
