@@ -143,9 +143,11 @@ def test_one_poller_serves_many_panels_and_stops_with_the_server(served):
     threads = [t for t in threading.enumerate() if t.name == "tritonnb-poller"]
     assert len(threads) == 1
     _send(5)
+    time.sleep(0.6)  # each new subscriber is served at once; count the steady state after that
+    before = poller.polls
     time.sleep(1.5)
-    polls = poller.polls
-    assert 2 <= polls <= 6  # about 3 polls in 1.5 s at 0.5 s, not three panels' worth
+    polls = poller.polls - before
+    assert 2 <= polls <= 5  # about 3 polls in 1.5 s at 0.5 s, not four subscribers' worth
     assert 'data-model="double"' in panels[0].models.value and "READY" in panels[0].health.value
     assert ">5</td>" in panels[1].models.value and "READY" in strip.value
     panels[0].close()
@@ -190,3 +192,31 @@ def test_metrics_api_returns_plain_data(served):
     assert data["models"]["double"]["success_total"] == 4
     assert data["models"]["double"]["success_per_s"] > 0
     assert isinstance(data["models"]["double"]["total_latency_ms"], float)
+
+
+def test_poller_survives_a_failing_poll_and_restarts_after_the_last_unsubscribe(served, monkeypatch):
+    poller = Poller(target_for(server=served))
+    seen = []
+    original = Monitor.poll
+    calls = {"n": 0}
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("metrics endpoint exploded")
+        return original(self)
+
+    monkeypatch.setattr(Monitor, "poll", flaky)
+    handle = poller.subscribe(seen.append, 0.2)
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen[0].state == "DOWN" and "metrics endpoint exploded" in seen[0].reason
+    assert seen[1].state == "READY"
+    poller.unsubscribe(handle)
+    again = []
+    poller.subscribe(again.append, 0.2)  # right after the last one left: must still be polled
+    deadline = time.monotonic() + 5
+    while not again and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert again and again[0].state == "READY"

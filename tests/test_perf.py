@@ -85,6 +85,8 @@ def test_perf_result_and_perf_analyzer_command(triton):
     assert "tnb-perf-plot" in result._repr_html_() and "p99_ms" in repr(result)
     data = {"x": np.full((1, 4), 3, np.float32)}
     assert run_perf(triton, "plain", [1], 0.3, input_data=data, warmup_s=0).rows[0]["errors"] == 0
+    sample = np.full(4, 3, np.float32)  # no batch dim: one is added because the model batches
+    assert run_perf(triton, "plain", [1], 0.3, input_data=sample, warmup_s=0).rows[0]["errors"] == 0
     with pytest.raises(Exception, match="do not match"):
         run_perf(triton, "plain", [1], 0.3, input_data={"z": data["x"]})
     with pytest.raises(KeyError):

@@ -8,6 +8,7 @@ import torch
 
 from tritonnb.binding import ModelSpec
 from tritonnb.card import curl_command, example_shape
+from tritonnb.perf import perf_analyzer_command
 from tritonnb.served_function import SignatureMismatch, _calls_by_keyword, default_inputs
 from tritonnb.signature import SpecError, TensorSpec, as_specs, parse_spec
 from tritonnb.torch_bridge import OutputError, outputs_to_numpy, resolve_device
@@ -54,6 +55,7 @@ def test_outputs_tensor_tuple_dict_and_casts():
     assert out["a"].dtype == np.float32 and out["b"].dtype == np.int64
     assert outputs_to_numpy({"b": [[1]], "a": torch.zeros(1, 2)}, specs)["b"].tolist() == [[1]]
     single = [TensorSpec("y", "float32", (1,))]
+    assert outputs_to_numpy(torch.ones(1, 1, dtype=torch.bfloat16), single)["y"].dtype == np.float32
     assert outputs_to_numpy((torch.ones(1, 1),), single)["y"].shape == (1, 1)
     with pytest.raises(OutputError, match="cannot be safely cast"):
         outputs_to_numpy(torch.ones(1, 1), [TensorSpec("y", "int32", (1,))])
@@ -68,6 +70,11 @@ def test_call_styles():
     assert _calls_by_keyword(lambda x, y: x, [x, y]) is True
     assert _calls_by_keyword(lambda a, b: a, [x, y]) is False
     assert _calls_by_keyword(lambda **kw: 0, [x, y]) is True
+
+    def positional_only(a, /, **kw):
+        return a
+
+    assert _calls_by_keyword(positional_only, [x]) is False
     with pytest.raises(SignatureMismatch, match="cannot take the inputs"):
         _calls_by_keyword(lambda a: a, [x, y])
     assert [s.name for s in default_inputs(lambda image, mask=None: 0)] == ["image", "mask"]
@@ -125,3 +132,12 @@ def test_panel_rendering_of_gpus_down_state_and_strip():
     assert "12.5 req/s" in render.strip_html("m", snapshot) and "1.50 ms" in render.strip_html("m", snapshot)
     assert render.sparkline_svg(model).count("<polyline") == 2
     assert 'data-model="m"' in render.models_html(snapshot)
+
+
+def test_perf_analyzer_ranges_only_go_up():
+    spec = ModelSpec("m", (TensorSpec("x", "float32", (4,)),), (TensorSpec("y", "float32", (4,)),))
+    arrays = {"x": np.ones((1, 4), np.float32)}
+    assert "--concurrency-range 2:8:2" in perf_analyzer_command("http://h:1", spec, arrays, [2, 4, 6, 8], 1, "t")
+    down = perf_analyzer_command("http://h:1", spec, arrays, [8, 4], 1, "t")
+    assert "--concurrency-range 8:8" in down and "--concurrency-range 4:4" in down
+    assert perf_analyzer_command("http://h:1", spec, arrays, [4, 4], 1, "t").count("--concurrency-range 4:4") == 2

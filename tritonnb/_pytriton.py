@@ -205,7 +205,7 @@ class Generation:
             self.model.clean()
         finally:
             prefix = self.workspace.path.as_posix()
-            for address in [a for a in TensorStore._instances if str(a).startswith(prefix)]:
+            for address in [a for a in list(TensorStore._instances) if str(a).startswith(prefix)]:
                 TensorStore._instances.pop(address, None)
             shutil.rmtree(self.workspace.path, ignore_errors=True)
 

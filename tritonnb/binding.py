@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import pathlib
 import threading
 import time
@@ -17,7 +16,6 @@ from tritonnb._pytriton import Generation
 from tritonnb.served_function import ErrorReporter, ModelError, ServedFunction, Trampoline
 from tritonnb.signature import TensorSpec, sample_inputs
 
-LOGGER = logging.getLogger("tritonnb")
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
 RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case
 
@@ -151,12 +149,14 @@ class ModelSlot:
     def unbind(self) -> None:
         """Unload the model from Triton and stop its threads."""
         with self._lock:
-            if self._generation is not None:
-                self._control.unload_model(self.name)
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and self._control.is_model_ready(self.name):
-                    time.sleep(0.05)
-            self.retire_all()
+            try:
+                if self._generation is not None:
+                    self._control.unload_model(self.name)
+                    deadline = time.monotonic() + 10
+                    while time.monotonic() < deadline and self._control.is_model_ready(self.name):
+                        time.sleep(0.05)
+            finally:
+                self.retire_all()
 
     def retire_all(self) -> None:
         """Stop every generation's threads now (server stopped or model unbound)."""
@@ -195,14 +195,19 @@ class ModelSlot:
         if previous is not None and previous_trampoline is not None:
             # Triton now routes new requests to the new generation; the old one finishes what it holds
             cancelled = self._pending_retire[previous] = threading.Event()
+            quiet_s = RETIRE_QUIET_S + self.spec.batch_delay_us / 1e6  # requests its batcher may still hold
             threading.Thread(
-                target=self._retire_when_quiet, args=(previous, previous_trampoline, cancelled), daemon=True
+                target=self._retire_when_quiet, args=(previous, previous_trampoline, quiet_s, cancelled), daemon=True
             ).start()
 
-    def _retire_when_quiet(self, generation: Generation, trampoline: Trampoline, cancelled: threading.Event) -> None:
-        deadline = time.monotonic() + RETIRE_MAX_WAIT_S
+    def _retire_when_quiet(
+        self, generation: Generation, trampoline: Trampoline, quiet_s: float, cancelled: threading.Event
+    ) -> None:
+        switched = time.monotonic()
         while not cancelled.wait(0.2):
-            if trampoline.idle_for() >= RETIRE_QUIET_S or time.monotonic() > deadline:
+            now = time.monotonic()
+            quiet = now - switched >= quiet_s and trampoline.idle_for() >= quiet_s  # counted from the switch on
+            if quiet or now - switched > RETIRE_MAX_WAIT_S:
                 self._retire(generation)
                 return
 

@@ -1,8 +1,10 @@
 """Closed-loop HTTP load against one Triton model, run in its own process so it does not share the kernel's GIL.
 
-``python -m tritonnb.loadgen --port P --model NAME --concurrency C --duration S --body FILE --header-length N``
-prints one JSON line: every request's latency in ms, the error count, a few error messages, and the elapsed time.
-Requests go to 127.0.0.1 only; the loop is bounded by ``--duration`` (and ``--max-requests``).
+``python -m tritonnb.loadgen [--host H] --port P --model NAME --concurrency C --duration S --body FILE
+--header-length N`` prints one JSON line: every request's latency in ms, the error count, a few error
+messages, and the elapsed time.
+Requests go to the server tritonnb started (127.0.0.1 by default); the loop is bounded by ``--duration`` (and
+``--max-requests``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def error_message(payload: bytes) -> str:
 
 
 def run(
+    host: str,
     port: int,
     model: str,
     concurrency: int,
@@ -47,7 +50,7 @@ def run(
     stop_at = start_at + duration_s
 
     def client() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection = http.client.HTTPConnection(host, port, timeout=60)
         while True:
             sent = time.perf_counter()
             if sent >= stop_at or len(latencies) + len(errors) >= max_requests:
@@ -57,9 +60,10 @@ def run(
                 response = connection.getresponse()
                 payload = response.read()
                 failed = None if response.status == 200 else f"{response.status} {error_message(payload)}"
-            except OSError as error:
+            except (OSError, http.client.HTTPException) as error:
                 failed = repr(error)
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                connection.close()
+                connection = http.client.HTTPConnection(host, port, timeout=60)
             if sent < start_at:  # warm-up: not counted
                 continue
             with lock:
@@ -80,6 +84,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run, print the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--concurrency", type=int, required=True)
@@ -92,7 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.body, "rb") as f:
         body = f.read()
     result = run(
-        args.port, args.model, args.concurrency, args.duration, args.warmup, body, args.header_length, args.max_requests
+        args.host,
+        args.port,
+        args.model,
+        args.concurrency,
+        args.duration,
+        args.warmup,
+        body,
+        args.header_length,
+        args.max_requests,
     )
     json.dump(result, sys.stdout)
     return 0

@@ -116,7 +116,9 @@ def _triton_parser() -> MagicArgumentParser:
     panel.add_argument("--url", help="any Triton server's HTTP URL (default: this kernel's)")
     panel.add_argument("--metrics-url", help="its metrics URL (default: same host, HTTP port + 2)")
     panel.add_argument("--token", help="access token for its statistics API, if restricted")
-    panel.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    panel.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between refreshes (the nearest of 0.5, 1, 2, 5, 10)"
+    )
     return parser
 
 
@@ -303,7 +305,7 @@ class TritonMagics(Magics):
     def _start(self, args: argparse.Namespace | None):
         options = {}
         if args is not None:
-            options = {k: v for k, v in vars(args).items() if k != "command" and v not in (None, False)}
+            options = {k: v for k, v in vars(args).items() if k != "command" and v is not None and v is not False}
         if tritonnb.server() is not None:
             raise UsageError("a Triton server already runs; %triton stop it first to change its options")
         try:

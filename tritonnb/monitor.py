@@ -7,6 +7,7 @@ background thread per server, shared by every panel that watches it, at the shor
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -189,7 +190,7 @@ class Monitor:
             snapshot.state = server.state
             snapshot.reason = "stopped with %triton stop" if server.state == "STOPPED" else "tritonserver exited"
             snapshot.log_tail = server.logs(12) if server.state == "DOWN" else ""
-            snapshot.models = {n: self._unavailable(n) for n in server.models}
+            snapshot.models = {n: self._unavailable(n) for n in list(server.models)}
             return snapshot
         try:
             snapshot.live = _get(f"{target.http_url}/v2/health/live") is not None
@@ -203,7 +204,8 @@ class Monitor:
             return snapshot
         snapshot.state = "READY" if snapshot.ready else "NOT READY"
         if not self._version:
-            self._version = _json(f"{target.http_url}/v2").get("version", "")
+            with contextlib.suppress(OSError, ValueError):  # some servers restrict their metadata
+                self._version = _json(f"{target.http_url}/v2").get("version", "")
         snapshot.version = self._version
         if server is not None:
             snapshot.uptime_s = server.uptime_s
@@ -212,7 +214,7 @@ class Monitor:
         except (OSError, ValueError) as error:
             per_model, failures = {}, {}
             snapshot.reason = f"metrics unavailable: {_reason(error)}"
-        if not snapshot.gpus:
+        if not snapshot.gpus and server is not None:  # NVML sees this machine's GPUs: only for our own server
             snapshot.gpus = nvml_gpus()
         stats = self._stats()
         if stats is not None:
@@ -220,7 +222,7 @@ class Monitor:
                 per_model.setdefault(name, {}).update(counters)
         names = list(per_model)
         if server is not None:
-            names += [n for n in server.models if n not in per_model]
+            names += [n for n in list(server.models) if n not in per_model]
         snapshot.models = {
             name: self._model(name, per_model.get(name, {}), failures.get(name, {}), now) for name in names
         }
@@ -304,7 +306,6 @@ class Poller:
 
     def __init__(self, target: Target) -> None:
         self.monitor = Monitor(target)
-        self.latest: Snapshot | None = None
         self._subscribers: dict[int, tuple[Subscriber, float]] = {}
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
@@ -318,7 +319,7 @@ class Poller:
         """The shared poller of ``target`` (made on first use)."""
         with cls._registry_lock:
             poller = cls._registry.get(target.key)
-            if poller is None or poller.monitor.target.server is not target.server:
+            if poller is None or poller.monitor.target != target:
                 poller = cls._registry[target.key] = cls(target)
             return poller
 
@@ -327,7 +328,7 @@ class Poller:
         with self._lock:
             handle = next(self._handles)
             self._subscribers[handle] = (callback, interval_s)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="tritonnb-poller", daemon=True)
                 self._thread.start()
         self._wake.set()
@@ -357,13 +358,24 @@ class Poller:
 
     def _run(self) -> None:
         while True:
+            self._wake.clear()  # a refresh or subscription from now on is seen by the wait below
             with self._lock:
                 subscribers = list(self._subscribers.values())
-            if not subscribers:
-                return
+                if not subscribers:
+                    self._thread = None  # decided under the lock: a new subscriber starts a new thread
+                    return
             started = time.thread_time()
-            snapshot = self.monitor.poll()
-            self.latest = snapshot
+            try:
+                snapshot = self.monitor.poll()
+            except Exception as error:  # whatever happens, the panels get told and polling goes on
+                target = self.monitor.target
+                snapshot = Snapshot(
+                    time=time.time(),
+                    http_url=target.http_url,
+                    metrics_url=target.metrics_url,
+                    state="DOWN",
+                    reason=f"polling failed: {type(error).__name__}: {error}",
+                )
             for callback, _ in subscribers:
                 try:
                     callback(snapshot)
@@ -374,9 +386,11 @@ class Poller:
             if snapshot.state == "STOPPED":
                 with self._lock:
                     self._subscribers.clear()
+                    self._thread = None
                 return
-            self._wake.clear()
-            self._wake.wait(min(interval for _, interval in subscribers))
+            with self._lock:
+                intervals = [interval for _, interval in self._subscribers.values()] or [0.0]
+            self._wake.wait(min(intervals))
 
 
 def target_for(

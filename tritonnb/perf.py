@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +69,8 @@ class PerfResult:
 
 def input_arrays(spec: ModelSpec, data: Any = None, seed: int = 0) -> dict[str, np.ndarray]:
     """The request's arrays: ``data`` (dict by input name, one array for a one-input model, or an .npz path), or
-    random arrays generated from the signature (a batch of one)."""
+    random arrays generated from the signature (a batch of one). A sample without a batch dim gets one when the
+    model batches, and a batch of one loses it when the model does not, so the same data fits every config."""
     if data is None:
         return sample_inputs(spec.inputs, 1 if spec.batched else None, np.random.default_rng(seed))
     if isinstance(data, (str, pathlib.Path)):
@@ -86,9 +88,13 @@ def input_arrays(spec: ModelSpec, data: Any = None, seed: int = 0) -> dict[str, 
         value = data[input_spec.name]
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()
-        arrays[input_spec.name] = np.asarray(
-            value, dtype=object if input_spec.dtype == "bytes" else input_spec.numpy_dtype
-        )
+        array = np.asarray(value, dtype=object if input_spec.dtype == "bytes" else input_spec.numpy_dtype)
+        per_sample = len(input_spec.dims)
+        if spec.batched and array.ndim == per_sample:  # one sample: the request carries a batch of one
+            array = array[np.newaxis]
+        elif not spec.batched and array.ndim == per_sample + 1 and array.shape[0] == 1:  # a batch of one, unbatched
+            array = array[0]
+        arrays[input_spec.name] = array
     return arrays
 
 
@@ -121,7 +127,7 @@ def perf_analyzer_command(
         f"-H {shlex.quote('triton-access-token:' + token)}",
     ]
     steps = {b - a for a, b in itertools.pairwise(levels)}
-    if len(levels) == 1 or len(steps) == 1:
+    if len(levels) == 1 or (len(steps) == 1 and min(steps) > 0):  # perf_analyzer ranges only go up
         step = steps.pop() if steps else 1
         return " ".join([*common, f"--concurrency-range {levels[0]}:{levels[-1]}:{step}"])
     return "\n".join(" ".join([*common, f"--concurrency-range {c}:{c}"]) for c in levels)
@@ -162,7 +168,8 @@ class _BuiltinEngine:
             sys.executable,
             "-m",
             "tritonnb.loadgen",
-            f"--port={server.http_url.rsplit(':', 1)[1]}",
+            f"--host={urllib.parse.urlsplit(server.http_url).hostname}",
+            f"--port={urllib.parse.urlsplit(server.http_url).port}",
             f"--model={name}",
             f"--concurrency={level}",
             f"--duration={self.duration_s}",

@@ -43,7 +43,8 @@ def _calls_by_keyword(fn: Callable, inputs: Sequence[TensorSpec]) -> bool:
     var_pos = any(p.kind == p.VAR_POSITIONAL for p in params)
     named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     required = {n for n, p in named.items() if p.default is p.empty}
-    if required <= set(names) and (var_kw or set(names) <= set(named)):
+    positional_only = any(p.kind == p.POSITIONAL_ONLY and p.default is p.empty for p in params)
+    if not positional_only and required <= set(names) and (var_kw or set(names) <= set(named)):
         return True
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     least = sum(p.default is p.empty for p in positional)

@@ -21,7 +21,7 @@ from pytriton.constants import PYTRITON_HOME
 from pytriton.triton import TritonConfig
 
 from tritonnb._pytriton import ServerProcess
-from tritonnb.binding import BindResult, ModelSlot, ModelSpec
+from tritonnb.binding import BindError, BindResult, ModelSlot, ModelSpec
 from tritonnb.leftovers import remove_leftovers
 from tritonnb.served_function import default_inputs
 from tritonnb.server_log import ServerLog
@@ -111,7 +111,7 @@ class Server:
         workspace = self.home / f"triton-{secrets.token_hex(2)}"
         self._process = ServerProcess(TritonConfig(**self.settings.config), workspace, self.log.write)
         self._process.launch()
-        ready = f"http://127.0.0.1:{self.settings.port('http')}/v2/health/ready"
+        ready = f"{self.http_url}/v2/health/ready"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not _http_ok(ready):
             if not self._process.process_alive():
@@ -153,8 +153,17 @@ class Server:
         started = time.perf_counter()
         self._stop_process()
         self._launch()
-        for slot in self.models.values():
-            slot.reload()
+        failed = {}
+        for name, slot in list(self.models.items()):
+            try:
+                slot.reload()
+            except Exception as error:  # one model that cannot load must not keep the others down
+                failed[name] = error
+        if failed:
+            raise BindError(
+                "Triton restarted, but these models could not be bound again: "
+                + "; ".join(f"{name}: {error}" for name, error in failed.items())
+            )
         return time.perf_counter() - started
 
     # -- models ----------------------------------------------------------------------------------------
@@ -203,10 +212,13 @@ class Server:
 
     def unbind(self, name: str) -> None:
         """Stop serving model ``name``; other models keep serving."""
-        slot = self.models.pop(name, None)
+        slot = self.models.get(name)
         if slot is None:
             raise KeyError(f"no model named {name!r} is served; served: {sorted(self.models) or 'none'}")
-        slot.unbind()
+        try:
+            slot.unbind()
+        finally:  # its threads are retired either way; Triton may still list it if the unload failed
+            self.models.pop(name, None)
 
     def model_states(self) -> dict[str, str]:
         """Each served model's state as Triton reports it (``READY`` or ``UNAVAILABLE``)."""

@@ -46,7 +46,10 @@ def to_torch(array: np.ndarray, spec: TensorSpec, device: str) -> Any:
 def _to_numpy(value: Any, spec: TensorSpec) -> np.ndarray:
     """One returned value (torch tensor on any device, numpy array, list, scalar) as a host array of spec's dtype."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
+        value = value.detach()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widen in torch, cast to the spec below
+            value = value.float()
+        value = value.cpu().numpy()
     if spec.dtype == "bytes":
         items = np.asarray(value, dtype=object)
         return np.vectorize(lambda v: v.encode() if isinstance(v, str) else bytes(v), otypes=[object])(items)
