@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from tritonnb.perf import run_perf
+from tritonnb.perf import Progress, run_perf
 
-Progress = Callable[[int, int, dict[str, Any]], None]
 TUNE_KEYS = (
     "max_batch_size",
     "batch_delay_us",
@@ -67,7 +66,7 @@ class TuneResult:
         return (
             f"<div class='tnb-tune-result'><b>{html.escape(self._summary())}</b>"
             f"{rows_html(self.rows, TUNE_KEYS, self.best)}"
-            f"{scatter_svg(points, 'throughput (infer/s)', 'p95 latency (ms)')}</div>"
+            f"{scatter_svg(points, 'throughput (requests/s)', 'p95 latency (ms)')}</div>"
         )
 
 

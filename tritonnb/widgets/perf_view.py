@@ -79,7 +79,7 @@ def perf_html(result: Any) -> str:
         f"<div class='tnb-perf-result'><b>load test of {html.escape(result.model)}</b>, "
         f"{result.duration_s:g} s per level; latency is client-side, queue/compute columns are Triton's averages "
         f"per request in the same window<br>{rows_html(result.rows, ROW_KEYS)}"
-        f"{scatter_svg(points, 'throughput (infer/s)', 'p95 latency (ms)')}"
+        f"{scatter_svg(points, 'throughput (requests/s)', 'p95 latency (ms)')}"
         + (f"<div>errors, first few:<ul>{errors}</ul></div>" if errors else "")
         + f"<details><summary>reproduce with perf_analyzer</summary><pre>{html.escape(result.perf_analyzer)}</pre>"
         "</details></div>"
