@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from tritonnb.signature import DTYPES
+from tritonnb.torch_bridge import host_array
 
-_NUMPY_BY_TRITON = {triton: np_type for np_type, triton in DTYPES.values()}
+_DTYPE_BY_TRITON = {triton: name for name, (_, triton) in DTYPES.items()}
 
 
 class ModelClient:
@@ -56,23 +57,12 @@ class ModelClient:
             )
         infer_inputs = []
         for name, datatype in declared:
-            array = _as_array(values[name], datatype)
+            try:
+                array = host_array(values[name], _DTYPE_BY_TRITON[datatype])
+            except TypeError as error:
+                raise TypeError(f"input {name!r} ({datatype}): {error}") from None
             infer_input = httpclient.InferInput(name, list(array.shape), datatype)
             infer_input.set_data_from_numpy(array)
             infer_inputs.append(infer_input)
         result = self._client().infer(self.name, infer_inputs)
         return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
-
-
-def _as_array(value: Any, datatype: str) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    if datatype == "BYTES":
-        return np.asarray(value, dtype=object)
-    target = _NUMPY_BY_TRITON[datatype]
-    array = np.asarray(value)
-    if array.dtype != target:
-        if not np.can_cast(array.dtype, target, casting="same_kind"):
-            raise TypeError(f"cannot send {array.dtype} data as {datatype} without losing information")
-        array = array.astype(target)
-    return array

@@ -10,7 +10,6 @@ import collections
 import contextlib
 import dataclasses
 import itertools
-import json
 import threading
 import time
 import urllib.error
@@ -22,9 +21,9 @@ from typing import Any, ClassVar
 from prometheus_client.parser import text_string_to_metric_families
 
 from tritonnb.host_gpu import nvml_gpus
+from tritonnb.http_get import answers_ok, get_json, get_text
 
 HISTORY_S = 300.0
-TIMEOUT_S = 1.0
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 COUNTERS = ("success", "failure", "inferences", "executions", *(f"{p}_ns" for p in PHASES))
 
@@ -165,7 +164,7 @@ def fetch_stats(http_url: str, token: str | None, model: str | None = None) -> d
     headers = {"triton-access-token": token} if token else {}
     path = f"/v2/models/{model}/stats" if model else "/v2/models/stats"
     try:
-        return counters_from_stats(_json(f"{http_url}{path}", headers))
+        return counters_from_stats(get_json(f"{http_url}{path}", headers))
     except (OSError, ValueError):
         return None
 
@@ -193,8 +192,8 @@ class Monitor:
             snapshot.models = {n: self._unavailable(n) for n in list(server.models)}
             return snapshot
         try:
-            snapshot.live = _get(f"{target.http_url}/v2/health/live") is not None
-            snapshot.ready = _get(f"{target.http_url}/v2/health/ready") is not None
+            snapshot.live = get_text(f"{target.http_url}/v2/health/live") is not None
+            snapshot.ready = get_text(f"{target.http_url}/v2/health/ready") is not None
         except OSError as error:
             snapshot.reason = f"no answer from {target.http_url}: {_reason(error)}"
             if server is not None:
@@ -205,12 +204,12 @@ class Monitor:
         snapshot.state = "READY" if snapshot.ready else "NOT READY"
         if not self._version:
             with contextlib.suppress(OSError, ValueError):  # some servers restrict their metadata
-                self._version = _json(f"{target.http_url}/v2").get("version", "")
+                self._version = get_json(f"{target.http_url}/v2").get("version", "")
         snapshot.version = self._version
         if server is not None:
             snapshot.uptime_s = server.uptime_s
         try:
-            per_model, failures, snapshot.host, snapshot.gpus = parse_metrics(_get(target.metrics_url) or "")
+            per_model, failures, snapshot.host, snapshot.gpus = parse_metrics(get_text(target.metrics_url) or "")
         except (OSError, ValueError) as error:
             per_model, failures = {}, {}
             snapshot.reason = f"metrics unavailable: {_reason(error)}"
@@ -260,7 +259,7 @@ class Monitor:
         return model
 
     def _model(self, name: str, counters: dict[str, float], failures: dict[str, float], now: float) -> ModelMetrics:
-        ready = _get_quiet(f"{self.target.http_url}/v2/models/{name}/ready")
+        ready = answers_ok(f"{self.target.http_url}/v2/models/{name}/ready")
         model = self._static_model(name, "READY" if ready else "UNAVAILABLE")
         if model.state == "LOADING" or not counters:
             return model
@@ -416,27 +415,3 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.URLError) and error.reason:
         return str(error.reason)
     return str(error) or type(error).__name__
-
-
-def _get(url: str, headers: dict[str, str] | None = None) -> str | None:
-    """GET a URL; None for a non-200 answer; OSError when nothing answers."""
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return response.read().decode()
-    except urllib.error.HTTPError:
-        return None
-
-
-def _get_quiet(url: str) -> bool:
-    try:
-        return _get(url) is not None
-    except OSError:
-        return False
-
-
-def _json(url: str, headers: dict[str, str] | None = None) -> dict:
-    text = _get(url, headers)
-    if text is None:
-        raise ValueError(f"{url} refused the request")
-    return json.loads(text)

@@ -13,7 +13,6 @@ import secrets
 import shutil
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from pytriton.triton import TritonConfig
 
 from tritonnb._pytriton import ServerProcess
 from tritonnb.binding import BindError, BindResult, ModelSlot, ModelSpec
+from tritonnb.http_get import answers_ok, get_json
 from tritonnb.leftovers import remove_leftovers
 from tritonnb.served_function import default_inputs
 from tritonnb.server_log import ServerLog
@@ -113,7 +113,7 @@ class Server:
         self._process.launch()
         ready = f"{self.http_url}/v2/health/ready"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _http_ok(ready):
+        while not answers_ok(ready):
             if not self._process.process_alive():
                 raise ServerStartError(f"tritonserver exited during start-up. Last log lines:\n{self.log.tail(15)}")
             if time.monotonic() > deadline:
@@ -121,7 +121,7 @@ class Server:
             time.sleep(0.02)
         self.started_at = time.monotonic()
         with contextlib.suppress(Exception):
-            self.version = json.loads(_http_get(f"{self.http_url}/v2"))["version"]
+            self.version = get_json(f"{self.http_url}/v2")["version"]
 
     def _stop_process(self) -> None:
         if self._process is not None:
@@ -248,10 +248,7 @@ class Server:
 
     def is_model_ready(self, name: str) -> bool:
         """Whether Triton reports the model ready."""
-        try:
-            return _http_ok(f"{self.http_url}/v2/models/{name}/ready")
-        except Exception:
-            return False
+        return answers_ok(f"{self.http_url}/v2/models/{name}/ready")
 
     # -- reporting -------------------------------------------------------------------------------------
     def logs(self, lines: int = 40) -> str:
@@ -300,19 +297,6 @@ def _check_name(name: str, sockets: pathlib.Path) -> None:
     room = SOCKET_PATH_MAX - len(str(sockets)) - len("/m000000") - SOCKET_SUFFIX_MAX
     if len(name) > room:
         raise ValueError(f"model name {name!r} is too long: at most {room} characters fit in a unix socket path here")
-
-
-def _http_get(url: str, timeout: float = 2.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read().decode()
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 # -- the process-wide server ---------------------------------------------------------------------------

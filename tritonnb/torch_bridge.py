@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonnb.signature import TensorSpec
+from tritonnb.signature import DTYPES, TensorSpec
 
 
 class OutputError(TypeError):
@@ -43,22 +43,31 @@ def to_torch(array: np.ndarray, spec: TensorSpec, device: str) -> Any:
     return torch.from_numpy(array).to(device, non_blocking=False)
 
 
-def _to_numpy(value: Any, spec: TensorSpec) -> np.ndarray:
-    """One returned value (torch tensor on any device, numpy array, list, scalar) as a host array of spec's dtype."""
+def host_array(value: Any, dtype: str) -> np.ndarray:
+    """A torch tensor (any device), numpy array, list or scalar as a host array of ``dtype`` (a spec dtype name);
+    TypeError when that would lose information (e.g. float to int)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach()
-        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widen in torch, cast to the spec below
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widen in torch, cast below
             value = value.float()
         value = value.cpu().numpy()
-    if spec.dtype == "bytes":
+    if dtype == "bytes":
         items = np.asarray(value, dtype=object)
         return np.vectorize(lambda v: v.encode() if isinstance(v, str) else bytes(v), otypes=[object])(items)
+    target = DTYPES[dtype][0]
     array = np.asarray(value)
-    if array.dtype != spec.numpy_dtype:
-        if not np.can_cast(array.dtype, spec.numpy_dtype, casting="same_kind"):
-            raise OutputError(f"output {spec.name!r} is {array.dtype}, which cannot be safely cast to {spec.dtype}")
-        array = array.astype(spec.numpy_dtype)
+    if array.dtype != target:
+        if not np.can_cast(array.dtype, target, casting="same_kind"):
+            raise TypeError(f"{array.dtype} cannot be safely cast to {dtype}")
+        array = array.astype(target)
     return array
+
+
+def _to_numpy(value: Any, spec: TensorSpec) -> np.ndarray:
+    try:
+        return host_array(value, spec.dtype)
+    except TypeError as error:
+        raise OutputError(f"output {spec.name!r}: {error}") from None
 
 
 def outputs_to_numpy(result: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
