@@ -1,6 +1,7 @@
 """Serving overhead: the same torch MLP behind tritonnb, raw PyTriton and FastAPI + uvicorn, in one run.
 
-Run: ``.venv/bin/python benchmarks/compare.py [--duration 10] [--concurrency 1,8]``. Prints a markdown table.
+Run: ``.venv/bin/python benchmarks/compare.py [--duration 10] [--concurrency 1,8] [--rounds 2]``. Prints a markdown
+table.
 
 The function is ``Sequential(Linear(64, 256), ReLU, Linear(256, 64)).eval()`` under ``torch.inference_mode()``,
 ``x: float32[64]`` in, ``y: float32[64]`` out, with the same weights everywhere. The servers run one after another
@@ -15,6 +16,10 @@ threads with one keep-alive ``http.client.HTTPConnection`` each, sending back to
 (spawned) process, so it never shares a GIL with tritonnb's in-process handler. Each server's answer is checked
 against the local function once before it is measured; the script exits non-zero if any server failed.
 This machine's cores are shared by client and server: compare numbers only within a run.
+
+With ``--rounds N`` the whole server list runs N times in alternation (tritonnb, pytriton, tritonnb, pytriton, ...),
+so that a slow patch of background load hits both sides; the report then shows each server's req/s per round and,
+per concurrency, the tritonnb / raw PyTriton throughput ratio of each round and their median.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import multiprocessing
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -140,6 +146,7 @@ class Result:
 
     server: str
     concurrency: int
+    round: int = 1
     requests: int = 0
     errors: int = 0
     seconds: float = 0.0
@@ -376,6 +383,7 @@ class Bench:
     args: argparse.Namespace
     results: list[Result] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    round: int = 1
 
     def measure(self, server: str, port: int) -> None:
         """Check the answer once, then run the load at every concurrency."""
@@ -385,22 +393,24 @@ class Bench:
             load = self.pool.submit(
                 run_load, port, body, clients, self.args.warmup, self.args.duration, self.args.max_requests
             ).result()
-            result = Result(server, clients, len(load["latencies_ms"]), len(load["errors"]), load["seconds"])
+            result = Result(
+                server, clients, self.round, len(load["latencies_ms"]), len(load["errors"]), load["seconds"]
+            )
             result.latencies_ms, result.first_errors = load["latencies_ms"], load["errors"][:3]
             self.results.append(result)
             print(
-                f"  {server} c={clients}: {result.throughput:.0f} req/s, p50 {result.percentile(50):.2f} ms, "
-                f"p99 {result.percentile(99):.2f} ms, {result.errors} errors",
+                f"  {server} round {self.round} c={clients}: {result.throughput:.0f} req/s, "
+                f"p50 {result.percentile(50):.2f} ms, p99 {result.percentile(99):.2f} ms, {result.errors} errors",
                 file=sys.stderr,
             )
 
     def run(self, server: str, body: Callable[[], None]) -> None:
         """Run one server's start-measure-stop; a failure is recorded and the next server still runs."""
-        print(f"{server}: starting", file=sys.stderr)
+        print(f"{server}: starting (round {self.round})", file=sys.stderr)
         try:
             body()
         except Exception as error:
-            self.failures.append(f"{server}: {error}")
+            self.failures.append(f"{server} round {self.round}: {error}")
             print(f"{server}: FAILED: {error}", file=sys.stderr)
 
 
@@ -462,9 +472,14 @@ def bench_fastapi(bench: Bench, workdir: Path, weights: Path) -> None:
 # -- report -------------------------------------------------------------------------------------------
 
 
-def find(results: list[Result], server: str, clients: int) -> Result | None:
-    """The result for ``server`` at ``clients``, if measured."""
-    return next((r for r in results if r.server == server and r.concurrency == clients), None)
+def find(results: list[Result], server: str, clients: int) -> list[Result]:
+    """The results for ``server`` at ``clients``, one per round measured, in round order."""
+    return sorted((r for r in results if r.server == server and r.concurrency == clients), key=lambda r: r.round)
+
+
+def median(values: list[float]) -> float | None:
+    """The median of ``values``, or None without any."""
+    return statistics.median(values) if values else None
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -474,31 +489,71 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
+def round_ratios(ours: list[Result], theirs: list[Result]) -> list[float]:
+    """Throughput ratio ``ours / theirs`` in every round both measured (paired in time, so most noise cancels)."""
+    by_round = {r.round: r for r in theirs}
+    return [
+        r.throughput / by_round[r.round].throughput
+        for r in ours
+        if r.round in by_round and by_round[r.round].throughput
+    ]
+
+
 def report(bench: Bench) -> None:
-    """Print the markdown table and the ratio lines."""
+    """Print the markdown tables and the ratio lines."""
+    rounds = bench.args.rounds
     print(
         f"\n{os.cpu_count()} cores, torch threads per server: {bench.args.torch_threads or 'default'}, "
-        f"{bench.args.duration:g} s per point after {bench.args.warmup:g} s warm-up, one sample per request\n"
+        f"{bench.args.duration:g} s per point after {bench.args.warmup:g} s warm-up, one sample per request"
+        + (f", {rounds} alternating rounds" if rounds > 1 else "")
+        + "\n"
     )
-    print("| server | concurrency | throughput (req/s) | p50 (ms) | p99 (ms) | errors |\n|---|---|---|---|---|---|")
+    round_column = ("| round ", "|---") if rounds > 1 else ("", "")
+    print(
+        f"| server {round_column[0]}| concurrency | throughput (req/s) | p50 (ms) | p99 (ms) | errors |\n"
+        f"|---{round_column[1]}|---|---|---|---|---|"
+    )
     for r in bench.results:
         print(
-            f"| {r.server} | {r.concurrency} | {r.throughput:.0f} | {r.percentile(50):.2f} | "
-            f"{r.percentile(99):.2f} | {r.errors} of {r.requests + r.errors} |"
+            f"| {r.server} {f'| {r.round} ' if rounds > 1 else ''}| {r.concurrency} | {r.throughput:.0f} | "
+            f"{r.percentile(50):.2f} | {r.percentile(99):.2f} | {r.errors} of {r.requests + r.errors} |"
         )
-    nb1, raw1 = find(bench.results, "tritonnb", 1), find(bench.results, "raw PyTriton", 1)
-    nb8, raw8 = find(bench.results, "tritonnb", 8), find(bench.results, "raw PyTriton", 8)
-    api8 = find(bench.results, "FastAPI + uvicorn", 8)
+    servers = list(dict.fromkeys(r.server for r in bench.results))
+    if rounds > 1:
+        print(
+            f"\n| concurrency | {' | '.join(f'{s} req/s per round' for s in servers)} | tritonnb / raw PyTriton "
+            "per round | tritonnb / raw PyTriton (median) |"
+        )
+        print("|---" * (len(servers) + 3) + "|")
+        for clients in bench.args.concurrency:
+            cells = [" / ".join(f"{r.throughput:.0f}" for r in find(bench.results, s, clients)) for s in servers]
+            ratios = round_ratios(
+                find(bench.results, "tritonnb", clients), find(bench.results, "raw PyTriton", clients)
+            )
+            middle = median(ratios)
+            per_round = " / ".join(f"{value:.2f}" for value in ratios) or "n/a"
+            print(f"| {clients} | {' | '.join(cells)} | {per_round} | {'n/a' if middle is None else f'{middle:.2f}'} |")
+
+    def throughput(server: str, clients: int) -> float | None:
+        return median([r.throughput for r in find(bench.results, server, clients)])
+
+    def p50(server: str, clients: int) -> float | None:
+        return median([r.percentile(50) for r in find(bench.results, server, clients)])
+
+    of = " (medians over rounds)" if rounds > 1 else ""
     print()
+    print(f"tritonnb / raw PyTriton, p50 latency at c=1{of}: {ratio(p50('tritonnb', 1), p50('raw PyTriton', 1))}")
     print(
-        "tritonnb / raw PyTriton, p50 latency at c=1: "
-        f"{ratio(nb1 and nb1.percentile(50), raw1 and raw1.percentile(50))}"
+        f"tritonnb / raw PyTriton, throughput at c=8{of}: "
+        f"{ratio(throughput('tritonnb', 8), throughput('raw PyTriton', 8))}"
     )
-    print(f"tritonnb / raw PyTriton, throughput at c=8: {ratio(nb8 and nb8.throughput, raw8 and raw8.throughput)}")
-    print(f"tritonnb / FastAPI, throughput at c=8: {ratio(nb8 and nb8.throughput, api8 and api8.throughput)}")
+    print(
+        f"tritonnb / FastAPI, throughput at c=8{of}: "
+        f"{ratio(throughput('tritonnb', 8), throughput('FastAPI + uvicorn', 8))}"
+    )
     for r in bench.results:
         if r.first_errors:
-            print(f"first errors, {r.server} c={r.concurrency}: {r.first_errors}")
+            print(f"first errors, {r.server} round {r.round} c={r.concurrency}: {r.first_errors}")
     for failure in bench.failures:
         print(f"FAILED: {failure}")
 
@@ -514,7 +569,12 @@ def main() -> int:
     parser.add_argument(
         "--servers", default="tritonnb,pytriton,fastapi", help="which to run, in order: tritonnb,pytriton,fastapi"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the server list this many times, alternating (ratios per round)"
+    )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
 
     import torch
 
@@ -541,8 +601,10 @@ def main() -> int:
             "pytriton": lambda: bench_pytriton(bench, workdir, weights),
             "fastapi": lambda: bench_fastapi(bench, workdir, weights),
         }
-        for name in args.servers.split(","):
-            bench.run(name, runners[name])
+        for number in range(1, args.rounds + 1):
+            bench.round = number
+            for name in args.servers.split(","):
+                bench.run(name, runners[name])
     report(bench)
     return 1 if bench.failures else 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import pathlib
 import threading
@@ -37,6 +38,15 @@ def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
             trampoline.handle([request])
         except ModelError as error:
             raise WarmupError(f"warm-up batch {number} of {batches} failed: {error}") from None
+
+
+def retire_side_by_side(generations: list[Generation]) -> None:
+    """Retire generations in parallel: each waits about a second on PyTriton's socket polling."""
+    if len(generations) == 1:
+        generations[0].retire()
+    elif generations:
+        with concurrent.futures.ThreadPoolExecutor(len(generations)) as pool:
+            list(pool.map(Generation.retire, generations))
 
 
 class BindError(RuntimeError):
@@ -159,10 +169,21 @@ class ModelSlot:
                 self.retire_all()
 
     def retire_all(self) -> None:
-        """Stop every generation's threads now (server stopped or model unbound)."""
+        """Stop every generation's threads now, side by side (model unbound)."""
+        retire_side_by_side(self.take_generations())
+
+    def take_generations(self) -> list[Generation]:
+        """Hand every generation (current and awaiting retirement) to the caller to retire; the slot keeps none."""
+        taken = []
         for generation in list(self._pending_retire):
-            self._retire(generation)
-        self._drop_generation()
+            cancelled = self._pending_retire.pop(generation, None)
+            if cancelled is not None:  # its retirement thread had not got to it: it is ours now
+                cancelled.set()
+                taken.append(generation)
+        if self._generation is not None:
+            taken.append(self._generation)
+        self._generation = self._trampoline = None
+        return taken
 
     def is_serving(self) -> bool:
         """Whether this process's side of the current generation is alive."""

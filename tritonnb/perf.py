@@ -98,6 +98,23 @@ def input_arrays(spec: ModelSpec, data: Any = None, seed: int = 0) -> dict[str, 
     return arrays
 
 
+def batch_size(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> int:
+    """The samples in one request: the shared first dim of every input when the model batches, else 1. Both
+    engines send every one of them in each request (perf_analyzer as ``-b`` samples, see ``_PerfAnalyzerEngine``)."""
+    if not spec.batched:
+        return 1
+    sizes = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        raise PerfError(
+            f"the inputs' batch sizes differ ({', '.join(f'{n}: {b}' for n, b in sizes.items())}): every input of a "
+            "request to a batching model needs the same number of samples in its first dim"
+        )
+    (size,) = set(sizes.values())
+    if size < 1:
+        raise PerfError("the input data holds no sample: give at least one (a batch of one or more)")
+    return size
+
+
 def request_body(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:
     """A binary-tensor KServe v2 request (and its JSON header length), asking for binary outputs."""
     import tritonclient.http as httpclient
@@ -116,12 +133,13 @@ def request_body(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[bytes,
 def perf_analyzer_command(
     http_url: str, spec: ModelSpec, arrays: dict[str, np.ndarray], levels: Sequence[int], duration_s: float, token: str
 ) -> str:
-    """The perf_analyzer command line measuring the same thing (with the token its server-side stats need)."""
+    """The perf_analyzer command line sending requests of the same shape, random data (with the token its server-side
+    stats need): ``-b`` is the samples per request, ``--shape`` the shape of one sample when the model batches."""
     shapes = [
         f"--shape {name}:{','.join(map(str, a.shape[1:] if spec.batched else a.shape))}" for name, a in arrays.items()
     ]
     common = [
-        f"perf_analyzer -m {spec.name} -u {http_url.removeprefix('http://')} -i http -b 1",
+        f"perf_analyzer -m {spec.name} -u {http_url.removeprefix('http://')} -i http -b {batch_size(spec, arrays)}",
         f"--measurement-interval {int(duration_s * 1000)}",
         *shapes,
         f"-H {shlex.quote('triton-access-token:' + token)}",
@@ -199,7 +217,15 @@ class _BuiltinEngine:
 
 
 class _PerfAnalyzerEngine:
-    """NVIDIA's perf_analyzer (from PATH), one run per level, read back from its CSV report."""
+    """NVIDIA's perf_analyzer (from PATH), one run per level, read back from its CSV report.
+
+    It sends the same request as the built-in engine. For a batching model, the shapes in perf_analyzer's
+    ``--input-data`` JSON are per sample and ``-b N`` builds each request from the first N entries of its ``data``
+    list, in order (measured with perf_analyzer 2.40: 4 distinct entries with ``-b 4`` reach the model as one
+    [4, ...] request holding samples 0, 1, 2, 3, at any concurrency), so the JSON holds one entry per sample of the
+    batch and the run uses ``-b`` batch size. Its ``Inferences/Second`` counts samples: divided by the batch size,
+    the ``throughput`` column is requests/s like the built-in engine's.
+    """
 
     def __init__(self, server: Any, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float) -> None:
         self.binary = shutil.which("perf_analyzer")
@@ -208,12 +234,12 @@ class _PerfAnalyzerEngine:
         self.server, self.spec, self.duration_s = server, spec, duration_s
         self._folder = tempfile.TemporaryDirectory(prefix="tritonnb-perf-")
         self._data = pathlib.Path(self._folder.name) / "input.json"
-        sample = {}
-        for name, array in arrays.items():
-            per_request = array[0] if spec.batched else array
-            content = [v.decode() if isinstance(v, bytes) else v for v in per_request.reshape(-1).tolist()]
-            sample[name] = {"content": content, "shape": list(per_request.shape)}
-        self._data.write_text(json.dumps({"data": [sample]}))
+        self.batch = batch_size(spec, arrays)
+        samples = [
+            {name: _json_tensor(array[i] if spec.batched else array) for name, array in arrays.items()}
+            for i in range(self.batch)
+        ]
+        self._data.write_text(json.dumps({"data": samples}))
 
     def measure(self, level: int) -> tuple[dict[str, Any], list[str]]:
         """One level, measured over three windows that together take about ``duration_s``."""
@@ -228,7 +254,7 @@ class _PerfAnalyzerEngine:
             "-i",
             "http",
             "-b",
-            "1",
+            str(self.batch),
             "--concurrency-range",
             f"{level}:{level}",
             "--measurement-interval",
@@ -260,7 +286,7 @@ class _PerfAnalyzerEngine:
                 ("compute_output_ms", "Server Compute Output"),
             )
         }
-        throughput = float(row["Inferences/Second"])
+        throughput = float(row["Inferences/Second"]) / self.batch  # samples/s to requests/s
         counts = re.findall(r"Request count: (\d+)", done.stdout)  # of the stable window it reports
         requests = int(counts[-1]) if counts else None
         return {
@@ -275,6 +301,12 @@ class _PerfAnalyzerEngine:
     def close(self) -> None:
         """Remove the input data and reports."""
         self._folder.cleanup()
+
+
+def _json_tensor(array: np.ndarray) -> dict[str, Any]:
+    """One input of one perf_analyzer data entry: its values, row-major, and its shape."""
+    content = [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
+    return {"content": content, "shape": list(array.shape)}
 
 
 ENGINES = ("builtin", "perf_analyzer")
@@ -306,6 +338,7 @@ def run_perf(
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spec = server.models[name].spec
     arrays = input_arrays(spec, input_data)
+    batch_size(spec, arrays)  # an input batch no request can carry fails here, before either engine runs
     if engine == "builtin":
         runner: Any = _BuiltinEngine(server, spec, arrays, duration_s, warmup_s)
     else:

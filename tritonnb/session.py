@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -20,7 +19,7 @@ from pytriton.constants import PYTRITON_HOME
 from pytriton.triton import TritonConfig
 
 from tritonnb._pytriton import ServerProcess
-from tritonnb.binding import BindError, BindResult, ModelSlot, ModelSpec
+from tritonnb.binding import BindError, BindResult, ModelSlot, ModelSpec, retire_side_by_side
 from tritonnb.http_get import answers_ok, get_json
 from tritonnb.leftovers import remove_leftovers
 from tritonnb.served_function import default_inputs
@@ -111,9 +110,9 @@ class Server:
         workspace = self.home / f"triton-{secrets.token_hex(2)}"
         self._process = ServerProcess(TritonConfig(**self.settings.config), workspace, self.log.write)
         self._process.launch()
-        ready = f"{self.http_url}/v2/health/ready"
+        _import_torch()  # every bind needs torch: import it while tritonserver starts, not after
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not answers_ok(ready):
+        while not self._all_endpoints_answer():
             if not self._process.process_alive():
                 raise ServerStartError(f"tritonserver exited during start-up. Last log lines:\n{self.log.tail(15)}")
             if time.monotonic() > deadline:
@@ -123,13 +122,26 @@ class Server:
         with contextlib.suppress(Exception):
             self.version = get_json(f"{self.http_url}/v2")["version"]
 
+    def _all_endpoints_answer(self) -> bool:
+        """HTTP ready, metrics served and gRPC ready: Triton starts them one after another, metrics last."""
+        return (
+            answers_ok(f"{self.http_url}/v2/health/ready") and answers_ok(self.metrics_url) and self._grpc_ready()
+        )
+
+    def _grpc_ready(self) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            with contextlib.closing(self._grpc()) as client:
+                return bool(client.is_server_ready(client_timeout=1.0))
+        except InferenceServerException:
+            return False
+
     def _stop_process(self) -> None:
         if self._process is not None:
             self._process.stop()
             self._process.remove_shared_memory()  # left behind when tritonserver was killed
-        if self.models:  # each retirement waits on PyTriton's socket timeouts: do them side by side
-            with concurrent.futures.ThreadPoolExecutor(len(self.models)) as pool:
-                list(pool.map(ModelSlot.retire_all, self.models.values()))
+        retire_side_by_side([g for slot in self.models.values() for g in slot.take_generations()])
 
     def stop(self) -> float:
         """Stop tritonserver and every model's threads; return the seconds it took."""
@@ -278,6 +290,10 @@ class Server:
 SOCKET_PATH_MAX = 107  # AF_UNIX paths are limited to 108 bytes with the terminating NUL
 SOCKET_SUFFIX_MAX = len("/g999/_0_99-server.sock")  # PyTriton names sockets <workspace>/<model>_0_<i>-server.sock
 RESERVED_NAMES = {"stats"}  # GET /v2/models/stats is Triton's statistics endpoint, not a model's metadata
+
+
+def _import_torch() -> None:
+    import torch  # noqa: F401
 
 
 def _socket_root(home: pathlib.Path) -> pathlib.Path:
