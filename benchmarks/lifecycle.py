@@ -1,6 +1,6 @@
 """Lifecycle figures: cold start, hot swap, reload on a signature change, stop; failures under load.
 
-Run: ``.venv/bin/python benchmarks/lifecycle.py [--clients 4] [--swaps 20]``. Prints a markdown table.
+Run: ``.venv/bin/python -m benchmarks.lifecycle [--clients 4] [--swaps 20]``. Prints a markdown table.
 Each figure comes from this one run on this machine: compare numbers only within a run.
 """
 

@@ -1,6 +1,6 @@
 """What live panels cost, measured in a real Jupyter kernel: its CPU time with no panel, one and three panels.
 
-Run: ``.venv/bin/python benchmarks/panel_cost.py [--seconds 20]``. Prints a markdown table. The model gets a
+Run: ``.venv/bin/python -m benchmarks.panel_cost [--seconds 20]``. Prints a markdown table. The model gets a
 steady trickle of requests from this process in every phase, so the differences are what the panels add
 (polling, rendering, and sending widget updates over the kernel's comms).
 """
@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 from jupyter_client.manager import KernelManager
 
-from tritonnb.ports import free_loopback_ports as free_ports
+from devtools.ports import free_loopback_ports as free_ports
 
 
 def _run(client, code: str) -> str:

@@ -1,6 +1,6 @@
 """Memory and processes over many re-binds: does re-running a cell leak kernel memory or tritonserver children?
 
-Run: ``.venv/bin/python benchmarks/rebind_memory.py [--binds 100] [--every 10]``. Prints a markdown table.
+Run: ``.venv/bin/python -m benchmarks.rebind_memory [--binds 100] [--every 10]``. Prints a markdown table.
 
 Binds a small function ``--binds`` times under one name on a tritonnb server on free loopback ports. Most binds keep
 the signature (an in-place swap); every ``--every``-th toggles ``x:float32[4]`` <-> ``x:float32[-1]``, so Triton
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-from tritonnb.ports import free_loopback_ports as free_ports
+from devtools.ports import free_loopback_ports as free_ports
 
 MODEL = "rebind"
 MIB = 1024 * 1024

@@ -1,6 +1,6 @@
 """What tritonnb's request path adds in-process: its trampoline against a hand-written PyTriton handler.
 
-Run: ``.venv/bin/python benchmarks/trampoline_overhead.py [--calls 5000]``. Both handle the same one-sample request
+Run: ``.venv/bin/python -m benchmarks.trampoline_overhead [--calls 5000]``. Both handle the same one-sample request
 for the benchmark MLP (64 -> 256 -> 64) on the CPU with one torch thread; prints microseconds per call.
 """
 

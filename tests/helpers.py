@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from tritonnb.ports import free_loopback_ports
+from devtools.ports import free_loopback_ports
 
 
 def free_ports(count: int = 3) -> list[int]:

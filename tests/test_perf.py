@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,12 +16,14 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 import tritonnb
-from tritonnb.binding import WarmupError
+from tritonnb.binding import ModelSpec, WarmupError
 from tritonnb.monitor import fetch_stats
-from tritonnb.perf import ROW_KEYS, run_perf
+from tritonnb.perf import ROW_KEYS, PerfError, run_perf
+from tritonnb.signature import TensorSpec
 from tritonnb.tune import tune
 
 SPEC = {"inputs": ["x:float32[4]"], "outputs": ["y:float32[4]"]}
+SPEC_OUT = (TensorSpec("y", "float32", (4,)),)
 
 
 def _model_config(server, name: str) -> dict:
@@ -112,6 +115,38 @@ def test_perf_analyzer_engine_reports_the_same_columns(shell, triton):
     tritonnb.bind(lambda x: (_ for _ in ()).throw(ValueError("no")), "pa_broken", **SPEC)
     with pytest.raises(UsageError, match="perf_analyzer failed"):
         shell.run_line_magic("triton_perf", "pa_broken --concurrency 1 --duration 0.5 --engine perf_analyzer")
+
+
+def test_both_engines_send_the_whole_input_batch_in_each_request(shell, triton):
+    assert shutil.which("perf_analyzer"), "scripts/test.sh installs perf_analyzer into .venv/bin (on PATH there)"
+    firsts = []  # x[:, 0] of every execution: the sample numbers it held
+
+    def record(x):
+        firsts.append(x[:, 0].tolist())
+        return x
+
+    tritonnb.bind(record, "batch4", max_batch_size=8, **SPEC)
+    shell.user_ns["four"] = np.arange(4, dtype=np.float32)[:, None].repeat(4, axis=1)  # 4 distinct samples
+    per_request = {}
+    for engine in ("builtin", "perf_analyzer"):
+        before = fetch_stats(triton.http_url, triton.access_token, "batch4")["batch4"]
+        with capture_output():
+            result = shell.run_line_magic(
+                "triton_perf", f"batch4 --concurrency 1,2 --duration 1 --input-data four --engine {engine}"
+            )
+        after = fetch_stats(triton.http_url, triton.access_token, "batch4")["batch4"]
+        assert all(r["errors"] == 0 and r["throughput"] > 0 for r in result.rows)
+        per_request[engine] = (after["inferences"] - before["inferences"]) / (after["success"] - before["success"])
+    assert per_request == {"builtin": 4, "perf_analyzer": 4}
+    # each request held samples 0..3 in order (Triton may batch two requests into one execution)
+    assert all(f == [0.0, 1.0, 2.0, 3.0] * (len(f) // 4) and len(f) % 4 == 0 for f in firsts)
+    assert "-b 4 " in result.perf_analyzer and "--shape x:4 " in result.perf_analyzer
+
+    two = ModelSpec("two", (TensorSpec("a", "float32", (4,)), TensorSpec("b", "float32", (4,))), SPEC_OUT)
+    server = SimpleNamespace(models={"two": SimpleNamespace(spec=two)})
+    data = {"a": np.ones((4, 4), np.float32), "b": np.ones((3, 4), np.float32)}
+    with pytest.raises(PerfError, match=r"batch sizes differ \(a: 4, b: 3\)"):
+        run_perf(server, "two", [1], 0.5, input_data=data, engine="perf_analyzer")
 
 
 def test_tuner_changes_the_served_configuration(triton):

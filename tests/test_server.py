@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import pathlib
@@ -61,6 +62,7 @@ def test_loopback_by_default_with_status_logs_and_clean_stop(own_server, capfd):
     assert wait_gone(processes) == []
     assert wait_ports_free(ports) == []
     assert not server.home.exists()
+    assert server._process.stopped_gracefully  # tritonserver logged the line the fast stop waits for
     out, err = capfd.readouterr()
     assert "NVML" not in out + err and "tritonserver" not in out + err  # its log went to the file, not the cell
 
@@ -189,3 +191,21 @@ def test_script_mode_honours_pytriton_home_and_stops_on_ctrl_c(tmp_path):
         assert wait_ports_free([http, grpc, metrics]) == []
     finally:
         proc.kill()
+
+
+def test_stop_lets_a_request_in_flight_finish(own_server):
+    server = tritonnb.start(**port_ports(free_ports()))
+
+    def slow(x):
+        time.sleep(1.0)
+        return x + 1
+
+    tritonnb.bind(slow, "slow", inputs=["x:float32[1]"], outputs=["y:float32[1]"])
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(infer_json, server.http_url, "slow", [fp32("x", [1, 1], [1])])
+        deadline = time.monotonic() + 10
+        while server.models["slow"]._trampoline.idle_for() > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the request is inside the function
+        tritonnb.stop()
+        status, body = answer.result(timeout=30)
+    assert status == 200 and body["outputs"][0]["data"] == [2]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import socket
 from collections.abc import Collection
 
@@ -29,14 +28,3 @@ def next_free_port(address: str, start: int, avoid: Collection[int] = ()) -> int
         if port not in avoid and port_is_free(address, port):
             return port
     raise PortBusyError(f"no free port on {address} at or above {start}")
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    """Distinct ports free on 127.0.0.1 now, from below Linux's ephemeral range (32768+), so that no outgoing
-    connection of this machine takes one as its source port before a server binds it (for tests and benchmarks)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = random.randrange(20000, 32000)
-        if port not in ports and port_is_free("127.0.0.1", port):
-            ports.append(port)
-    return ports

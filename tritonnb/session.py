@@ -124,9 +124,7 @@ class Server:
 
     def _all_endpoints_answer(self) -> bool:
         """HTTP ready, metrics served and gRPC ready: Triton starts them one after another, metrics last."""
-        return (
-            answers_ok(f"{self.http_url}/v2/health/ready") and answers_ok(self.metrics_url) and self._grpc_ready()
-        )
+        return answers_ok(f"{self.http_url}/v2/health/ready") and answers_ok(self.metrics_url) and self._grpc_ready()
 
     def _grpc_ready(self) -> bool:
         from tritonclient.utils import InferenceServerException

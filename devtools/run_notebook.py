@@ -1,6 +1,6 @@
 """Execute a notebook in a real kernel and print its outputs as text (for terminals and CI).
 
-``python -m tritonnb.run_notebook NOTEBOOK [--output PATH]``; exits non-zero if a cell fails.
+``python -m devtools.run_notebook NOTEBOOK [--output PATH]`` (from the repository root); exits non-zero if a cell fails.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Development-only helpers for tests, benchmarks and scripts; not part of the installed package."""
