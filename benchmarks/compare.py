@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from tritonnb.ports import free_loopback_ports as free_ports
+from devtools.ports import free_loopback_ports as free_ports
 
 MODEL = "mlp"
 PATH = f"/v2/models/{MODEL}/infer"

@@ -12,7 +12,7 @@ import torch
 from helpers import fp32, infer_json
 
 import tritonnb
-from tritonnb.binding import BindError
+from tritonnb.errors import BindError
 
 
 def _double(x):

@@ -155,17 +155,78 @@ def test_status_models_logs_unbind(started):
     assert infer_json(http, "keep", [fp32("x", [1, 1], [4])])[0] == 200
 
 
-def test_failing_function_traceback_reaches_the_logs(started):
+def test_failing_function_traceback_reaches_the_logs_with_the_cell_source(started):
     _serve(
         started,
         "broken --input x:float32[1] --output y:float32[1]",
-        "def broken(x):\n    raise RuntimeError('kaputt ' + str(int(x.sum())))\n",
+        "def broken(x):\n    total = int(x.sum())\n    raise RuntimeError('kaputt ' + str(total))\n",
     )
     status, body = infer_json(tritonnb.server().http_url, "broken", [fp32("x", [1, 1], [7])])
     assert status >= 400 and "kaputt 7" in body["error"]
     with capture_output() as out:
         started.run_line_magic("triton", "logs -n 30")
     assert "Traceback" in out.stdout and "kaputt 7" in out.stdout
+    assert "raise RuntimeError('kaputt ' + str(total))" in out.stdout  # the cell's line, from IPython's cache
+
+
+MAGIC_FLAGS = {
+    "triton_model": [
+        "--input",
+        "--output",
+        "--max-batch-size",
+        "--batch-delay-us",
+        "--instances",
+        "--device",
+        "--warmup",
+    ],
+    "triton": ["start", "stop", "restart", "status", "models", "unbind", "logs", "panel", "--http-port", "--public"],
+    "triton_perf": ["--concurrency", "--duration", "--input-data", "--engine"],
+    "triton_tune": ["--max-latency-ms", "--max-batch-sizes", "--delays-us", "--instances", "--apply"],
+}
+
+
+@pytest.mark.parametrize("magic", sorted(MAGIC_FLAGS))
+def test_question_mark_and_help_flag_show_every_flag_with_defaults(shell, magic):
+    kind = "cell" if magic == "triton_model" else "line"
+    doc = shell.find_magic(magic, kind).__doc__
+    for flag in MAGIC_FLAGS[magic]:
+        assert flag in doc, flag
+    assert {"triton_model": "(default: 32)", "triton": "(default: 40)"}.get(magic, "(default: ") in doc
+    with capture_output() as out:
+        if kind == "cell":
+            shell.run_cell_magic(magic, "m --help", "def m(x):\n    return x\n")
+        else:
+            shell.run_line_magic(magic, "-h")
+    assert out.stdout.strip() == doc.strip()
+    assert tritonnb.server() is None or "m" not in tritonnb.server().models  # help only: nothing was served
+
+
+def test_help_of_one_subcommand(shell):
+    with capture_output() as out:
+        shell.run_line_magic("triton", "panel -h")
+    assert "%triton panel" in out.stdout and "--metrics-url" in out.stdout and "--http-port" not in out.stdout
+
+
+def test_errors_of_the_kit_are_usage_errors_and_other_errors_keep_their_type(started):
+    with pytest.raises(UsageError, match="UnknownModelError: no model named 'ghost'"):
+        started.run_line_magic("triton_perf", "ghost --duration 0.1")
+    with pytest.raises(ZeroDivisionError):  # a bug in the cell is the user's traceback, not a usage error
+        started.run_cell_magic("triton_model", "oops", "x = 1 / 0\ndef oops(x):\n    return x\n")
+    assert "oops" not in tritonnb.server().models
+
+
+def test_every_error_the_kit_raises_is_a_tritonnb_error(started):
+    for name in tritonnb.__all__:
+        value = getattr(tritonnb, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, tritonnb.TritonnbError), name
+    with pytest.raises(tritonnb.SpecError, match="bad model name"):
+        tritonnb.bind(lambda x: x, "bad/name")
+    with pytest.raises(tritonnb.UnknownModelError) as caught:
+        tritonnb.client("ghost")
+    assert str(caught.value).startswith("no model named 'ghost'")  # not quoted as a KeyError would be
+    with pytest.raises(tritonnb.TritonnbError, match="cannot take the inputs"):
+        tritonnb.bind(lambda a, b: a, "pair", inputs=["x:float32[1]"])
 
 
 def test_restart_and_stop_magics(started):

@@ -16,10 +16,10 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 import tritonnb
-from tritonnb.binding import ModelSpec, WarmupError
+from tritonnb.errors import PerfError, WarmupError
 from tritonnb.monitor import fetch_stats
-from tritonnb.perf import ROW_KEYS, PerfError, run_perf
-from tritonnb.signature import TensorSpec
+from tritonnb.perf import ROW_KEYS, run_perf
+from tritonnb.signature import ModelSpec, TensorSpec
 from tritonnb.tune import tune
 
 SPEC = {"inputs": ["x:float32[4]"], "outputs": ["y:float32[4]"]}

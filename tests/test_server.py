@@ -19,7 +19,7 @@ import pytest
 from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone, wait_ports_free
 
 import tritonnb
-from tritonnb.ports import PortBusyError
+from tritonnb.errors import PortBusyError
 from tritonnb.settings import resolve_settings
 
 

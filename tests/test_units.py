@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tritonnb.binding import ModelSpec
 from tritonnb.card import curl_command, example_shape
+from tritonnb.errors import OutputError, SignatureMismatch, SpecError
 from tritonnb.perf import perf_analyzer_command
-from tritonnb.served_function import SignatureMismatch, _calls_by_keyword, default_inputs
-from tritonnb.signature import SpecError, TensorSpec, as_specs, parse_spec
-from tritonnb.torch_bridge import OutputError, outputs_to_numpy, resolve_device
+from tritonnb.served_function import _calls_by_keyword
+from tritonnb.signature import ModelSpec, TensorSpec, as_specs, default_inputs, parse_spec
+from tritonnb.torch_bridge import outputs_to_numpy, resolve_device
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,23 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tritonnb.errors import (
+    BindError,
+    CellError,
+    InputError,
+    ModelError,
+    NoServerError,
+    OutputError,
+    PerfError,
+    PortBusyError,
+    ServerStartError,
+    SignatureMismatch,
+    SpecError,
+    TritonnbError,
+    UnknownModelError,
+    WarmupError,
+)
+
 if TYPE_CHECKING:
     from tritonnb.card import ModelCard
     from tritonnb.model_client import ModelClient
@@ -17,7 +34,32 @@ if TYPE_CHECKING:
     from tritonnb.signature import TensorSpec
     from tritonnb.widgets.panel import Panel
 
-__all__ = ["bind", "client", "metrics", "panel", "restart", "serve_forever", "server", "start", "stop", "unbind"]
+__all__ = [
+    "BindError",
+    "CellError",
+    "InputError",
+    "ModelError",
+    "NoServerError",
+    "OutputError",
+    "PerfError",
+    "PortBusyError",
+    "ServerStartError",
+    "SignatureMismatch",
+    "SpecError",
+    "TritonnbError",
+    "UnknownModelError",
+    "WarmupError",
+    "bind",
+    "client",
+    "metrics",
+    "panel",
+    "restart",
+    "serve_forever",
+    "server",
+    "start",
+    "stop",
+    "unbind",
+]
 __version__ = "0.1.0"
 
 
@@ -50,7 +92,7 @@ def restart() -> float:
     """Restart the server on the same ports and bind every model again; return the seconds it took."""
     current = server()
     if current is None:
-        raise RuntimeError("no Triton server runs; start one with tritonnb.start()")
+        raise NoServerError("no Triton server runs; start one with tritonnb.start()")
     return current.restart()
 
 
@@ -98,7 +140,7 @@ def unbind(name: str) -> None:
     """Stop serving model ``name``; other models keep serving."""
     current = server()
     if current is None:
-        raise RuntimeError("no Triton server runs")
+        raise NoServerError("no Triton server runs")
     current.unbind(name)
 
 
@@ -108,9 +150,9 @@ def client(name: str) -> ModelClient:
 
     current = server()
     if current is None:
-        raise RuntimeError("no Triton server runs")
+        raise NoServerError("no Triton server runs")
     if name not in current.models:
-        raise KeyError(f"no model named {name!r} is served; served: {sorted(current.models) or 'none'}")
+        raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(current.models) or 'none'}")
     return ModelClient(name, current.http_url)
 
 
@@ -144,7 +186,7 @@ def serve_forever(poll_s: float = 1.0) -> None:
     """Block while the server runs (for scripts); Ctrl+C stops it. Returns if tritonserver dies."""
     current = server()
     if current is None:
-        raise RuntimeError("nothing to serve: bind a model first")
+        raise NoServerError("nothing to serve: bind a model first")
     try:
         while current.state == "READY":
             time.sleep(poll_s)

@@ -14,21 +14,18 @@ from typing import Protocol
 import numpy as np
 
 from tritonnb._pytriton import Generation
-from tritonnb.served_function import ErrorReporter, ModelError, ServedFunction, Trampoline
-from tritonnb.signature import TensorSpec, sample_inputs
+from tritonnb.errors import BindError, ModelError, SpecError, WarmupError
+from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
+from tritonnb.signature import ModelSpec, sample_inputs
 
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
 RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case
 
 
-class WarmupError(RuntimeError):
-    """A warm-up batch failed; the model was not (re)bound."""
-
-
 def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
     """Run ``batches`` generated batches through the same path requests take, before anyone can call it."""
     if batches < 0:
-        raise ValueError(f"warm-up batches must be 0 or more, got {batches}")
+        raise SpecError(f"warm-up batches must be 0 or more, got {batches}")
     trampoline = Trampoline(target, spec.batched)
     rng = np.random.default_rng(0)
     batch_size = spec.max_batch_size if spec.batched else None
@@ -49,48 +46,12 @@ def retire_side_by_side(generations: list[Generation]) -> None:
             list(pool.map(Generation.retire, generations))
 
 
-class BindError(RuntimeError):
-    """Triton refused to load a model; the previous generation, if any, keeps serving."""
-
-
 class ModelControl(Protocol):
     """What a slot needs from the server: load and unload models and ask for readiness."""
 
     def load_model(self, name: str, config: str, files: dict[str, bytes]) -> None: ...
     def unload_model(self, name: str) -> None: ...
     def is_model_ready(self, name: str) -> bool: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Everything Triton's model config depends on: a change here needs a reload, anything else a swap."""
-
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    max_batch_size: int = 32
-    batch_delay_us: int = 0
-    instances: int = 1
-
-    def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ValueError(f"model {self.name!r} needs at least one input")
-        if not self.outputs:
-            raise ValueError(f"model {self.name!r} needs at least one output")
-        clash = {s.name for s in self.inputs} & {s.name for s in self.outputs}
-        if clash:
-            raise ValueError(f"model {self.name!r}: names used for both an input and an output: {sorted(clash)}")
-        if self.max_batch_size < 0:
-            raise ValueError(f"max batch size must be 0 (no batching) or more, got {self.max_batch_size}")
-        if self.batch_delay_us < 0:
-            raise ValueError(f"batch delay must be 0 or more microseconds, got {self.batch_delay_us}")
-        if self.instances < 1:
-            raise ValueError(f"instances must be 1 or more, got {self.instances}")
-
-    @property
-    def batched(self) -> bool:
-        """Whether Triton batches requests (and the first dim of every tensor is the batch)."""
-        return self.max_batch_size > 0
 
 
 @dataclasses.dataclass

@@ -6,9 +6,12 @@ import dataclasses
 import html
 import json
 import shlex
+from typing import TYPE_CHECKING
 
-from tritonnb.binding import BindResult, ModelSpec
-from tritonnb.signature import TensorSpec
+from tritonnb.signature import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:
+    from tritonnb.binding import BindResult
 
 
 def example_shape(spec: TensorSpec, batched: bool) -> list[int]:

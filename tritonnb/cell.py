@@ -7,9 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-
-class CellError(ValueError):
-    """The cell does not define a function to serve."""
+from tritonnb.errors import CellError
 
 
 def run_cell_and_pick(source: str, name: str, namespace: dict[str, Any], filename: str) -> Callable:

@@ -1,25 +1,123 @@
-"""IPython front: ``%triton`` and ``%%triton_model``. Parses lines, runs cells, displays cards; no server logic."""
+"""IPython front: ``%triton``, ``%%triton_model``, ``%triton_perf`` and ``%triton_tune``. Parses lines, runs cells,
+displays results; no server logic.
+
+Options are declared with IPython's ``magic_arguments``, so ``%triton_model?`` shows the same usage that parses the
+line, and ``-h``/``--help`` prints it. tritonnb's own errors (``TritonnbError``) become one-line usage errors; any
+other exception keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import shlex
+import functools
+import pathlib
+from collections.abc import Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.core.magic_arguments import (
+    ArgDecorator,
+    MagicArgumentParser,
+    MagicHelpFormatter,
+    argument,
+    kwds,
+    magic_arguments,
+)
 from IPython.display import display
+from IPython.utils.process import arg_split
 
 import tritonnb
-from tritonnb.ports import PortBusyError
+from tritonnb.errors import SpecError, TritonnbError
 from tritonnb.report import format_models, format_status
-from tritonnb.signature import SpecError, parse_spec
+from tritonnb.signature import TensorSpec, parse_spec
+
+HELP_FLAGS = {"-h", "--help"}
 
 
-def _parser(prog: str, description: str) -> MagicArgumentParser:
-    return MagicArgumentParser(prog=prog, description=description, add_help=False)
+class _HelpWithDefaults(MagicHelpFormatter):
+    """IPython's help layout, plus each option's default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if action.option_strings and not (default is None or default is False or default is argparse.SUPPRESS):
+            shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+            text += f" (default: {shown.replace('%', '%%')})"
+        return text
 
 
+def _with_defaults() -> kwds:
+    """Help that shows defaults (a new decorator each time: IPython writes the description into its dict)."""
+    return kwds(formatter_class=_HelpWithDefaults)
+
+
+class subcommand(ArgDecorator):  # named in lower case like IPython's argument decorators it sits among
+    """A subcommand with its own arguments, for magics like ``%triton start --http-port N``."""
+
+    def __init__(self, name: str, help: str, *arguments: argument) -> None:
+        self.name, self.help, self.arguments = name, help, arguments
+
+    def add_to_parser(self, parser: MagicArgumentParser, group: Any) -> None:
+        """Add this subcommand (and the subcommand table, on first use) to the magic's parser."""
+        table = getattr(parser, "subcommands", None)
+        if table is None:
+            table = parser.subcommands = parser.add_subparsers(
+                dest="command", required=True, parser_class=MagicArgumentParser, title="subcommands"
+            )
+        sub = table.add_parser(
+            self.name,
+            help=self.help.replace("%", "%%"),  # argparse %-formats help, not descriptions
+            description=self.help,
+            formatter_class=_HelpWithDefaults,
+            add_help=False,
+        )
+        for wrapped in self.arguments:
+            wrapped.add_to_parser(sub, None)
+
+
+def _help_lists_subcommands(magic: Callable) -> Callable:
+    """Make the magic's docstring (what ``%triton?`` shows) its usage followed by every subcommand's own usage."""
+    magic.__doc__ = _help_text(magic.parser, [])
+    return magic
+
+
+def _help_text(parser: MagicArgumentParser, words: list[str]) -> str:
+    """The usage of the subcommand named first in ``words``, else of the magic (and all its subcommands)."""
+    table = getattr(parser, "subcommands", None)
+    if table is None:
+        return parser.format_help()
+    if words and words[0] in table.choices:
+        return table.choices[words[0]].format_help()
+    return "\n".join([parser.format_help(), *(sub.format_help() for sub in table.choices.values())])
+
+
+def _parse(magic: Callable, line: str) -> argparse.Namespace | None:
+    """The parsed line, or None after printing the usage for ``-h``/``--help``."""
+    try:
+        words = arg_split(line, strict=True)
+    except ValueError as error:
+        raise UsageError(f"{magic.parser.prog}: cannot split the line: {error}") from None
+    if HELP_FLAGS & set(words):
+        print(_help_text(magic.parser, words))
+        return None
+    return magic.parser.parse_args(words)
+
+
+def _usage_errors(method: Callable) -> Callable:
+    """tritonnb's own errors as a one-line usage error; anything else keeps its traceback."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except TritonnbError as error:
+            raise UsageError(f"{type(error).__name__}: {error}") from None
+
+    return wrapper
+
+
+# -- argument types: argparse turns their ArgumentTypeError into a usage error naming the option ----------------
 def _port(text: str) -> int:
     port = int(text)
     if not 0 < port < 65536:
@@ -27,7 +125,7 @@ def _port(text: str) -> int:
     return port
 
 
-def _spec(text: str):
+def _spec(text: str) -> TensorSpec:
     try:
         return parse_spec(text)
     except SpecError as error:
@@ -58,6 +156,13 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _positive_list(text: str) -> list[int]:
+    values = _int_list(text)
+    if 0 in values:
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be 1 or more")
+    return values
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -65,92 +170,59 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _perf_parser() -> MagicArgumentParser:
-    parser = _parser("%triton_perf", "Closed-loop load test of a served model.")
-    parser.add_argument("name")
-    parser.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8], help="levels, e.g. 1,2,4,8")
-    parser.add_argument("--duration", type=_positive_float, default=5.0, help="seconds per level")
-    parser.add_argument("--input-data", help="a variable (dict of arrays, or an array) or an .npz file")
-    parser.add_argument(
-        "--engine",
-        choices=["builtin", "perf_analyzer"],
-        default="builtin",
-        help="tritonnb's load generator, or NVIDIA's perf_analyzer from PATH",
-    )
-    return parser
-
-
-def _tune_parser() -> MagicArgumentParser:
-    parser = _parser("%triton_tune", "Sweep batching and instances of a served model and recommend the best.")
-    parser.add_argument("name")
-    parser.add_argument("--max-latency-ms", type=_positive_float, help="p95 latency budget")
-    parser.add_argument("--concurrency", type=_int_list, default=[8])
-    parser.add_argument("--duration", type=_positive_float, default=2.0, help="seconds per configuration")
-    parser.add_argument("--max-batch-sizes", type=_int_list, default=[0, 8, 32])
-    parser.add_argument("--delays-us", type=_int_list, default=[0, 1000])
-    parser.add_argument("--instances", type=_int_list, default=[1, 2])
-    parser.add_argument("--input-data", help="a variable (dict of arrays, or an array) or an .npz file")
-    parser.add_argument("--apply", action="store_true", help="leave the model bound with the best configuration")
-    return parser
-
-
-def _triton_parser() -> MagicArgumentParser:
-    parser = _parser("%triton", "Control the background Triton server.")
-    sub = parser.add_subparsers(
-        dest="command",
-        parser_class=MagicArgumentParser,
-        required=True,
-        metavar="{start,stop,restart,status,models,unbind,logs}",
-    )
-    start = sub.add_parser("start", help="start Triton in the background", add_help=False)
-    start.add_argument("--http-port", type=_port)
-    start.add_argument("--grpc-port", type=_port)
-    start.add_argument("--metrics-port", type=_port)
-    start.add_argument("--public", action="store_true", help="bind all interfaces, not only 127.0.0.1")
-    start.add_argument("--log-verbose", type=_non_negative)
-    for name in ("stop", "restart", "status", "models"):
-        sub.add_parser(name, add_help=False)
-    sub.add_parser("unbind", add_help=False).add_argument("name")
-    sub.add_parser("logs", add_help=False).add_argument("-n", type=_positive, default=40)
-    panel = sub.add_parser("panel", add_help=False)
-    panel.add_argument("--url", help="any Triton server's HTTP URL (default: this kernel's)")
-    panel.add_argument("--metrics-url", help="its metrics URL (default: same host, HTTP port + 2)")
-    panel.add_argument("--token", help="access token for its statistics API, if restricted")
-    panel.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between refreshes (the nearest of 0.5, 1, 2, 5, 10)"
-    )
-    return parser
-
-
-def _model_parser() -> MagicArgumentParser:
-    parser = _parser("%%triton_model", "Serve a function defined in this cell as a Triton model.")
-    parser.add_argument("name")
-    parser.add_argument("--input", dest="inputs", type=_spec, nargs="+", action="extend", metavar="SPEC")
-    parser.add_argument("--output", dest="outputs", type=_spec, nargs="+", action="extend", metavar="SPEC")
-    parser.add_argument("--max-batch-size", type=_non_negative, default=32)
-    parser.add_argument("--batch-delay-us", type=_non_negative, default=0)
-    parser.add_argument("--instances", type=_positive, default=1)
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:K (default: cuda when available)")
-    parser.add_argument("--warmup", type=_non_negative, default=0, help="generated batches to run before serving")
-    return parser
-
-
-def _parse(parser: MagicArgumentParser, line: str) -> argparse.Namespace:
-    try:
-        words = shlex.split(line)
-    except ValueError as error:
-        raise UsageError(f"{parser.prog}: cannot split the line: {error}") from None
-    return parser.parse_args(words)
+INPUT_DATA = argument(
+    "--input-data", metavar="VAR_OR_NPZ", help="a variable (dict of arrays by input name, or one array) or an .npz file"
+)
 
 
 @magics_class
 class TritonMagics(Magics):
-    """``%triton`` (server control) and ``%%triton_model`` (serve a function from the cell)."""
+    """``%triton`` (server control), ``%%triton_model`` (serve a function from the cell), ``%triton_perf`` (load
+    test) and ``%triton_tune`` (batching sweep)."""
 
     @line_magic
+    @_usage_errors
+    @_help_lists_subcommands
+    @magic_arguments()
+    @_with_defaults()
+    @subcommand(
+        "start",
+        "start Triton in the background (the first %%triton_model cell does this with defaults)",
+        argument("--http-port", type=_port, metavar="N", help="HTTP port (default: 8000, or the next free one)"),
+        argument("--grpc-port", type=_port, metavar="N", help="gRPC port (default: 8001, or the next free one)"),
+        argument("--metrics-port", type=_port, metavar="N", help="metrics port (default: 8002, or the next free one)"),
+        argument("--public", action="store_true", help="bind all interfaces, not only 127.0.0.1"),
+        argument("--log-verbose", type=_non_negative, metavar="N", help="Triton's log verbosity (0: off)"),
+    )
+    @subcommand("stop", "stop Triton and every model")
+    @subcommand("restart", "restart Triton on the same ports and bind every model again")
+    @subcommand("status", "state, pid, version, uptime, URLs, log file and models")
+    @subcommand("models", "one line per served model")
+    @subcommand("unbind", "stop serving one model; the others keep serving", argument("name", help="the model"))
+    @subcommand(
+        "logs",
+        "the tail of Triton's log, with model tracebacks",
+        argument("-n", type=_positive, default=40, metavar="N", help="lines"),
+    )
+    @subcommand(
+        "panel",
+        "a live dashboard of this server, or of any Triton server",
+        argument("--url", metavar="URL", help="any Triton server's HTTP URL (default: this kernel's)"),
+        argument("--metrics-url", metavar="URL", help="its metrics URL (default: same host, HTTP port + 2)"),
+        argument("--token", metavar="TOKEN", help="access token for its statistics API, if restricted"),
+        argument(
+            "--interval",
+            type=_positive_float,
+            default=1.0,
+            metavar="S",
+            help="seconds between refreshes (the nearest of 0.5, 1, 2, 5, 10)",
+        ),
+    )
     def triton(self, line: str) -> None:
-        """%triton {start,stop,restart,status,models,unbind NAME,logs [-n N],panel [--url URL]}"""
-        args = _parse(_triton_parser(), line)
+        """Control the background Triton server."""
+        args = _parse(self.triton, line)
+        if args is None:
+            return
         if args.command == "start":
             self._start(args)
         elif args.command == "stop":
@@ -164,59 +236,78 @@ class TritonMagics(Magics):
             server = tritonnb.server()
             print(format_status(server.status()) if server else "no Triton server runs")
         elif args.command == "models":
-            server = self._require_server()
-            print(format_models(server.status()))
+            print(format_models(self._require_server().status()))
         elif args.command == "unbind":
-            server = self._require_server()
-            if args.name not in server.models:
-                raise UsageError(f"no model named {args.name!r}; served: {', '.join(server.models) or 'none'}")
-            server.unbind(args.name)
+            self._require_server().unbind(args.name)
             print(f"model {args.name!r} unbound")
         elif args.command == "logs":
             print(self._require_server().logs(args.n), end="")
         elif args.command == "panel":
             if args.url is None:
                 self._require_server()
-            try:
-                display(
-                    tritonnb.panel(args.url, metrics_url=args.metrics_url, token=args.token, interval_s=args.interval)
-                )
-            except ValueError as error:
-                raise UsageError(str(error)) from None
+            display(tritonnb.panel(args.url, metrics_url=args.metrics_url, token=args.token, interval_s=args.interval))
 
     @cell_magic
+    @_usage_errors
+    @magic_arguments("%triton_model")  # IPython's help layout adds one more %
+    @_with_defaults()
+    @argument("name", help="the model's name in Triton; the cell's function of that name (or its only one) is served")
+    @argument(
+        "--input",
+        dest="inputs",
+        type=_spec,
+        nargs="+",
+        action="extend",
+        metavar="SPEC",
+        help="name:dtype[dims], dims per sample, -1 for any size, e.g. x:float32[-1,64] "
+        "(default: one float32[-1] input per parameter)",
+    )
+    @argument(
+        "--output",
+        dest="outputs",
+        type=_spec,
+        nargs="+",
+        action="extend",
+        metavar="SPEC",
+        help="name:dtype[dims] (default: output:float32[-1])",
+    )
+    @argument(
+        "--max-batch-size",
+        type=_non_negative,
+        default=32,
+        metavar="N",
+        help="dynamic batching; 0 turns it off",
+    )
+    @argument("--batch-delay-us", type=_non_negative, default=0, metavar="N", help="how long a batch may wait to fill")
+    @argument("--instances", type=_positive, default=1, metavar="N", help="model instances (handler threads)")
+    @argument("--device", metavar="cpu|cuda|cuda:K", help="where the tensors go (default: cuda if available)")
+    @argument("--warmup", type=_non_negative, default=0, metavar="N", help="generated batches to run before serving")
     def triton_model(self, line: str, cell: str) -> None:
-        """%%triton_model NAME [--input SPEC ...] [--output SPEC ...] [--max-batch-size N] [--batch-delay-us N]
-        [--instances N] [--device cpu|cuda|cuda:K] [--warmup N]"""
-        from tritonnb.cell import CellError, run_cell_and_pick
+        """Serve a function defined in this cell as a Triton model; running the cell again hot-swaps it."""
+        from tritonnb.cell import run_cell_and_pick
         from tritonnb.torch_bridge import resolve_device
 
-        args = _parse(_model_parser(), line)
-        try:
-            resolve_device(args.device)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        args = _parse(self.triton_model, line)
+        if args is None:
+            return
+        if args.device is not None:
+            resolve_device(args.device)  # a device that does not exist fails before anything starts
         source = self.shell.transform_cell(cell)
-        try:
-            fn = run_cell_and_pick(source, args.name, self.shell.user_ns, f"<triton_model {args.name}>")
-        except CellError as error:
-            raise UsageError(str(error)) from None
+        filename = self.shell.compile.cache(source)  # tracebacks of the served function show the cell's lines
+        fn = run_cell_and_pick(source, args.name, self.shell.user_ns, filename)
         if tritonnb.server() is None:
             self._start(None)
-        try:
-            card = tritonnb.bind(
-                fn,
-                args.name,
-                inputs=args.inputs,
-                outputs=args.outputs,
-                max_batch_size=args.max_batch_size,
-                batch_delay_us=args.batch_delay_us,
-                instances=args.instances,
-                device=args.device,
-                warmup=args.warmup,
-            )
-        except (ValueError, TypeError) as error:  # bad names, specs or a function that cannot take the inputs
-            raise UsageError(str(error)) from None
+        card = tritonnb.bind(
+            fn,
+            args.name,
+            inputs=args.inputs,
+            outputs=args.outputs,
+            max_batch_size=args.max_batch_size,
+            batch_delay_us=args.batch_delay_us,
+            instances=args.instances,
+            device=args.device,
+            warmup=args.warmup,
+        )
         display(card)
         if self._has_kernel():  # live widgets need a kernel with comms
             from tritonnb.monitor import target_for
@@ -225,93 +316,98 @@ class TritonMagics(Magics):
             display(ModelStrip(target_for(server=tritonnb.server()), args.name))
 
     @line_magic
-    def triton_perf(self, line: str):
-        """%triton_perf NAME [--concurrency 1,2,4,8] [--duration S] [--input-data VAR_OR_NPZ]
-        [--engine builtin|perf_analyzer]"""
-        from tritonnb.perf import PerfError, run_perf
+    @_usage_errors
+    @magic_arguments()
+    @_with_defaults()
+    @argument("name", help="a served model")
+    @argument("--concurrency", type=_positive_list, default=[1, 2, 4, 8], metavar="C,C,...", help="levels")
+    @argument("--duration", type=_positive_float, default=5.0, metavar="S", help="seconds per level")
+    @INPUT_DATA
+    @argument(
+        "--engine",
+        choices=["builtin", "perf_analyzer"],
+        default="builtin",
+        help="tritonnb's load generator, or NVIDIA's perf_analyzer from PATH",
+    )
+    def triton_perf(self, line: str) -> Any:
+        """Closed-loop load test of a served model: throughput, latency percentiles and Triton's own split."""
+        from tritonnb.perf import run_perf
         from tritonnb.widgets.progress import StepProgress
 
-        args = _parse(_perf_parser(), line)
-        server = self._require_model(args.name)
-        if 0 in args.concurrency:
-            raise UsageError("concurrency levels must be 1 or more")
+        args = _parse(self.triton_perf, line)
+        if args is None:
+            return None
+        server = self._require_server()
         progress = StepProgress(len(args.concurrency), "load test", self._has_kernel())
-        try:
-            return run_perf(
-                server,
-                args.name,
-                args.concurrency,
-                args.duration,
-                self._input_data(args.input_data),
-                progress.step,
-                engine=args.engine,
-            )
-        except PerfError as error:
-            raise UsageError(str(error)) from None
+        return run_perf(
+            server,
+            args.name,
+            args.concurrency,
+            args.duration,
+            self._input_data(args.input_data),
+            progress.step,
+            engine=args.engine,
+        )
 
     @line_magic
-    def triton_tune(self, line: str):
-        """%triton_tune NAME [--max-latency-ms X] [--concurrency 8] [--duration S] [--max-batch-sizes 0,8,32]
-        [--delays-us 0,1000] [--instances 1,2] [--input-data VAR_OR_NPZ] [--apply]"""
-        from tritonnb.perf import PerfError
+    @_usage_errors
+    @magic_arguments()
+    @_with_defaults()
+    @argument("name", help="a served model")
+    @argument("--max-latency-ms", type=_positive_float, metavar="X", help="p95 latency budget (default: none)")
+    @argument("--concurrency", type=_positive_list, default=[8], metavar="C,C,...", help="load levels per config")
+    @argument("--duration", type=_positive_float, default=2.0, metavar="S", help="seconds per configuration")
+    @argument("--max-batch-sizes", type=_int_list, default=[0, 8, 32], metavar="N,N,...", help="0 is no batching")
+    @argument("--delays-us", type=_int_list, default=[0, 1000], metavar="N,N,...", help="batch delays to try")
+    @argument("--instances", type=_positive_list, default=[1, 2], metavar="N,N,...", help="instance counts to try")
+    @INPUT_DATA
+    @argument("--apply", action="store_true", help="leave the model bound with the best configuration")
+    def triton_tune(self, line: str) -> Any:
+        """Sweep batching and instances of a served model and recommend the best configuration."""
         from tritonnb.tune import configurations, tune
         from tritonnb.widgets.progress import StepProgress
 
-        args = _parse(_tune_parser(), line)
-        server = self._require_model(args.name)
-        if 0 in args.concurrency or 0 in args.instances:
-            raise UsageError("concurrency levels and instance counts must be 1 or more")
+        args = _parse(self.triton_tune, line)
+        if args is None:
+            return None
+        server = self._require_server()
         grid = configurations(args.max_batch_sizes, args.delays_us, args.instances)
         progress = StepProgress(len(grid), "tuning", self._has_kernel())
-        try:
-            return tune(
-                server,
-                args.name,
-                max_latency_ms=args.max_latency_ms,
-                concurrency=args.concurrency,
-                duration_s=args.duration,
-                max_batch_sizes=args.max_batch_sizes,
-                delays_us=args.delays_us,
-                instances=args.instances,
-                apply=args.apply,
-                input_data=self._input_data(args.input_data),
-                on_progress=progress.step,
-            )
-        except PerfError as error:
-            raise UsageError(str(error)) from None
+        return tune(
+            server,
+            args.name,
+            max_latency_ms=args.max_latency_ms,
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            max_batch_sizes=args.max_batch_sizes,
+            delays_us=args.delays_us,
+            instances=args.instances,
+            apply=args.apply,
+            input_data=self._input_data(args.input_data),
+            on_progress=progress.step,
+        )
 
     def _has_kernel(self) -> bool:
         return getattr(self.shell, "kernel", None) is not None
 
-    def _input_data(self, reference: str | None):
+    def _input_data(self, reference: str | None) -> Any:
         if reference is None:
             return None
         if reference.isidentifier():
             if reference not in self.shell.user_ns:
                 raise UsageError(f"no variable named {reference!r} holds input data")
             return self.shell.user_ns[reference]
-        import pathlib
-
         if not pathlib.Path(reference).is_file():
             raise UsageError(f"input data {reference!r} is neither a variable nor a file")
         return reference
 
-    def _require_model(self, name: str):
-        server = self._require_server()
-        if name not in server.models:
-            raise UsageError(f"no model named {name!r}; served: {', '.join(server.models) or 'none'}")
-        return server
-
-    def _start(self, args: argparse.Namespace | None):
+    def _start(self, args: argparse.Namespace | None) -> Any:
         options = {}
         if args is not None:
             options = {k: v for k, v in vars(args).items() if k != "command" and v is not None and v is not False}
         if tritonnb.server() is not None:
             raise UsageError("a Triton server already runs; %triton stop it first to change its options")
-        try:
-            server = tritonnb.start(**options)
-        except PortBusyError as error:
-            raise UsageError(str(error)) from None
+        server = tritonnb.start(**options)
         for note in server.settings.notes:
             print(f"note: {note}")
         print(
@@ -321,7 +417,7 @@ class TritonMagics(Magics):
         return server
 
     @staticmethod
-    def _require_server():
+    def _require_server() -> Any:
         server = tritonnb.server()
         if server is None:
             raise UsageError("no Triton server runs; start one with %triton start or a %%triton_model cell")

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from tritonnb.errors import InputError
 from tritonnb.signature import DTYPES
 from tritonnb.torch_bridge import host_array
 
@@ -42,16 +43,16 @@ class ModelClient:
 
         declared = self.input_names()
         if len(args) > len(declared):
-            raise TypeError(f"model {self.name!r} takes {len(declared)} inputs, got {len(args)}")
+            raise InputError(f"model {self.name!r} takes {len(declared)} inputs, got {len(args)}")
         values = dict(zip([n for n, _ in declared], args))
         overlap = set(values) & set(kwargs)
         if overlap:
-            raise TypeError(f"inputs given twice: {sorted(overlap)}")
+            raise InputError(f"inputs given twice: {sorted(overlap)}")
         values.update(kwargs)
         unknown = set(values) - {n for n, _ in declared}
         missing = [n for n, _ in declared if n not in values]
         if unknown or missing:
-            raise TypeError(
+            raise InputError(
                 f"model {self.name!r} takes inputs {[n for n, _ in declared]}; "
                 f"missing {missing}, unknown {sorted(unknown)}"
             )
@@ -60,7 +61,7 @@ class ModelClient:
             try:
                 array = host_array(values[name], _DTYPE_BY_TRITON[datatype])
             except TypeError as error:
-                raise TypeError(f"input {name!r} ({datatype}): {error}") from None
+                raise InputError(f"input {name!r} ({datatype}): {error}") from None
             infer_input = httpclient.InferInput(name, list(array.shape), datatype)
             infer_input.set_data_from_numpy(array)
             infer_inputs.append(infer_input)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tritonnb.errors import NoServerError, SpecError
 from tritonnb.host_gpu import nvml_gpus
 from tritonnb.http_get import answers_ok, get_json, get_text
 
@@ -398,7 +399,7 @@ def target_for(
     """The server at ``url`` (metrics at ``metrics_url``, else the same host on port + 2), or ``server``."""
     if url is None or (server is not None and url.rstrip("/") == server.http_url):
         if server is None:
-            raise RuntimeError("no Triton server runs here; start one, or give the URL of one to watch")
+            raise NoServerError("no Triton server runs here; start one, or give the URL of one to watch")
         return Target(server.http_url, server.metrics_url, None, server)
     url = url.rstrip("/")
     if "://" not in url:
@@ -406,7 +407,7 @@ def target_for(
     if metrics_url is None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.port is None:
-            raise ValueError(f"cannot derive the metrics URL from {url!r}: give it with --metrics-url")
+            raise SpecError(f"cannot derive the metrics URL from {url!r}: give it with --metrics-url")
         metrics_url = f"{parsed.scheme}://{parsed.hostname}:{parsed.port + 2}/metrics"
     return Target(url, metrics_url, token)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from tritonnb.binding import ModelSpec
+from tritonnb.errors import PerfError, UnknownModelError
 from tritonnb.monitor import PHASES, fetch_stats
-from tritonnb.signature import sample_inputs
+from tritonnb.signature import ModelSpec, sample_inputs
 
 ROW_KEYS = (
     "concurrency",
@@ -36,10 +36,6 @@ ROW_KEYS = (
 )
 WARMUP_S = 0.5
 Progress = Callable[[int, int, dict[str, Any]], None]
-
-
-class PerfError(RuntimeError):
-    """The load test could not run (the load generator failed, or the input data does not fit)."""
 
 
 @dataclasses.dataclass
@@ -328,14 +324,14 @@ def run_perf(
     server-side columns include) or ``perf_analyzer`` (NVIDIA's tool from PATH; it fails on any error).
     """
     if name not in server.models:
-        raise KeyError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
+        raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
     levels = [int(c) for c in concurrency]
     if not levels or any(c < 1 for c in levels):
-        raise ValueError(f"concurrency levels must be 1 or more, got {levels}")
+        raise PerfError(f"concurrency levels must be 1 or more, got {levels}")
     if duration_s <= 0:
-        raise ValueError(f"duration must be positive, got {duration_s}")
+        raise PerfError(f"duration must be positive, got {duration_s}")
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise PerfError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spec = server.models[name].spec
     arrays = input_arrays(spec, input_data)
     batch_size(spec, arrays)  # an input batch no request can carry fails here, before either engine runs

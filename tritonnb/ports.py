@@ -5,9 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Collection
 
-
-class PortBusyError(OSError):
-    """A port that was asked for explicitly is already taken by another process."""
+from tritonnb.errors import PortBusyError
 
 
 def port_is_free(address: str, port: int) -> bool:

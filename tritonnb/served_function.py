@@ -11,28 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from tritonnb.errors import ModelError, SignatureMismatch
 from tritonnb.signature import TensorSpec
 from tritonnb.torch_bridge import outputs_to_numpy, to_torch
 
 ErrorReporter = Callable[[str, str], None]
-
-
-class ModelError(RuntimeError):
-    """Raised to Triton (and so to the client) when a served function fails."""
-
-
-class SignatureMismatch(TypeError):
-    """The function's parameters cannot take the declared inputs."""
-
-
-def default_inputs(fn: Callable) -> tuple[TensorSpec, ...]:
-    """One ``float32[-1]`` input per parameter of ``fn``, named after it (used when no inputs are declared)."""
-    params = [
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    return tuple(TensorSpec(name, "float32", (-1,)) for name in params)
 
 
 def _calls_by_keyword(fn: Callable, inputs: Sequence[TensorSpec]) -> bool:

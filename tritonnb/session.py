@@ -19,23 +19,18 @@ from pytriton.constants import PYTRITON_HOME
 from pytriton.triton import TritonConfig
 
 from tritonnb._pytriton import ServerProcess
-from tritonnb.binding import BindError, BindResult, ModelSlot, ModelSpec, retire_side_by_side
+from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
+from tritonnb.errors import BindError, NoServerError, ServerStartError, SpecError, UnknownModelError
 from tritonnb.http_get import answers_ok, get_json
 from tritonnb.leftovers import remove_leftovers
-from tritonnb.served_function import default_inputs
 from tritonnb.server_log import ServerLog
 from tritonnb.settings import ServerSettings, resolve_settings
-from tritonnb.signature import TensorSpec, as_specs
+from tritonnb.signature import DEFAULT_OUTPUT, ModelSpec, TensorSpec, as_specs, default_inputs
 from tritonnb.torch_bridge import resolve_device
 
 STARTUP_TIMEOUT_S = 120.0
 HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
 GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
-DEFAULT_OUTPUT = TensorSpec("output", "float32", (-1,))
-
-
-class ServerStartError(RuntimeError):
-    """tritonserver did not come up; the message carries the tail of its log."""
 
 
 class Server:
@@ -159,7 +154,7 @@ class Server:
     def restart(self) -> float:
         """Stop and start tritonserver on the same ports, and bind every model again."""
         if self._stopped:
-            raise RuntimeError("this server was stopped; start a new one with tritonnb.start()")
+            raise NoServerError("this server was stopped; start a new one with tritonnb.start()")
         started = time.perf_counter()
         self._stop_process()
         self._launch()
@@ -195,7 +190,7 @@ class Server:
         ``warmup`` batches, generated from the inputs, run through ``fn`` before Triton may route a request to it.
         """
         if self.state != "READY":
-            raise RuntimeError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
+            raise NoServerError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
         _check_name(name, self.sockets)
         input_specs = as_specs(inputs, "input") or default_inputs(fn)
         output_specs = as_specs(outputs, "output") or (DEFAULT_OUTPUT,)
@@ -203,7 +198,7 @@ class Server:
         resolved_device = resolve_device(device)
         clash = next((n for n in self.models if n.lower() == name.lower() and n != name), None)
         if clash:
-            raise ValueError(f"model names are case-insensitive in Triton: {name!r} clashes with {clash!r}")
+            raise SpecError(f"model names are case-insensitive in Triton: {name!r} clashes with {clash!r}")
         slot = self.models.get(name)
         if slot is None:
             slot = ModelSlot(
@@ -224,7 +219,7 @@ class Server:
         """Stop serving model ``name``; other models keep serving."""
         slot = self.models.get(name)
         if slot is None:
-            raise KeyError(f"no model named {name!r} is served; served: {sorted(self.models) or 'none'}")
+            raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(self.models) or 'none'}")
         try:
             slot.unbind()
         finally:  # its threads are retired either way; Triton may still list it if the unload failed
@@ -305,12 +300,12 @@ def _socket_root(home: pathlib.Path) -> pathlib.Path:
 
 def _check_name(name: str, sockets: pathlib.Path) -> None:
     if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise ValueError(f"bad model name {name!r}: use letters, digits, '.', '_' and '-'")
+        raise SpecError(f"bad model name {name!r}: use letters, digits, '.', '_' and '-'")
     if name.lower() in RESERVED_NAMES:
-        raise ValueError(f"model name {name!r} is reserved by Triton's HTTP API; choose another")
+        raise SpecError(f"model name {name!r} is reserved by Triton's HTTP API; choose another")
     room = SOCKET_PATH_MAX - len(str(sockets)) - len("/m000000") - SOCKET_SUFFIX_MAX
     if len(name) > room:
-        raise ValueError(f"model name {name!r} is too long: at most {room} characters fit in a unix socket path here")
+        raise SpecError(f"model name {name!r} is too long: at most {room} characters fit in a unix socket path here")
 
 
 # -- the process-wide server ---------------------------------------------------------------------------
@@ -322,7 +317,7 @@ def start(**options: Any) -> Server:
     global _current
     if _current is not None and _current.state != "STOPPED":
         if options:
-            raise RuntimeError(f"a server already runs at {_current.http_url}; stop() it first to change options")
+            raise ServerStartError(f"a server already runs at {_current.http_url}; stop() it first to change options")
         return _current
     _current = Server(resolve_settings(**options))
     return _current

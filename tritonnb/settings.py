@@ -6,7 +6,8 @@ import dataclasses
 from typing import Any
 
 from tritonnb._pytriton import triton_config_from_env
-from tritonnb.ports import PortBusyError, next_free_port, port_is_free
+from tritonnb.errors import PortBusyError
+from tritonnb.ports import next_free_port, port_is_free
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"

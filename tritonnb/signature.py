@@ -1,12 +1,15 @@
-"""Tensor specs: parsing ``name:dtype[dims]`` and the dtype maps between numpy, torch and Triton."""
+"""Specs: tensors (``name:dtype[dims]``), the dtype maps between numpy, torch and Triton, and a model's whole spec."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from tritonnb.errors import SpecError
 
 # dtype name -> (numpy dtype, Triton datatype as spoken by the HTTP/gRPC protocol)
 DTYPES: dict[str, tuple[type, str]] = {
@@ -34,10 +37,6 @@ DTYPE_ALIASES = {
 }
 
 _SPEC = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*):(?P<dtype>[A-Za-z0-9_]+)(?:\[(?P<dims>[^\]]*)\])?$")
-
-
-class SpecError(ValueError):
-    """A tensor spec that cannot be parsed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +101,19 @@ def as_specs(specs: object, what: str) -> tuple[TensorSpec, ...]:
     return result
 
 
+DEFAULT_OUTPUT = TensorSpec("output", "float32", (-1,))  # the output of a model declared without outputs
+
+
+def default_inputs(fn: Callable) -> tuple[TensorSpec, ...]:
+    """One ``float32[-1]`` input per parameter of ``fn``, named after it (used when no inputs are declared)."""
+    params = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    return tuple(TensorSpec(name, "float32", (-1,)) for name in params)
+
+
 def sample_inputs(
     specs: Sequence[TensorSpec], batch_size: int | None, rng: np.random.Generator, any_dim: int = 1
 ) -> dict[str, np.ndarray]:
@@ -121,3 +133,35 @@ def sample_inputs(
             info = np.iinfo(spec.numpy_dtype)
             arrays[spec.name] = rng.integers(max(info.min, -100), min(info.max, 100), shape, dtype=spec.numpy_dtype)
     return arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything Triton's model config depends on: a change here needs a reload, anything else a swap."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 32
+    batch_delay_us: int = 0
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise SpecError(f"model {self.name!r} needs at least one input")
+        if not self.outputs:
+            raise SpecError(f"model {self.name!r} needs at least one output")
+        clash = {s.name for s in self.inputs} & {s.name for s in self.outputs}
+        if clash:
+            raise SpecError(f"model {self.name!r}: names used for both an input and an output: {sorted(clash)}")
+        if self.max_batch_size < 0:
+            raise SpecError(f"max batch size must be 0 (no batching) or more, got {self.max_batch_size}")
+        if self.batch_delay_us < 0:
+            raise SpecError(f"batch delay must be 0 or more microseconds, got {self.batch_delay_us}")
+        if self.instances < 1:
+            raise SpecError(f"instances must be 1 or more, got {self.instances}")
+
+    @property
+    def batched(self) -> bool:
+        """Whether Triton batches requests (and the first dim of every tensor is the batch)."""
+        return self.max_batch_size > 0

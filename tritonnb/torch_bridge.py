@@ -7,11 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from tritonnb.errors import OutputError, SpecError
 from tritonnb.signature import DTYPES, TensorSpec
-
-
-class OutputError(TypeError):
-    """A served function returned something that does not match its declared outputs."""
 
 
 def resolve_device(device: str | None) -> str:
@@ -24,12 +21,12 @@ def resolve_device(device: str | None) -> str:
         return device
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device here; use --device cpu")
+            raise SpecError(f"device {device!r} was asked for but torch sees no CUDA device here; use --device cpu")
         index = int(device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
+            raise SpecError(f"device {device!r} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
         return device
-    raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:K")
+    raise SpecError(f"unknown device {device!r}: use cpu, cuda or cuda:K")
 
 
 def to_torch(array: np.ndarray, spec: TensorSpec, device: str) -> Any:

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from tritonnb.errors import UnknownModelError
 from tritonnb.perf import Progress, run_perf
 
 TUNE_KEYS = (
@@ -96,7 +97,7 @@ def tune(
 ) -> TuneResult:
     """Re-bind ``name`` with each configuration (a hot reload under the same name), load-test it, pick the best."""
     if name not in server.models:
-        raise KeyError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
+        raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
     slot = server.models[name]
     original = slot.spec
     fn, device = slot.fn, slot.device
