@@ -67,22 +67,39 @@ def test_loopback_by_default_with_status_logs_and_clean_stop(own_server, capfd):
     assert "NVML" not in out + err and "tritonserver" not in out + err  # its log went to the file, not the cell
 
 
-def test_start_removes_what_killed_servers_left_behind(own_server):
+def test_start_removes_what_killed_servers_left_behind_and_nothing_else(own_server):
+    import json
+
     from pytriton.constants import PYTRITON_HOME
 
+    from tritonnb.leftovers import OWNER_FILE, pid_namespace
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = PYTRITON_HOME / f"tritonnb-{dead.stdout.strip()}-dead00"
-    alive = PYTRITON_HOME / f"tritonnb-{os.getppid()}-alive0"
-    for path in (stale, alive):
-        (path / "sockets").mkdir(parents=True)
-    stale_shm = pathlib.Path(f"/dev/shm/pytrtion{dead.stdout.strip()}-0000-test")
-    stale_shm.write_bytes(b"")
+    dead_pid = int(dead.stdout)
+    folders = {
+        "stale": (dead_pid, pid_namespace()),  # ours, and its process is gone
+        "alive": (os.getppid(), pid_namespace()),  # its process runs
+        "other": (dead_pid, "pid:[1]"),  # another pid namespace (a container sharing /dev/shm): not provably gone
+    }
+    paths, regions = {}, {}
+    for kind, (pid, namespace) in folders.items():
+        paths[kind] = PYTRITON_HOME / f"tritonnb-{pid}-{kind}"
+        (paths[kind] / "sockets").mkdir(parents=True)
+        prefix = f"pytrtion{pid}-{kind}-"
+        regions[kind] = pathlib.Path(f"/dev/shm/{prefix}0000")
+        regions[kind].write_bytes(b"")
+        owner = {"pid": pid, "pid_namespace": namespace, "shm_prefixes": [prefix]}
+        (paths[kind] / OWNER_FILE).write_text(json.dumps(owner))
     try:
         server = tritonnb.start(**port_ports(free_ports()))
-        assert not stale.exists() and alive.exists() and not stale_shm.exists()
+        assert not paths["stale"].exists() and not regions["stale"].exists()
+        for kind in ("alive", "other"):
+            assert paths[kind].exists() and regions[kind].exists(), kind
         assert server.home.name.startswith(f"tritonnb-{os.getpid()}-")
     finally:
-        shutil.rmtree(alive, ignore_errors=True)
+        for kind in folders:
+            shutil.rmtree(paths[kind], ignore_errors=True)
+            regions[kind].unlink(missing_ok=True)
 
 
 def test_busy_default_port_moves_on_and_says_so():

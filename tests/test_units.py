@@ -141,3 +141,39 @@ def test_perf_analyzer_ranges_only_go_up():
     down = perf_analyzer_command("http://h:1", spec, arrays, [8, 4], 1, "t")
     assert "--concurrency-range 8:8" in down and "--concurrency-range 4:4" in down
     assert perf_analyzer_command("http://h:1", spec, arrays, [4, 4], 1, "t").count("--concurrency-range 4:4") == 2
+
+
+def test_server_log_gives_loggers_back_as_they_were(tmp_path):
+    import logging
+
+    from tritonnb.server_log import WATCHED_LOGGERS, ServerLog
+
+    before = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in WATCHED_LOGGERS}
+    log = ServerLog(tmp_path / "server.log")
+    log.capture_python_logging()
+    logging.getLogger("pytriton").info("captured line")
+    assert logging.getLogger("pytriton").level == logging.INFO
+    log.close()
+    after = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in WATCHED_LOGGERS}
+    assert after == before
+    assert "captured line" in (tmp_path / "server.log").read_text()
+
+
+def test_ipv6_loopback_is_loopback_and_urls_bracket_it():
+    from tritonnb.settings import ServerSettings, is_loopback
+
+    assert is_loopback("::1") and is_loopback("127.0.0.2") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("example.org")
+    config = {"http_address": "127.0.0.1", "grpc_address": "::1", "metrics_address": "::"}
+    settings = ServerSettings(config=config, notes=[])
+    assert settings.url_host("grpc") == "[::1]" and settings.url_host("metrics") == "[::1]"
+    assert settings.public  # "::" is every interface
+    settings.config["metrics_address"] = "::1"
+    assert not settings.public
+
+
+def test_ipv6_http_address_is_a_clear_error():
+    from tritonnb.settings import resolve_settings
+
+    with pytest.raises(SpecError, match="IPv6 HTTP address"):
+        resolve_settings(http_address="::1")

@@ -153,9 +153,14 @@ class ServerProcess(Triton):
         cmd = server._tritonserver_running_cmd if server is not None else None
         return cmd.pid if cmd is not None else None
 
+    @property
+    def shm_prefix(self) -> str:
+        """The prefix of the python backend's shared-memory regions in ``/dev/shm``."""
+        return self._python_backend_config["shm-region-prefix-name"]
+
     def remove_shared_memory(self) -> list[str]:
         """Unlink the python backend's shared-memory regions a killed tritonserver could not remove itself."""
-        return remove_shared_memory(self._python_backend_config["shm-region-prefix-name"])
+        return remove_shared_memory(self.shm_prefix)
 
     @property
     def stopped_gracefully(self) -> bool:
@@ -177,16 +182,6 @@ def remove_shared_memory(prefix: str) -> list[str]:
         path.unlink(missing_ok=True)
         removed.append(path.name)
     return removed
-
-
-def orphaned_shared_memory_prefixes(process_exists: Callable[[int], bool]) -> list[str]:
-    """Prefixes of python backend regions in ``/dev/shm`` whose creating process (``pytrtion<pid>-``) is gone."""
-    pids = set()
-    for path in SHM_FOLDER.glob("pytrtion*-*") if SHM_FOLDER.is_dir() else ():
-        pid = path.name.removeprefix("pytrtion").split("-", 1)[0]
-        if pid.isdigit():
-            pids.add(int(pid))
-    return [f"pytrtion{pid}-" for pid in sorted(pids) if not process_exists(pid)]
 
 
 def triton_config_from_env() -> dict[str, Any]:

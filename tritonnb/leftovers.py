@@ -1,13 +1,22 @@
-"""What servers of processes that no longer run left behind (after a kill -9): folders and shared memory."""
+"""What servers of processes that no longer run left behind (after a kill -9): folders and shared memory.
+
+Only what is provably ours is removed: each server folder carries an owner record (pid, pid namespace, the shared
+memory prefixes its tritonserver used). A folder is stale when its owner ran in this pid namespace and is gone; a
+folder without a record, or from another namespace (containers sharing a home or ``/dev/shm``), is left alone.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pathlib
 import shutil
 import tempfile
 
-from tritonnb._pytriton import orphaned_shared_memory_prefixes, remove_shared_memory
+from tritonnb._pytriton import remove_shared_memory
+
+OWNER_FILE = "owner.json"
 
 
 def process_exists(pid: int) -> bool:
@@ -21,14 +30,43 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def pid_namespace() -> str:
+    """This process's pid namespace, e.g. ``pid:[4026531836]`` ("" where /proc does not say)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def record_owner(folder: pathlib.Path, shm_prefix: str | None = None) -> None:
+    """Mark ``folder`` as this process's (and add a shared-memory prefix its tritonserver uses)."""
+    path = folder / OWNER_FILE
+    owner = _read_owner(folder) or {"pid": os.getpid(), "pid_namespace": pid_namespace(), "shm_prefixes": []}
+    if shm_prefix:
+        owner["shm_prefixes"].append(shm_prefix)
+    path.write_text(json.dumps(owner))
+
+
+def _read_owner(folder: pathlib.Path) -> dict | None:
+    with contextlib.suppress(OSError, ValueError):
+        owner = json.loads((folder / OWNER_FILE).read_text())
+        if isinstance(owner, dict) and isinstance(owner.get("pid"), int):
+            return owner
+    return None
+
+
 def remove_stale_folders(parent: pathlib.Path, prefix: str) -> list[pathlib.Path]:
-    """Delete ``parent/<prefix><pid>-*`` folders whose process is gone."""
+    """Delete ``parent/<prefix>*`` folders (and their shared memory) whose owner ran here and is gone."""
     removed = []
-    for path in parent.glob(f"{prefix}*-*") if parent.is_dir() else ():
-        pid = path.name.removeprefix(prefix).split("-", 1)[0]
-        if pid.isdigit() and not process_exists(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    namespace = pid_namespace()
+    for path in parent.glob(f"{prefix}*") if parent.is_dir() else ():
+        owner = _read_owner(path)
+        if owner is None or owner.get("pid_namespace") != namespace or process_exists(owner["pid"]):
+            continue
+        for shm_prefix in owner.get("shm_prefixes", []):
+            remove_shared_memory(shm_prefix)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
 
 
@@ -36,5 +74,3 @@ def remove_leftovers(home_parent: pathlib.Path, prefix: str) -> None:
     """Server folders (under ``home_parent`` and the temp folder) and shared memory of processes that are gone."""
     remove_stale_folders(home_parent, prefix)
     remove_stale_folders(pathlib.Path(tempfile.gettempdir()), prefix)
-    for shm_prefix in orphaned_shared_memory_prefixes(process_exists):
-        remove_shared_memory(shm_prefix)

@@ -18,7 +18,7 @@ class ServerLog:
         self._lock = threading.Lock()
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         self._handler = _SinkHandler(self)
-        self._saved_propagate: dict[str, bool] = {}
+        self._saved: dict[str, tuple[bool, int]] = {}  # logger name -> (propagate, level) before capture
 
     def write(self, text: str) -> None:
         """Append text (a line from tritonserver, or a message) to the file."""
@@ -38,19 +38,20 @@ class ServerLog:
         """Send PyTriton's and tritonnb's log records here instead of the notebook's cells."""
         for name in WATCHED_LOGGERS:
             logger = logging.getLogger(name)
-            self._saved_propagate[name] = logger.propagate
+            self._saved[name] = (logger.propagate, logger.level)
             logger.addHandler(self._handler)
             logger.propagate = False
             if logger.level == logging.NOTSET:
                 logger.setLevel(logging.INFO)
 
     def close(self) -> None:
-        """Stop capturing Python logging and close the file (the file itself stays)."""
-        for name, propagate in self._saved_propagate.items():
+        """Stop capturing Python logging (loggers as they were before) and close the file (the file itself stays)."""
+        for name, (propagate, level) in self._saved.items():
             logger = logging.getLogger(name)
             logger.removeHandler(self._handler)
             logger.propagate = propagate
-        self._saved_propagate.clear()
+            logger.setLevel(level)
+        self._saved.clear()
         with self._lock:
             self._file.close()
 

@@ -22,7 +22,7 @@ from tritonnb._pytriton import ServerProcess
 from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
 from tritonnb.errors import BindError, NoServerError, ServerStartError, SpecError, UnknownModelError
 from tritonnb.http_get import answers_ok, get_json
-from tritonnb.leftovers import remove_leftovers
+from tritonnb.leftovers import record_owner, remove_leftovers
 from tritonnb.server_log import ServerLog
 from tritonnb.settings import ServerSettings, resolve_settings
 from tritonnb.signature import DEFAULT_OUTPUT, ModelSpec, TensorSpec, as_specs, default_inputs
@@ -42,6 +42,7 @@ class Server:
         remove_leftovers(PYTRITON_HOME, HOME_PREFIX)
         self.home = PYTRITON_HOME / f"{HOME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.home.mkdir(parents=True)
+        record_owner(self.home)
         self.sockets = _socket_root(self.home)
         self.log = ServerLog(self.home / "tritonserver.log")
         self.log.capture_python_logging()
@@ -60,17 +61,17 @@ class Server:
     @property
     def http_url(self) -> str:
         """Base URL of the HTTP/REST endpoint, e.g. ``http://127.0.0.1:8000``."""
-        return f"http://{self._host('http')}:{self.settings.port('http')}"
+        return f"http://{self.settings.url_host('http')}:{self.settings.port('http')}"
 
     @property
     def grpc_url(self) -> str:
         """gRPC target, e.g. ``grpc://127.0.0.1:8001`` (tritonclient takes the part after ``grpc://``)."""
-        return f"grpc://{self._host('grpc')}:{self.settings.port('grpc')}"
+        return f"grpc://{self.settings.url_host('grpc')}:{self.settings.port('grpc')}"
 
     @property
     def metrics_url(self) -> str:
         """Prometheus metrics URL."""
-        return f"http://{self._host('metrics')}:{self.settings.port('metrics')}/metrics"
+        return f"http://{self.settings.url_host('metrics')}:{self.settings.port('metrics')}/metrics"
 
     @property
     def access_token(self) -> str:
@@ -82,10 +83,6 @@ class Server:
     def pid(self) -> int | None:
         """tritonserver's process id while it runs."""
         return self._process.pid if self._process else None
-
-    def _host(self, endpoint: str) -> str:
-        address = self.settings.address(endpoint)
-        return "127.0.0.1" if address in ("0.0.0.0", "::", "") else address
 
     # -- lifecycle -------------------------------------------------------------------------------------
     @property
@@ -104,6 +101,7 @@ class Server:
         self.log.write(f"[tritonnb] starting tritonserver with {json.dumps(self.settings.config, default=str)}")
         workspace = self.home / f"triton-{secrets.token_hex(2)}"
         self._process = ServerProcess(TritonConfig(**self.settings.config), workspace, self.log.write)
+        record_owner(self.home, self._process.shm_prefix)  # so a later start can clean up after a kill -9
         self._process.launch()
         _import_torch()  # every bind needs torch: import it while tritonserver starts, not after
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -295,7 +293,9 @@ def _socket_root(home: pathlib.Path) -> pathlib.Path:
         root = home / "sockets"
         root.mkdir()
         return root
-    return pathlib.Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
+    root = pathlib.Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
+    record_owner(root)
+    return root
 
 
 def _check_name(name: str, sockets: pathlib.Path) -> None:

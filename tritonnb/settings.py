@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from typing import Any
 
 from tritonnb._pytriton import triton_config_from_env
-from tritonnb.errors import PortBusyError
+from tritonnb.errors import PortBusyError, SpecError
 from tritonnb.ports import next_free_port, port_is_free
 
 LOOPBACK = "127.0.0.1"
@@ -41,7 +42,26 @@ class ServerSettings:
     @property
     def public(self) -> bool:
         """True when any endpoint listens beyond loopback."""
-        return any(not self.address(e).startswith("127.") and self.address(e) != "localhost" for e in ENDPOINTS)
+        return not all(is_loopback(self.address(e)) for e in ENDPOINTS)
+
+    def url_host(self, endpoint: str) -> str:
+        """The host to put in a URL that reaches ``endpoint`` from this machine (IPv6 in brackets)."""
+        address = self.address(endpoint)
+        if address in ("0.0.0.0", ""):
+            return LOOPBACK
+        if address == "::":
+            return "[::1]"
+        return f"[{address}]" if ":" in address else address
+
+
+def is_loopback(address: str) -> bool:
+    """Whether an address (or ``localhost``) only reaches this machine: 127.0.0.0/8 or ::1."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def resolve_settings(
@@ -65,6 +85,11 @@ def resolve_settings(
         explicit.update({f"{e}_address": ALL_INTERFACES for e in ENDPOINTS})
     chosen = {**triton_config_from_env(), **explicit}
     settings = ServerSettings(config={**DEFAULTS, **chosen}, notes=[])
+    if ":" in settings.address("http"):
+        raise SpecError(
+            f"HTTP address {settings.address('http')!r}: PyTriton 0.7.0 cannot run tritonserver with an IPv6 HTTP "
+            "address (it builds its own URL from it without brackets); use 127.0.0.1, or IPv6 for gRPC/metrics only"
+        )
     taken: set[int] = set()
     for endpoint in ENDPOINTS:
         key = f"{endpoint}_port"
