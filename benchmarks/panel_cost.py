@@ -77,8 +77,8 @@ def main() -> None:
             poller = json.loads(
                 _run(
                     client,
-                    "import json\nfrom tritonnb.monitor import Poller\n"
-                    "_p = [p for p in Poller._registry.values()]\n"
+                    "import json\nfrom tritonnb import state\n"
+                    "_p = list(state.pollers.values())\n"
                     "print(json.dumps({'polls': sum(p.polls for p in _p), "
                     "'cpu': sum(p.cpu_seconds for p in _p)}))",
                 )

@@ -12,7 +12,9 @@ import pytest
 from helpers import free_ports, port_ports, process_tree, wait_gone
 
 import tritonnb
-from tritonnb.monitor import Monitor, Poller, parse_metrics, target_for
+from tritonnb.metrics_text import parse_metrics
+from tritonnb.monitor import Monitor, target_for
+from tritonnb.poller import Poller
 from tritonnb.widgets import render
 from tritonnb.widgets.panel import ModelStrip, Panel
 

@@ -17,9 +17,9 @@ from IPython.utils.capture import capture_output
 
 import tritonnb
 from tritonnb.errors import PerfError, WarmupError
-from tritonnb.monitor import fetch_stats
 from tritonnb.perf import ROW_KEYS, run_perf
 from tritonnb.signature import ModelSpec, TensorSpec
+from tritonnb.statistics import fetch_stats
 from tritonnb.tune import tune
 
 SPEC = {"inputs": ["x:float32[4]"], "outputs": ["y:float32[4]"]}

@@ -1,7 +1,24 @@
 """tritonnb: serve PyTorch functions from a notebook with NVIDIA Triton Inference Server.
 
-``%load_ext tritonnb`` registers ``%triton`` and ``%%triton_model``; the same features are plain functions here.
-Heavy imports (PyTriton, torch) happen on first use, so loading the extension stays cheap.
+``%load_ext tritonnb`` registers the magics; the same features are plain functions here. Heavy imports (PyTriton,
+torch) happen on first use, so loading the extension stays cheap. Errors the kit raises on purpose derive from
+``TritonnbError``.
+
+How a ``%%triton_model`` cell flows through the modules (each layer only calls the ones below it):
+
+1. ``magics``: parses the line (IPython ``magic_arguments``), runs the cell (``cell``), calls ``bind`` below.
+2. ``tritonnb.bind`` (this module): starts the server if none runs, then shows a ``card`` and a live strip
+   (``widgets``, fed by ``poller`` -> ``monitor`` -> ``metrics_text`` / ``statistics``).
+3. ``session.Server``: the one tritonserver of this process (``settings``, ``ports``, ``server_log``, ``leftovers``);
+   held in ``state`` with the rest of the process-wide state.
+4. ``binding.ModelSlot``: one per model name; swaps the function in place, or loads a new generation through
+   Triton's model-control API and retires the old one once it is quiet.
+5. ``served_function``: the trampoline Triton's handler threads call: numpy -> torch (``torch_bridge``) -> the
+   user's function -> numpy, with the batch merged and split.
+6. ``_pytriton``: the only module touching PyTriton's private names; ``signature`` and ``errors`` are the plain
+   data and exceptions every layer shares.
+
+Load tests (``perf``, ``loadgen``, ``tune``) sit beside ``bind`` and use the same server object.
 """
 
 from __future__ import annotations
@@ -167,18 +184,17 @@ def panel(
     return Panel(target_for(url, metrics_url, token, server()), interval_s)
 
 
-_monitors: dict = {}
-
-
 def metrics(url: str | None = None, *, metrics_url: str | None = None, token: str | None = None) -> dict[str, Any]:
     """The current health, per-model figures and host figures as plain data (rates cover the time since the
     previous call for the same server; None on the first)."""
+    from tritonnb import state
     from tritonnb.monitor import Monitor, target_for
 
     target = target_for(url, metrics_url, token, server())
-    monitor = _monitors.get(target.key)
-    if monitor is None or monitor.target != target:
-        monitor = _monitors[target.key] = Monitor(target)
+    with state.lock:
+        monitor = state.monitors.get(target.key)
+        if monitor is None or monitor.target != target:
+            monitor = state.monitors[target.key] = Monitor(target)
     return monitor.poll().as_dict()
 
 

@@ -1,7 +1,7 @@
-"""Polls a Triton server's health, ``/metrics`` and statistics API; turns counters into rates and history.
+"""Samples a Triton server's health, ``/metrics`` and statistics API; turns counters into rates and history.
 
-``Monitor.poll()`` is one synchronous sample (used by ``tritonnb.metrics()`` and tests). ``Poller`` runs one
-background thread per server, shared by every panel that watches it, at the shortest interval any of them asks for.
+``Monitor.poll()`` is one synchronous sample (used by ``tritonnb.metrics()``, tests, and ``tritonnb.poller``'s
+background thread that panels share).
 """
 
 from __future__ import annotations
@@ -9,23 +9,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import itertools
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
-from typing import Any, ClassVar
-
-from prometheus_client.parser import text_string_to_metric_families
+from typing import Any
 
 from tritonnb.errors import NoServerError, SpecError
 from tritonnb.host_gpu import nvml_gpus
 from tritonnb.http_get import answers_ok, get_json, get_text
+from tritonnb.metrics_text import PHASES, parse_metrics
+from tritonnb.statistics import fetch_stats
 
 HISTORY_S = 300.0
-PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 COUNTERS = ("success", "failure", "inferences", "executions", *(f"{p}_ns" for p in PHASES))
 
 
@@ -96,78 +92,6 @@ class Snapshot:
         for name, model in self.models.items():
             data["models"][name]["total_latency_ms"] = model.total_latency_ms
         return data
-
-
-def parse_metrics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict, list]:
-    """Split Prometheus text into per-model counters, failures by reason, host figures and GPUs."""
-    per_model: dict[str, dict[str, float]] = collections.defaultdict(dict)
-    failures: dict[str, dict[str, float]] = collections.defaultdict(dict)
-    host: dict[str, float] = {}
-    gpus: dict[str, dict[str, float]] = collections.defaultdict(dict)
-    model_families = {
-        "nv_inference_request_success": "success",
-        "nv_inference_count": "inferences",
-        "nv_inference_exec_count": "executions",
-        "nv_inference_pending_request_count": "pending",
-        **{f"nv_inference_{p}_duration_us": f"{p}_ns" for p in PHASES},
-    }
-    host_families = {
-        "nv_cpu_utilization": "cpu_utilization",
-        "nv_cpu_memory_total_bytes": "memory_total_bytes",
-        "nv_cpu_memory_used_bytes": "memory_used_bytes",
-    }
-    gpu_families = {
-        "nv_gpu_utilization": "utilization",
-        "nv_gpu_memory_total_bytes": "memory_total_bytes",
-        "nv_gpu_memory_used_bytes": "memory_used_bytes",
-        "nv_gpu_power_usage": "power_watts",
-        "nv_gpu_power_limit": "power_limit_watts",
-    }
-    for family in text_string_to_metric_families(text):
-        name = family.name  # the parser names counter samples <family>_total; match on the family
-        for sample in family.samples:
-            if sample.name not in (name, f"{name}_total"):
-                continue
-            labels, value = sample.labels, sample.value
-            if name == "nv_inference_request_failure" and "model" in labels:
-                failures[labels["model"]][labels.get("reason", "OTHER")] = value
-            elif name in model_families and "model" in labels:
-                key = model_families[name]
-                per_model[labels["model"]][key] = value * 1000 if key.endswith("_ns") else value
-                per_model[labels["model"]]["version"] = labels.get("version", "1")
-            elif name in host_families:
-                host[host_families[name]] = value
-            elif name in gpu_families:
-                gpus[labels.get("gpu_uuid", "gpu")][gpu_families[name]] = value
-    gpu_list = [{"uuid": uuid, **values} for uuid, values in gpus.items()]
-    return dict(per_model), dict(failures), host, gpu_list
-
-
-def counters_from_stats(stats: dict) -> dict[str, dict[str, float]]:
-    """Per-model counters from Triton's statistics API response."""
-    result = {}
-    for model in stats.get("model_stats", []):
-        inference = model.get("inference_stats", {})
-        counters = {
-            "version": model.get("version", "1"),
-            "success": inference.get("success", {}).get("count", 0),
-            "failure": inference.get("fail", {}).get("count", 0),
-            "inferences": model.get("inference_count", 0),
-            "executions": model.get("execution_count", 0),
-            **{f"{p}_ns": inference.get(p, {}).get("ns", 0) for p in PHASES},
-        }
-        result[model["name"]] = counters
-    return result
-
-
-def fetch_stats(http_url: str, token: str | None, model: str | None = None) -> dict[str, dict[str, float]] | None:
-    """Per-model counters from the statistics API (all models, or one); None when it is not reachable or refused."""
-    headers = {"triton-access-token": token} if token else {}
-    path = f"/v2/models/{model}/stats" if model else "/v2/models/stats"
-    try:
-        return counters_from_stats(get_json(f"{http_url}{path}", headers))
-    except (OSError, ValueError):
-        return None
 
 
 class Monitor:
@@ -293,104 +217,6 @@ class Monitor:
             history.popleft()
         model.history = list(history)
         return model
-
-
-Subscriber = Callable[[Snapshot], None]
-
-
-class Poller:
-    """One background thread per server, shared by every subscriber; stops when none is left or the server stops."""
-
-    _registry: ClassVar[dict[tuple[str, str], Poller]] = {}
-    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, target: Target) -> None:
-        self.monitor = Monitor(target)
-        self._subscribers: dict[int, tuple[Subscriber, float]] = {}
-        self._handles = itertools.count(1)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.cpu_seconds = 0.0
-        self.polls = 0
-
-    @classmethod
-    def for_target(cls, target: Target) -> Poller:
-        """The shared poller of ``target`` (made on first use)."""
-        with cls._registry_lock:
-            poller = cls._registry.get(target.key)
-            if poller is None or poller.monitor.target != target:
-                poller = cls._registry[target.key] = cls(target)
-            return poller
-
-    def subscribe(self, callback: Subscriber, interval_s: float = 1.0) -> int:
-        """Call ``callback(snapshot)`` from the polling thread at least every ``interval_s``; returns a handle."""
-        with self._lock:
-            handle = next(self._handles)
-            self._subscribers[handle] = (callback, interval_s)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="tritonnb-poller", daemon=True)
-                self._thread.start()
-        self._wake.set()
-        return handle
-
-    def set_interval(self, handle: int, interval_s: float) -> None:
-        """Change one subscriber's refresh interval."""
-        with self._lock:
-            if handle in self._subscribers:
-                self._subscribers[handle] = (self._subscribers[handle][0], interval_s)
-        self._wake.set()
-
-    def unsubscribe(self, handle: int) -> None:
-        """Stop calling a subscriber; the thread ends when none is left."""
-        with self._lock:
-            self._subscribers.pop(handle, None)
-        self._wake.set()
-
-    def refresh(self) -> None:
-        """Poll now instead of waiting for the interval."""
-        self._wake.set()
-
-    @property
-    def running(self) -> bool:
-        """Whether the polling thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.clear()  # a refresh or subscription from now on is seen by the wait below
-            with self._lock:
-                subscribers = list(self._subscribers.values())
-                if not subscribers:
-                    self._thread = None  # decided under the lock: a new subscriber starts a new thread
-                    return
-            started = time.thread_time()
-            try:
-                snapshot = self.monitor.poll()
-            except Exception as error:  # whatever happens, the panels get told and polling goes on
-                target = self.monitor.target
-                snapshot = Snapshot(
-                    time=time.time(),
-                    http_url=target.http_url,
-                    metrics_url=target.metrics_url,
-                    state="DOWN",
-                    reason=f"polling failed: {type(error).__name__}: {error}",
-                )
-            for callback, _ in subscribers:
-                try:
-                    callback(snapshot)
-                except Exception:  # a broken panel must not stop the others
-                    continue
-            self.cpu_seconds += time.thread_time() - started
-            self.polls += 1
-            if snapshot.state == "STOPPED":
-                with self._lock:
-                    self._subscribers.clear()
-                    self._thread = None
-                return
-            with self._lock:
-                intervals = [interval for _, interval in self._subscribers.values()] or [0.0]
-            self._wake.wait(min(intervals))
 
 
 def target_for(

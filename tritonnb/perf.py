@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from tritonnb.errors import PerfError, UnknownModelError
-from tritonnb.monitor import PHASES, fetch_stats
+from tritonnb.metrics_text import PHASES
 from tritonnb.signature import ModelSpec, sample_inputs
+from tritonnb.statistics import fetch_stats
 
 ROW_KEYS = (
     "concurrency",

@@ -18,6 +18,7 @@ from typing import Any
 from pytriton.constants import PYTRITON_HOME
 from pytriton.triton import TritonConfig
 
+from tritonnb import state
 from tritonnb._pytriton import ServerProcess
 from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
 from tritonnb.errors import BindError, NoServerError, ServerStartError, SpecError, UnknownModelError
@@ -308,30 +309,25 @@ def _check_name(name: str, sockets: pathlib.Path) -> None:
         raise SpecError(f"model name {name!r} is too long: at most {room} characters fit in a unix socket path here")
 
 
-# -- the process-wide server ---------------------------------------------------------------------------
-_current: Server | None = None
-
-
+# -- the process-wide server (held in tritonnb.state) ------------------------------------------------------
 def start(**options: Any) -> Server:
     """Start the background server (see ``resolve_settings`` for options), or return the running one."""
-    global _current
-    if _current is not None and _current.state != "STOPPED":
+    current = state.server
+    if current is not None and current.state != "STOPPED":
         if options:
-            raise ServerStartError(f"a server already runs at {_current.http_url}; stop() it first to change options")
-        return _current
-    _current = Server(resolve_settings(**options))
-    return _current
+            raise ServerStartError(f"a server already runs at {current.http_url}; stop() it first to change options")
+        return current
+    state.server = Server(resolve_settings(**options))
+    return state.server
 
 
 def stop() -> float | None:
     """Stop the background server; return the seconds it took, or None if none ran."""
-    global _current
-    if _current is None:
-        return None
-    server, _current = _current, None
-    return server.stop()
+    current, state.server = state.server, None
+    return None if current is None else current.stop()
 
 
 def server() -> Server | None:
     """The server started by this process (its ``state`` says if it is READY or DOWN), or None."""
-    return _current if _current is not None and _current.state != "STOPPED" else None
+    current = state.server
+    return current if current is not None and current.state != "STOPPED" else None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import html
-from typing import Any, ClassVar
+from typing import Any
 
 import ipywidgets as widgets
 
-from tritonnb.monitor import Poller, Snapshot, Target
+from tritonnb import state
+from tritonnb.monitor import Snapshot, Target
+from tritonnb.poller import Poller
 from tritonnb.widgets import render
 
 INTERVALS = [("0.5 s", 0.5), ("1 s", 1.0), ("2 s", 2.0), ("5 s", 5.0), ("10 s", 10.0)]
@@ -108,15 +110,13 @@ class Panel(widgets.VBox):
 class ModelStrip(widgets.HTML):
     """One line under a model's card: state, req/s, latency; one live strip per model name."""
 
-    _by_name: ClassVar[dict[str, ModelStrip]] = {}
-
     def __init__(self, target: Target, name: str, interval_s: float = 1.0) -> None:
         super().__init__(render.strip_html(name, None))
         self.model_name = name
-        previous = ModelStrip._by_name.get(name)
+        previous = state.strips.get(name)
         if previous is not None:  # the cell ran again: its old strip is gone from the page
             previous.close()
-        ModelStrip._by_name[name] = self
+        state.strips[name] = self
         self._poller = Poller.for_target(target)
         self._handle: int | None = self._poller.subscribe(self._on_snapshot, interval_s)
 
@@ -131,8 +131,8 @@ class ModelStrip(widgets.HTML):
         if self._handle is not None:
             self._poller.unsubscribe(self._handle)
             self._handle = None
-        if ModelStrip._by_name.get(self.model_name) is self:
-            del ModelStrip._by_name[self.model_name]
+        if state.strips.get(self.model_name) is self:
+            del state.strips[self.model_name]
         super().close()
 
 

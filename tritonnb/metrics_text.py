@@ -1,0 +1,54 @@
+"""Triton's Prometheus ``/metrics`` text, parsed into per-model counters, failures, host and GPU figures."""
+
+from __future__ import annotations
+
+import collections
+
+from prometheus_client.parser import text_string_to_metric_families
+
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def parse_metrics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict, list]:
+    """Split Prometheus text into per-model counters, failures by reason, host figures and GPUs."""
+    per_model: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    failures: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    host: dict[str, float] = {}
+    gpus: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    model_families = {
+        "nv_inference_request_success": "success",
+        "nv_inference_count": "inferences",
+        "nv_inference_exec_count": "executions",
+        "nv_inference_pending_request_count": "pending",
+        **{f"nv_inference_{p}_duration_us": f"{p}_ns" for p in PHASES},
+    }
+    host_families = {
+        "nv_cpu_utilization": "cpu_utilization",
+        "nv_cpu_memory_total_bytes": "memory_total_bytes",
+        "nv_cpu_memory_used_bytes": "memory_used_bytes",
+    }
+    gpu_families = {
+        "nv_gpu_utilization": "utilization",
+        "nv_gpu_memory_total_bytes": "memory_total_bytes",
+        "nv_gpu_memory_used_bytes": "memory_used_bytes",
+        "nv_gpu_power_usage": "power_watts",
+        "nv_gpu_power_limit": "power_limit_watts",
+    }
+    for family in text_string_to_metric_families(text):
+        name = family.name  # the parser names counter samples <family>_total; match on the family
+        for sample in family.samples:
+            if sample.name not in (name, f"{name}_total"):
+                continue
+            labels, value = sample.labels, sample.value
+            if name == "nv_inference_request_failure" and "model" in labels:
+                failures[labels["model"]][labels.get("reason", "OTHER")] = value
+            elif name in model_families and "model" in labels:
+                key = model_families[name]
+                per_model[labels["model"]][key] = value * 1000 if key.endswith("_ns") else value
+                per_model[labels["model"]]["version"] = labels.get("version", "1")
+            elif name in host_families:
+                host[host_families[name]] = value
+            elif name in gpu_families:
+                gpus[labels.get("gpu_uuid", "gpu")][gpu_families[name]] = value
+    gpu_list = [{"uuid": uuid, **values} for uuid, values in gpus.items()]
+    return dict(per_model), dict(failures), host, gpu_list

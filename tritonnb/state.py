@@ -1,0 +1,33 @@
+"""The process-wide state of tritonnb, all in one place.
+
+A kernel (any Python process) holds:
+
+- ``server``: the one Triton server this process started (``tritonnb.start()`` or the first ``%%triton_model``
+  cell), or None. ``tritonnb.session`` sets and clears it.
+- ``pollers``: one ``tritonnb.poller.Poller`` per watched server, keyed by its (HTTP URL, metrics URL). Every panel
+  and strip watching that server shares it, so the server is polled once however many widgets watch it.
+- ``monitors``: the ``tritonnb.monitor.Monitor`` behind ``tritonnb.metrics()``, per watched server. Kept apart from
+  the pollers' on purpose: its rates cover the time since the caller's previous ``metrics()`` call, not since the
+  last background poll.
+- ``strips``: the live strip under each model's card, by model name; running the cell again replaces it.
+
+Everything else hangs off these objects. ``lock`` guards ``pollers`` and ``monitors``, which widgets and the user's
+thread may reach at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tritonnb.monitor import Monitor
+    from tritonnb.poller import Poller
+    from tritonnb.session import Server
+    from tritonnb.widgets.panel import ModelStrip
+
+server: Server | None = None
+pollers: dict[tuple[str, str], Poller] = {}
+monitors: dict[tuple[str, str], Monitor] = {}
+strips: dict[str, ModelStrip] = {}
+lock = threading.Lock()
