@@ -1,4 +1,4 @@
-"""Lifecycle figures: cold start, hot swap, reload on a signature change, stop; failures under load.
+"""Lifecycle figures: cold start, hot swap, reload on a signature change, stop, kernel shutdown; failures under load.
 
 Run: ``.venv/bin/python -m benchmarks.lifecycle [--clients 4] [--swaps 20]``. Prints a markdown table.
 Each figure comes from this one run on this machine: compare numbers only within a run.
@@ -85,6 +85,38 @@ def cold_start() -> float:
     return time.perf_counter() - started
 
 
+def kernel_shutdown() -> float:
+    """Seconds from asking a real Jupyter kernel (serving a model) to shut down until its tritonserver, stubs and
+    every other child process are gone."""
+    import psutil
+    from jupyter_client.manager import KernelManager
+
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        code = (
+            "%load_ext tritonnb\n"
+            "import tritonnb\n"
+            "tritonnb.bind(lambda x: x, 'k', inputs=['x:float32[4]'], outputs=['y:float32[4]'])"
+        )
+        reply = client.execute_interactive(code, timeout=120, output_hook=lambda message: None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        kernel = psutil.Process(manager.provisioner.pid)
+        processes = [kernel, *kernel.children(recursive=True)]
+        started = time.perf_counter()
+        manager.shutdown_kernel(now=False)
+        _, alive = psutil.wait_procs(processes, timeout=30)
+        assert not alive, alive
+        return time.perf_counter() - started
+    finally:
+        client.stop_channels()
+        if manager.is_alive():
+            manager.shutdown_kernel(now=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -156,6 +188,7 @@ def main() -> None:
     if load.failed:
         print("first failures:", load.failed[:3])
     rows.append(("stop (tritonserver and model threads)", f"{tritonnb.stop():.2f} s"))
+    rows.append(("kernel shutdown to every process gone", f"{kernel_shutdown():.2f} s"))
 
     print("| measure | value |\n|---|---|")
     for name, value in rows:

@@ -55,7 +55,12 @@ def test_counters_become_rates_latency_split_and_batch_size(served):
     assert model.avg_batch_size == pytest.approx(2.0)
     assert model.pending == 0
     assert model.device == "cpu" and model.inputs == "x:float32[4]" and "max 32" in model.batching
-    assert second.host["memory_total_bytes"] > 0 and second.host["cpu_utilization"] >= 0
+    host = second.host
+    deadline = time.monotonic() + 10
+    while not host and time.monotonic() < deadline:  # Triton samples the host every 2 s; none until then
+        time.sleep(0.2)
+        host = Monitor(target_for(server=served)).poll().host
+    assert host["memory_total_bytes"] > 0 and host["cpu_utilization"] >= 0
     assert second.gpus == []  # no GPU on this machine: neither DCGM families nor NVML
     assert len(model.history) == 2
 

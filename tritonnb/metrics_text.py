@@ -51,4 +51,6 @@ def parse_metrics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dic
             elif name in gpu_families:
                 gpus[labels.get("gpu_uuid", "gpu")][gpu_families[name]] = value
     gpu_list = [{"uuid": uuid, **values} for uuid, values in gpus.items()]
+    if not host.get("memory_total_bytes"):  # Triton samples the host every 2 s: zeros until its first sample
+        host = {}
     return dict(per_model), dict(failures), host, gpu_list

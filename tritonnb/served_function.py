@@ -13,7 +13,7 @@ import numpy as np
 
 from tritonnb.errors import ModelError, SignatureMismatch
 from tritonnb.signature import TensorSpec
-from tritonnb.torch_bridge import outputs_to_numpy, to_torch
+from tritonnb.torch_bridge import outputs_to_numpy, to_torch, torch_threads, use_torch_threads
 
 ErrorReporter = Callable[[str, str], None]
 
@@ -61,12 +61,14 @@ class ServedFunction:
         self.device = device
         self._by_keyword = _calls_by_keyword(fn, inputs)
         self._report_error = report_error
+        self.torch_threads = torch_threads()  # the binding (kernel) thread's setting, applied in handler threads
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the function on one (possibly batched) set of input arrays."""
         import torch
 
         try:
+            use_torch_threads(self.torch_threads)
             tensors = {s.name: to_torch(arrays[s.name], s, self.device) for s in self.inputs}
             with torch.inference_mode():
                 result = self.fn(**tensors) if self._by_keyword else self.fn(*tensors.values())
@@ -116,9 +118,11 @@ class Trampoline:
         except ValueError:  # ragged per-sample shapes (-1 dims) cannot be merged: serve them one by one
             return [self._checked(target, r.data, n) for r, n in zip(requests, sizes)]
         result = self._checked(target, merged, sum(sizes))
-        bounds = np.cumsum(sizes)[:-1]
-        parts = {name: np.split(array, bounds) for name, array in result.items()}
-        return [{name: parts[name][i] for name in parts} for i in range(len(requests))]
+        responses, start = [], 0
+        for size in sizes:  # views, like np.split's, but without its per-part overhead (~1 µs each)
+            responses.append({name: array[start : start + size] for name, array in result.items()})
+            start += size
+        return responses
 
     def _checked(self, target: ServedFunction, arrays: dict[str, np.ndarray], batch: int | None) -> dict:
         result = target(arrays)

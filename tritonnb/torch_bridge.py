@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +31,39 @@ def resolve_device(device: str | None) -> str:
     raise SpecError(f"unknown device {device!r}: use cpu, cuda or cuda:K")
 
 
+def torch_threads() -> int:
+    """The calling thread's torch intra-op thread count: call it where the user's setting holds (the kernel)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+_this_thread = threading.local()
+
+
+def use_torch_threads(count: int) -> None:
+    """Give the calling thread ``count`` torch intra-op threads (calls into torch only when that count changes).
+
+    Under OpenMP (torch's CPU builds) the count is kept per OS thread: ``torch.set_num_threads`` in the notebook does
+    not reach the handler threads PyTriton starts, which would run with OpenMP's default (every core), and the helper
+    threads of every batched matmul would then spin on the cores that tritonserver and the clients need.
+    """
+    if getattr(_this_thread, "torch_threads", None) == count:
+        return
+    if _openmp():
+        import torch
+
+        torch.set_num_threads(count)
+    _this_thread.torch_threads = count
+
+
+@functools.cache
+def _openmp() -> bool:
+    import torch
+
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def to_torch(array: np.ndarray, spec: TensorSpec, device: str) -> Any:
     """Turn one input array into a torch tensor on ``device`` (bytes stay a numpy array)."""
     import torch
@@ -37,7 +72,8 @@ def to_torch(array: np.ndarray, spec: TensorSpec, device: str) -> Any:
         return array
     if not array.flags.writeable:  # shared-memory views are read-only; torch wants to own its data
         array = array.copy()
-    return torch.from_numpy(array).to(device, non_blocking=False)
+    tensor = torch.from_numpy(array)
+    return tensor if device == "cpu" else tensor.to(device, non_blocking=False)
 
 
 def host_array(value: Any, dtype: str) -> np.ndarray:
