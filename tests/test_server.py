@@ -61,7 +61,7 @@ def test_loopback_by_default_with_status_logs_and_clean_stop(own_server, capfd):
     assert tritonnb.server() is None and server.state == "STOPPED"
     assert wait_gone(processes) == []
     assert wait_ports_free(ports) == []
-    assert not server.home.exists()
+    assert server.wait_stopped() and not server.home.exists()
     assert server._process.stopped_gracefully  # tritonserver logged the line the fast stop waits for
     out, err = capfd.readouterr()
     assert "NVML" not in out + err and "tritonserver" not in out + err  # its log went to the file, not the cell

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import pathlib
 import threading
@@ -38,12 +37,17 @@ def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
 
 
 def retire_side_by_side(generations: list[Generation]) -> None:
-    """Retire generations in parallel: each waits about a second on PyTriton's socket polling."""
-    if len(generations) == 1:
+    """Retire generations in parallel: each waits about a second on PyTriton's socket polling.
+
+    Plain threads, not an executor: this also runs while the interpreter winds down, when executors refuse work.
+    """
+    threads = [threading.Thread(target=g.retire, name="tritonnb-retire") for g in generations[1:]]
+    for thread in threads:
+        thread.start()
+    if generations:
         generations[0].retire()
-    elif generations:
-        with concurrent.futures.ThreadPoolExecutor(len(generations)) as pool:
-            list(pool.map(Generation.retire, generations))
+    for thread in threads:
+        thread.join()
 
 
 class ModelControl(Protocol):

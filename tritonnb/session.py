@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from pytriton.constants import PYTRITON_HOME
 from pytriton.triton import TritonConfig
 
 from tritonnb import state
-from tritonnb._pytriton import ServerProcess
+from tritonnb._pytriton import Generation, ServerProcess
 from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
 from tritonnb.errors import BindError, NoServerError, ServerStartError, SpecError, UnknownModelError
 from tritonnb.http_get import answers_ok, get_json
@@ -51,7 +52,8 @@ class Server:
         self.started_at = 0.0
         self._process: ServerProcess | None = None
         self._stopped = False
-        atexit.register(self.stop)
+        self._finishing: threading.Thread | None = None
+        atexit.register(self._stop_at_exit)
         try:
             self._launch()
         except BaseException:
@@ -129,34 +131,63 @@ class Server:
         except InferenceServerException:
             return False
 
-    def _stop_process(self) -> None:
+    def _end_process(self) -> list[Generation]:
+        """End tritonserver and its stubs now; hand back the models' generations, still to be retired."""
         if self._process is not None:
             self._process.stop()
             self._process.remove_shared_memory()  # left behind when tritonserver was killed
-        retire_side_by_side([g for slot in self.models.values() for g in slot.take_generations()])
+        return [g for slot in self.models.values() for g in slot.take_generations()]
 
     def stop(self) -> float:
-        """Stop tritonserver and every model's threads; return the seconds it took."""
+        """Stop tritonserver, its processes and every model; return the seconds it took.
+
+        When it returns, no process of the server is left and its ports are free. The models' threads wait up to a
+        second on PyTriton's socket polling, with nothing left to serve: they finish, and the server's folder goes,
+        in the background (``wait_stopped()`` waits for that).
+        """
+        return self._stop(in_background=True)
+
+    def wait_stopped(self, timeout: float | None = 30.0) -> bool:
+        """Wait until a stopped server's threads have finished and its folder is gone; False on timeout."""
+        if self._finishing is not None:
+            self._finishing.join(timeout)
+        return self._finishing is None or not self._finishing.is_alive()
+
+    def _stop_at_exit(self) -> None:
+        """At interpreter exit no thread may start; the models' threads are daemons and end with the process."""
+        self._stop(in_background=False)
+
+    def _stop(self, in_background: bool) -> float:
         if self._stopped:
             return 0.0
         started = time.perf_counter()
         self._stopped = True
-        atexit.unregister(self.stop)
+        atexit.unregister(self._stop_at_exit)
+        generations: list[Generation] = []
         try:
-            self._stop_process()
+            generations = self._end_process()
         finally:
-            self.log.close()
-            shutil.rmtree(self.home, ignore_errors=True)
-            shutil.rmtree(self.sockets, ignore_errors=True)
+            if in_background:
+                self._finishing = threading.Thread(target=self._clean_up, args=(generations,), name="tritonnb-stop")
+                self._finishing.start()
+            else:
+                self._clean_up([])
         return time.perf_counter() - started
+
+    def _clean_up(self, generations: list[Generation]) -> None:
+        retire_side_by_side(generations)
+        self.log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     def restart(self) -> float:
         """Stop and start tritonserver on the same ports, and bind every model again."""
         if self._stopped:
             raise NoServerError("this server was stopped; start a new one with tritonnb.start()")
         started = time.perf_counter()
-        self._stop_process()
-        self._launch()
+        old = self._end_process()
+        threading.Thread(target=retire_side_by_side, args=(old,), name="tritonnb-retire", daemon=True).start()
+        self._launch()  # while the old models' threads retire
         failed = {}
         for name, slot in list(self.models.items()):
             try:
