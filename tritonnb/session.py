@@ -167,6 +167,7 @@ class Server:
         try:
             generations = self._end_process()
         finally:
+            self.log.close()  # now, not in the background: a new server may capture the same loggers next
             if in_background:
                 self._finishing = threading.Thread(target=self._clean_up, args=(generations,), name="tritonnb-stop")
                 self._finishing.start()
@@ -176,7 +177,6 @@ class Server:
 
     def _clean_up(self, generations: list[Generation]) -> None:
         retire_side_by_side(generations)
-        self.log.close()
         shutil.rmtree(self.home, ignore_errors=True)
         shutil.rmtree(self.sockets, ignore_errors=True)
 
