@@ -19,7 +19,14 @@ This machine's cores are shared by client and server: compare numbers only withi
 
 With ``--rounds N`` the whole server list runs N times in alternation (tritonnb, pytriton, tritonnb, pytriton, ...),
 so that a slow patch of background load hits both sides; the report then shows each server's req/s per round and,
-per concurrency, the tritonnb / raw PyTriton throughput ratio of each round and their median.
+per concurrency, the tritonnb / raw PyTriton throughput ratio of each round and their median. With ``--interleave``
+every server starts once and stays up, and the rounds alternate point by point (per concurrency: A B, then B A, ...):
+the two points of a pair lie seconds apart instead of a whole server list apart, which matters on a shared machine
+whose speed drifts over tens of seconds.
+
+``--torch-threads N`` holds in every server's handler thread: tritonnb applies the kernel's count there itself; the
+subprocess servers get ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (under OpenMP, ``torch.set_num_threads`` in the main
+thread does not reach PyTriton's handler thread, whose batched matmuls would otherwise use every core and spin).
 """
 
 from __future__ import annotations
@@ -388,21 +395,22 @@ class Bench:
     def measure(self, server: str, port: int) -> None:
         """Check the answer once, then run the load at every concurrency."""
         check_answer(port, self.x, self.expected)
-        body = request_body(self.x)
         for clients in self.args.concurrency:
-            load = self.pool.submit(
-                run_load, port, body, clients, self.args.warmup, self.args.duration, self.args.max_requests
-            ).result()
-            result = Result(
-                server, clients, self.round, len(load["latencies_ms"]), len(load["errors"]), load["seconds"]
-            )
-            result.latencies_ms, result.first_errors = load["latencies_ms"], load["errors"][:3]
-            self.results.append(result)
-            print(
-                f"  {server} round {self.round} c={clients}: {result.throughput:.0f} req/s, "
-                f"p50 {result.percentile(50):.2f} ms, p99 {result.percentile(99):.2f} ms, {result.errors} errors",
-                file=sys.stderr,
-            )
+            self.measure_point(server, port, clients)
+
+    def measure_point(self, server: str, port: int, clients: int) -> None:
+        """Run the load at one concurrency and record it under the current round."""
+        load = self.pool.submit(
+            run_load, port, request_body(self.x), clients, self.args.warmup, self.args.duration, self.args.max_requests
+        ).result()
+        result = Result(server, clients, self.round, len(load["latencies_ms"]), len(load["errors"]), load["seconds"])
+        result.latencies_ms, result.first_errors = load["latencies_ms"], load["errors"][:3]
+        self.results.append(result)
+        print(
+            f"  {server} round {self.round} c={clients}: {result.throughput:.0f} req/s, "
+            f"p50 {result.percentile(50):.2f} ms, p99 {result.percentile(99):.2f} ms, {result.errors} errors",
+            file=sys.stderr,
+        )
 
     def run(self, server: str, body: Callable[[], None]) -> None:
         """Run one server's start-measure-stop; a failure is recorded and the next server still runs."""
@@ -414,8 +422,9 @@ class Bench:
             print(f"{server}: FAILED: {error}", file=sys.stderr)
 
 
-def bench_tritonnb(bench: Bench, model: Any) -> None:
-    """tritonnb in this process."""
+@contextlib.contextmanager
+def serve_tritonnb(bench: Bench, model: Any) -> Iterator[int]:
+    """tritonnb in this process; yields its HTTP port."""
     import torch
 
     import tritonnb
@@ -431,42 +440,80 @@ def bench_tritonnb(bench: Bench, model: Any) -> None:
         tritonnb.bind(mlp, MODEL, inputs=["x:float32[64]"], outputs=["y:float32[64]"], max_batch_size=64)
         with contextlib.suppress(psutil.Error, TypeError):
             tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
-        bench.measure("tritonnb", http_port)
+        yield http_port
     finally:
         tritonnb.stop()
         check_gone("tritonnb", tree)
 
 
-def server_env() -> dict[str, str]:
-    """The environment for server subprocesses: this Python's libpython first on the library path."""
+def server_env(torch_threads: int) -> dict[str, str]:
+    """The environment for server subprocesses: this Python's libpython first on the library path, and the torch
+    thread count for every thread (OpenMP keeps it per thread; PyTriton's handler is not the main thread)."""
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    if torch_threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(torch_threads)
     return env
 
 
-def bench_pytriton(bench: Bench, workdir: Path, weights: Path) -> None:
-    """Raw PyTriton in a subprocess."""
+@contextlib.contextmanager
+def serve_pytriton(bench: Bench, workdir: Path, weights: Path) -> Iterator[int]:
+    """Raw PyTriton in a subprocess; yields its HTTP port."""
     http_port, grpc_port, metrics_port = free_ports(3)
     args = [str(weights), str(bench.args.torch_threads), str(http_port), str(grpc_port), str(metrics_port)]
     args.append(str(workdir / "pytriton-triton.log"))
-    with subprocess_server(PYTRITON_SERVER, args, workdir, "pytriton", server_env()) as server:
+    env = server_env(bench.args.torch_threads)
+    with subprocess_server(PYTRITON_SERVER, args, workdir, "pytriton", env) as server:
         log = server.log
         wait_until(lambda: http_ok(http_port, f"/v2/models/{MODEL}/ready"), server.process, log, "PyTriton")
         server.remember_tree()
         if not server.tritonserver_pids():
             raise RuntimeError("no tritonserver process found under the PyTriton server")
-        bench.measure("raw PyTriton", http_port)
+        yield http_port
 
 
-def bench_fastapi(bench: Bench, workdir: Path, weights: Path) -> None:
-    """FastAPI + uvicorn (1 worker) in a subprocess."""
+@contextlib.contextmanager
+def serve_fastapi(bench: Bench, workdir: Path, weights: Path) -> Iterator[int]:
+    """FastAPI + uvicorn (1 worker) in a subprocess; yields its port."""
     (port,) = free_ports(1)
     args = [str(weights), str(bench.args.torch_threads), str(port)]
-    with subprocess_server(FASTAPI_SERVER, args, workdir, "fastapi", server_env()) as server:
+    env = server_env(bench.args.torch_threads)
+    with subprocess_server(FASTAPI_SERVER, args, workdir, "fastapi", env) as server:
         wait_until(lambda: http_ok(port, "/v2/health/ready"), server.process, server.log, "FastAPI")
-        bench.measure("FastAPI + uvicorn", port)
+        yield port
+
+
+def interleaved(bench: Bench, servers: dict[str, tuple[str, Callable[[], Any]]]) -> None:
+    """Start every server once, then alternate them point by point: per concurrency, round 1 in the given order,
+    round 2 in reverse, and so on (A B B A ...), so that a drift in the machine's speed hits both sides alike."""
+    with contextlib.ExitStack() as stack:
+        ports: dict[str, int] = {}
+        for name, (label, serve) in servers.items():
+            print(f"{name}: starting", file=sys.stderr)
+            try:
+                ports[label] = stack.enter_context(serve())
+                check_answer(ports[label], bench.x, bench.expected)
+            except Exception as error:
+                bench.failures.append(f"{name}: {error}")
+                print(f"{name}: FAILED: {error}", file=sys.stderr)
+                ports.pop(label, None)
+        for clients in bench.args.concurrency:
+            for number in range(1, bench.args.rounds + 1):
+                bench.round = number
+                for label in list(ports) if number % 2 else list(reversed(ports)):
+                    try:
+                        bench.measure_point(label, ports[label], clients)
+                    except Exception as error:
+                        bench.failures.append(f"{label} round {number} c={clients}: {error}")
+                        print(f"{label}: FAILED: {error}", file=sys.stderr)
+
+
+def measure_all(bench: Bench, label: str, serve: Callable[[], Any]) -> None:
+    """Start one server, measure it at every concurrency, stop it."""
+    with serve() as port:
+        bench.measure(label, port)
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -572,6 +619,9 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the server list this many times, alternating (ratios per round)"
     )
+    parser.add_argument(
+        "--interleave", action="store_true", help="keep every server up and alternate the rounds point by point"
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be 1 or more")
@@ -596,15 +646,19 @@ def main() -> int:
         (workdir / "mlp.py").write_text(MLP_SOURCE)
         bench = Bench(pool, x, expected, args)
         pool.submit(time.sleep, 0).result()  # start the client process before any server
-        runners = {
-            "tritonnb": lambda: bench_tritonnb(bench, model),
-            "pytriton": lambda: bench_pytriton(bench, workdir, weights),
-            "fastapi": lambda: bench_fastapi(bench, workdir, weights),
+        servers = {
+            "tritonnb": ("tritonnb", lambda: serve_tritonnb(bench, model)),
+            "pytriton": ("raw PyTriton", lambda: serve_pytriton(bench, workdir, weights)),
+            "fastapi": ("FastAPI + uvicorn", lambda: serve_fastapi(bench, workdir, weights)),
         }
-        for number in range(1, args.rounds + 1):
-            bench.round = number
-            for name in args.servers.split(","):
-                bench.run(name, runners[name])
+        chosen = {name: servers[name] for name in args.servers.split(",")}
+        if args.interleave:
+            interleaved(bench, chosen)
+        else:
+            for number in range(1, args.rounds + 1):
+                bench.round = number
+                for name, (label, serve) in chosen.items():
+                    bench.run(name, lambda label=label, serve=serve: measure_all(bench, label, serve))
     report(bench)
     return 1 if bench.failures else 0
 

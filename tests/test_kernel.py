@@ -72,14 +72,16 @@ def test_interrupt_keeps_server_and_models_serving(kernel):
 
 
 def test_interrupt_during_a_model_reload_leaves_it_serving(kernel):
-    kernel.client.execute(
-        "%%triton_model double --input x:float32[-1] --output y:float32[-1]\ndef double(x):\n    return x * 2\n"
-    )
-    time.sleep(0.5)
-    kernel.manager.interrupt_kernel()
-    kernel.client.get_shell_msg(timeout=60)
-    assert _alive(kernel.pids["triton"])
-    assert _answers(kernel.http)
+    for delay_s, dims in ((0.05, "-1"), (0.2, "2"), (0.4, "-1"), (0.8, "2")):  # at several points of a reload
+        kernel.client.execute(
+            f"%%triton_model double --input x:float32[{dims}] --output y:float32[{dims}]\n"
+            "def double(x):\n    return x * 2\n"
+        )
+        time.sleep(delay_s)
+        kernel.manager.interrupt_kernel()
+        kernel.client.get_shell_msg(timeout=60)
+        assert _alive(kernel.pids["triton"])
+        assert _answers(kernel.http), f"not serving after an interrupt {delay_s} s into a reload"
 
 
 def _alive(pid: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from importlib.metadata import version
+from types import SimpleNamespace
 
 from pytriton.models.model import Model
 from pytriton.proxy.data import TensorStore
@@ -33,6 +34,16 @@ def test_triton_internals():
         assert name in inspect.getsource(Triton), name
     assert "log_verbose" in TritonConfig.__dataclass_fields__
     assert callable(TritonConfig.from_env)
+
+
+def test_handshake_patch_applies_to_the_stub_files():
+    from tritonnb._pytriton import patched_proxy_files
+
+    version_one = SimpleNamespace(model_version=1, SCRIPT_FILES_TO_COPY=Model.SCRIPT_FILES_TO_COPY)
+    files = patched_proxy_files(Model.get_proxy_model_files(version_one))
+    text = files["file:1/communication.py"].decode()
+    assert "except ConnectionRefusedError:" in text and "timeout_s: float = 30.0" in text
+    compile(text, "communication.py", "exec")
 
 
 def test_model_and_tensor_store_internals():

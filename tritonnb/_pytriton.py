@@ -189,6 +189,42 @@ def triton_config_from_env() -> dict[str, Any]:
     return {k: v for k, v in TritonConfig.from_env().to_dict().items() if v is not None}
 
 
+# PyTriton's stub-side handshake: a second model instance, loaded in parallel with the first, may find the first's
+# socket file bound but not yet listening (ConnectionRefusedError), and gives up after 1 s, which a loaded machine
+# can exceed. The copy of communication.py sent to Triton retries the connection, within a longer deadline.
+HANDSHAKE_PATCHES = (
+    (
+        "def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 1.0) -> dict:",
+        "def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 30.0) -> dict:",
+    ),
+    (
+        "        sock.connect(socket_path.as_posix())\n",
+        "        while True:\n"
+        "            try:\n"
+        "                sock.connect(socket_path.as_posix())\n"
+        "                break\n"
+        "            except ConnectionRefusedError:\n"
+        "                if time.time() >= should_stop_before_s:\n"
+        "                    raise\n"
+        "                time.sleep(0.005)\n",
+    ),
+)
+
+
+def patched_proxy_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """PyTriton's stub files with the handshake fix applied to ``communication.py``."""
+    patched = dict(files)
+    for key, content in files.items():
+        if key.endswith("/communication.py"):
+            text = content.decode()
+            for old, new in HANDSHAKE_PATCHES:
+                if text.count(old) != 1:
+                    raise RuntimeError(f"PyTriton's communication.py changed: cannot apply {old.strip()!r}")
+                text = text.replace(old, new)
+            patched[key] = text.encode()
+    return patched
+
+
 def _pytriton_tensor(spec: TensorSpec) -> Tensor:
     return Tensor(name=spec.name, dtype=spec.numpy_dtype, shape=spec.dims)
 
@@ -228,7 +264,7 @@ class Generation:
 
     def load_request(self) -> tuple[str, dict[str, bytes]]:
         """The model config (JSON) and proxy files that Triton's load API takes."""
-        return json.dumps(self.model.get_model_config()), self.model.get_proxy_model_files()
+        return json.dumps(self.model.get_model_config()), patched_proxy_files(self.model.get_proxy_model_files())
 
     def attach(self) -> None:
         """Connect this process's handlers to the stub Triton has just loaded."""

@@ -50,6 +50,30 @@ def retire_side_by_side(generations: list[Generation]) -> None:
         thread.join()
 
 
+def run_to_the_end(work: Callable[[], None]) -> None:
+    """Run ``work`` on a thread of its own and wait for it; a KeyboardInterrupt meanwhile is raised after it ends."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name="tritonnb-load")
+    thread.start()
+    interrupted = False
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            interrupted = True
+    if failure:
+        raise failure[0]
+    if interrupted:
+        raise KeyboardInterrupt
+
+
 class ModelControl(Protocol):
     """What a slot needs from the server: load and unload models and ask for readiness."""
 
@@ -158,6 +182,11 @@ class ModelSlot:
         return ServedFunction(fn, spec.name, spec.inputs, spec.outputs, device, self._record_error)
 
     def _load(self, spec: ModelSpec, target: ServedFunction) -> None:
+        """Load a new generation and switch to it, to the end even if the kernel is interrupted meanwhile: once Triton
+        has loaded it, a switch left half done would leave Triton routing requests to a stub nobody answers."""
+        run_to_the_end(lambda: self._load_and_switch(spec, target))
+
+    def _load_and_switch(self, spec: ModelSpec, target: ServedFunction) -> None:
         self._generation_number += 1
         trampoline = Trampoline(target, spec.batched)
         generation = Generation(
