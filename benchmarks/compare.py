@@ -1,6 +1,6 @@
 """Serving overhead: the same torch MLP behind tritonnb, raw PyTriton and FastAPI + uvicorn, in one run.
 
-Run: ``.venv/bin/python benchmarks/compare.py [--duration 10] [--concurrency 1,8] [--rounds 2]``. Prints a markdown
+Run: ``.venv/bin/python -m benchmarks.compare [--duration 10] [--concurrency 1,8] [--rounds 2]``. Prints a markdown
 table.
 
 The function is ``Sequential(Linear(64, 256), ReLU, Linear(256, 64)).eval()`` under ``torch.inference_mode()``,

@@ -14,8 +14,8 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 source scripts/install_perf_analyzer.sh
 export PATH="$PWD/.venv/bin:$PATH"
-.venv/bin/ruff check tritonnb tests benchmarks
-.venv/bin/ruff format --check tritonnb tests benchmarks
+.venv/bin/ruff check tritonnb tests benchmarks devtools
+.venv/bin/ruff format --check tritonnb tests benchmarks devtools
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 if [ "$status" = 5 ]; then
