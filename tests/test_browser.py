@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -102,6 +103,24 @@ def _tritonserver_on(port: int) -> psutil.Process:
     raise LookupError(f"no tritonserver with --http-port {port}")
 
 
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells once the kernel is idle; again if a busy page swallowed the click (up to 3 tries)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
+    first_prompt = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-InputPrompt")
+    for _ in range(3):
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.locator('li[data-command="runmenu:run-all"]').click()
+        try:
+            first_prompt.filter(has_text=re.compile(r"\[[0-9*]+\]")).wait_for(timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")  # close a menu left open, then try again
+    raise AssertionError("JupyterLab did not start running the cells")
+
+
 def test_panel_is_live_in_jupyterlab_and_shows_down(jupyterlab):
     from playwright.sync_api import expect, sync_playwright
 
@@ -116,9 +135,7 @@ def test_panel_is_live_in_jupyterlab_and_shows_down(jupyterlab):
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(f"{base}/lab/tree/panel.ipynb?token={token}")
             page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-            page.locator(".jp-Notebook .jp-Cell").first.click()
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.locator('li[data-command="runmenu:run-all"]').click()
+            _run_all_cells(page)
 
             row = page.locator('.tritonnb-panel tr[data-model="double"]')
             expect(page.locator(".tritonnb-panel .tnb-server-state")).to_have_text("READY", timeout=90_000)
