@@ -226,3 +226,29 @@ def test_stop_lets_a_request_in_flight_finish(own_server):
         tritonnb.stop()
         status, body = answer.result(timeout=30)
     assert status == 200 and body["outputs"][0]["data"] == [2]
+
+
+def test_stop_leaves_no_shared_memory_behind(own_server):
+    before = set(pathlib.Path("/dev/shm").glob("psm_*"))
+    server = tritonnb.start(**port_ports(free_ports()))
+    tritonnb.bind(lambda x: x + 1, "shm", inputs=["x:float32[4]"], outputs=["y:float32[4]"], instances=2)
+    for _ in range(3):
+        assert infer_json(server.http_url, "shm", [fp32("x", [2, 4], [1] * 8)])[0] == 200
+    tritonnb.restart()  # the first tritonserver's stubs go the same way
+    assert infer_json(server.http_url, "shm", [fp32("x", [1, 4], [1] * 4)])[0] == 200
+    tritonnb.stop()
+    assert server.wait_stopped()
+    assert set(pathlib.Path("/dev/shm").glob("psm_*")) - before == set()
+
+
+def test_metrics_off_starts_and_unsupported_options_are_clear_errors(own_server):
+    server = tritonnb.start(allow_metrics=False, **port_ports(free_ports()))
+    assert server.state == "READY"
+    tritonnb.stop()
+    for options, message in [
+        ({"allow_grpc": False}, "gRPC model-control"),
+        ({"grpc_use_ssl": True}, "without TLS"),
+        ({"log_file": "/tmp/triton.log"}, "keeps Triton's log itself"),
+    ]:
+        with pytest.raises(tritonnb.SpecError, match=message):
+            tritonnb.start(**options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -143,20 +145,27 @@ def test_perf_analyzer_ranges_only_go_up():
     assert perf_analyzer_command("http://h:1", spec, arrays, [4, 4], 1, "t").count("--concurrency-range 4:4") == 2
 
 
-def test_server_log_gives_loggers_back_as_they_were(tmp_path):
+def test_server_logs_share_the_capture_and_give_loggers_back_as_they_were(tmp_path):
     import logging
 
     from tritonnb.server_log import WATCHED_LOGGERS, ServerLog
 
-    before = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in WATCHED_LOGGERS}
-    log = ServerLog(tmp_path / "server.log")
-    log.capture_python_logging()
-    logging.getLogger("pytriton").info("captured line")
-    assert logging.getLogger("pytriton").level == logging.INFO
-    log.close()
-    after = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in WATCHED_LOGGERS}
-    assert after == before
-    assert "captured line" in (tmp_path / "server.log").read_text()
+    def settings():
+        return {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in WATCHED_LOGGERS}
+
+    before = settings()
+    old, new = ServerLog(tmp_path / "old.log"), ServerLog(tmp_path / "new.log")
+    old.capture_python_logging()
+    new.capture_python_logging()  # a new server starts while the old one's threads still retire
+    logging.getLogger("pytriton").warning("while both are open")
+    old.close()
+    assert logging.getLogger("pytriton").propagate is False  # still captured for the new server
+    logging.getLogger("pytriton").info("only the new one")
+    new.close()
+    assert settings() == before
+    assert "while both are open" in (tmp_path / "old.log").read_text()
+    assert "only the new one" not in (tmp_path / "old.log").read_text()
+    assert "only the new one" in (tmp_path / "new.log").read_text()
 
 
 def test_ipv6_loopback_is_loopback_and_urls_bracket_it():
@@ -177,3 +186,35 @@ def test_ipv6_http_address_is_a_clear_error():
 
     with pytest.raises(SpecError, match="IPv6 HTTP address"):
         resolve_settings(http_address="::1")
+
+
+def test_run_to_the_end_finishes_the_work_before_raising_an_interrupt():
+    import os
+    import signal
+    import threading
+
+    from tritonnb.binding import run_to_the_end
+
+    finished = []
+
+    def work():
+        time.sleep(0.6)
+        finished.append(True)
+
+    timers = [threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)) for delay in (0.1, 0.3)]
+    for timer in timers:
+        timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_to_the_end(work)
+    assert finished == [True]  # both interrupts waited for the work
+    with pytest.raises(ZeroDivisionError):
+        run_to_the_end(lambda: 1 / 0)
+
+
+def test_magic_lines_split_like_a_shell():
+    from tritonnb.magics import TritonMagics, _parse
+
+    args = _parse(TritonMagics.triton_perf, "m --input-data 'my data.npz' --concurrency 1,2")
+    assert args.input_data == "my data.npz" and args.concurrency == [1, 2]
+    args = _parse(TritonMagics.triton, 'panel --url "http://127.0.0.1:8000"')
+    assert args.url == "http://127.0.0.1:8000"

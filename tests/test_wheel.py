@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import sysconfig
 import venv
 import zipfile
 
@@ -47,9 +47,12 @@ def _fresh_environment(tmp_path: pathlib.Path, wheel: pathlib.Path) -> pathlib.P
             check=True,
         ).stdout.strip()
     )
-    for entry in pathlib.Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.startswith(("tritonnb", "__editable__", "pip")) and not (site / entry.name).exists():
-            (site / entry.name).symlink_to(entry)  # linked, not on a .pth path: PyTriton finds its bundled libs
+    # this environment's packages, and the system's where it sees them (a GPU workstation's torch): first one wins
+    folders = [pathlib.Path(p) for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
+    for folder in folders:
+        for entry in folder.iterdir():
+            if not entry.name.startswith(("tritonnb", "__editable__", "pip")) and not (site / entry.name).exists():
+                (site / entry.name).symlink_to(entry)  # linked, not on a .pth path: PyTriton finds its bundled libs
     return python
 
 

@@ -7,8 +7,8 @@ torch) happen on first use, so loading the extension stays cheap. Errors the kit
 How a ``%%triton_model`` cell flows through the modules (each layer only calls the ones below it):
 
 1. ``magics``: parses the line (IPython ``magic_arguments``), runs the cell (``cell``), calls ``bind`` below.
-2. ``tritonnb.bind`` (this module): starts the server if none runs, then shows a ``card`` and a live strip
-   (``widgets``, fed by ``poller`` -> ``monitor`` -> ``metrics_text`` / ``statistics``).
+2. ``tritonnb.bind`` (this module): starts the server if none runs and returns a ``card``; the magic displays it
+   with a live strip (``widgets``, fed by ``poller`` -> ``monitor`` -> ``metrics_text`` / ``statistics``).
 3. ``session.Server``: the one tritonserver of this process (``settings``, ``ports``, ``server_log``, ``leftovers``);
    held in ``state`` with the rest of the process-wide state.
 4. ``binding.ModelSlot``: one per model name; swaps the function in place, or loads a new generation through

@@ -61,6 +61,7 @@ class _DetachedTritonServer(TritonServer):
         self._log_sink = log_sink
         self._exit_timeout_s = exit_timeout_s
         self._nothing_in_flight = threading.Event()
+        self._stop_requested = False
         self.stopped_gracefully = False
 
     def start(self) -> None:
@@ -69,12 +70,13 @@ class _DetachedTritonServer(TritonServer):
 
         if self.is_alive():
             raise RuntimeError(f"tritonserver already runs (pid {self._tritonserver_running_cmd.pid})")
-        libc = _libc()
+        prctl = _libc().prctl  # looked up here: the hook below runs between fork and exec, where no lookup is safe
 
-        def die_with_parent_thread() -> None:  # runs in the child between fork and exec: no imports, no lookups
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        def die_with_parent_thread() -> None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
         self._nothing_in_flight.clear()
+        self._stop_requested = False
         command = sh.Command(self._server_path.as_posix())
         self._tritonserver_running_cmd = command(
             *self._server_config.to_args_list(),
@@ -94,17 +96,27 @@ class _DetachedTritonServer(TritonServer):
     def stop(self) -> None:
         """SIGINT; once Triton says no inference is in flight, end its whole process group (stubs included).
 
-        Triton's own exit then unloads every model and polls once a second, which took 3-4 s for nothing.
+        Triton's own exit would then unload every model and poll once a second, which took 3-4 s for nothing. The
+        stubs' shared memory, which they would have unlinked on unload, is unlinked here instead.
         """
-        if not self.is_alive():
-            return
         command = self._tritonserver_running_cmd
-        command.process.signal(signal.SIGINT)
-        self.stopped_gracefully = self._nothing_in_flight.wait(self._exit_timeout_s + 1)
+        if command is None:
+            return
+        self._stop_requested = True
+        if self.is_alive():
+            command.process.signal(signal.SIGINT)
+            self.stopped_gracefully = self._nothing_in_flight.wait(self._exit_timeout_s + 1)
+        regions = shared_memory_mapped_by(process_group(command.pid))  # tritonserver leads its own process group
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(command.pid, signal.SIGKILL)  # tritonserver leads its own session and process group
+            os.killpg(command.pid, signal.SIGKILL)  # also when it died by itself: its stubs may linger
         with contextlib.suppress(Exception):
             command.wait(timeout=10)
+        for region in regions:
+            region.unlink(missing_ok=True)
+
+    def _handle_exit(self, command: Any, success: bool, exit_code: int) -> None:
+        """PyTriton's exit handler; an exit we asked for (SIGKILL after SIGINT) is no failure worth a warning."""
+        super()._handle_exit(command, success or self._stop_requested, exit_code)
 
     def _record_logs(self, line: bytes | str) -> None:
         if isinstance(line, bytes):
@@ -139,7 +151,7 @@ class ServerProcess(Triton):
             libs_path=get_libs_path(),
             config=self._triton_server_config,
             log_sink=self._log_sink,
-            exit_timeout_s=float(self._triton_server_config["exit_timeout_secs"] or 30),
+            exit_timeout_s=float(_default(self._triton_server_config["exit_timeout_secs"], 30)),
         )
 
     def launch(self) -> None:
@@ -173,6 +185,36 @@ class ServerProcess(Triton):
 
 
 SHM_FOLDER = pathlib.Path("/dev/shm")
+TENSOR_STORE_REGION = "/dev/shm/psm_"  # PyTriton's tensor store: multiprocessing.shared_memory segments
+
+
+def process_group(pgid: int) -> list[int]:
+    """The ids of the processes in process group ``pgid`` (from /proc)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = pathlib.Path(entry.path, "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:  # pid (comm) state ppid pgrp ...
+                members.append(int(entry.name))
+    return members
+
+
+def shared_memory_mapped_by(pids: Sequence[int]) -> set[pathlib.Path]:
+    """The tensor-store segments in /dev/shm that these processes have mapped."""
+    regions = set()
+    for pid in pids:
+        try:
+            maps = pathlib.Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(TENSOR_STORE_REGION):
+                regions.add(pathlib.Path(fields[5].removesuffix(" (deleted)")))
+    return regions
 
 
 def remove_shared_memory(prefix: str) -> list[str]:
@@ -182,6 +224,15 @@ def remove_shared_memory(prefix: str) -> list[str]:
         path.unlink(missing_ok=True)
         removed.append(path.name)
     return removed
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def triton_config_fields() -> set[str]:
+    """The option names ``TritonConfig`` (and so ``tritonnb.start``) accepts."""
+    return set(TritonConfig.__dataclass_fields__)
 
 
 def triton_config_from_env() -> dict[str, Any]:

@@ -53,19 +53,28 @@ def retire_side_by_side(generations: list[Generation]) -> None:
 def run_to_the_end(work: Callable[[], None]) -> None:
     """Run ``work`` on a thread of its own and wait for it; a KeyboardInterrupt meanwhile is raised after it ends."""
     failure: list[BaseException] = []
+    done = threading.Event()  # not Thread.join: an interrupted join marks a running thread as stopped (3.11)
 
     def run() -> None:
         try:
             work()
         except BaseException as error:
             failure.append(error)
+        finally:
+            done.set()
 
     thread = threading.Thread(target=run, name="tritonnb-load")
-    thread.start()
     interrupted = False
-    while thread.is_alive():
+    try:
+        thread.start()
+    except KeyboardInterrupt:
+        interrupted = True
+    if thread.ident is None:  # interrupted before the work began: nothing to finish
+        raise KeyboardInterrupt
+    while True:
         try:
-            thread.join()
+            done.wait()
+            break
         except KeyboardInterrupt:
             interrupted = True
     if failure:
@@ -125,17 +134,27 @@ class ModelSlot:
         with self._lock:
             if self._trampoline is not None and spec == self.spec and self.is_serving():
                 self._trampoline.target = target
+                self._record(fn, spec, device)
                 action = "swapped"
             else:
                 action = "reloaded" if self._generation is not None else "loaded"
+
+                def load_and_record() -> None:
+                    self._load(spec, target)
+                    self._record(fn, spec, device)
+
                 self.loading = True
                 try:
-                    self._load(spec, target)
+                    # to the end even if the kernel is interrupted meanwhile: once Triton has loaded the new
+                    # generation, a switch left half done would leave it routing requests to a stub nobody answers
+                    run_to_the_end(load_and_record)
                 finally:
                     self.loading = False
-            self.spec, self.fn, self.device = spec, fn, device
-            self.binds += 1
         return BindResult(action, time.perf_counter() - started)
+
+    def _record(self, fn: Callable, spec: ModelSpec, device: str) -> None:
+        self.spec, self.fn, self.device = spec, fn, device
+        self.binds += 1
 
     def reload(self) -> None:
         """Load the current function again (after a server restart)."""
@@ -143,7 +162,8 @@ class ModelSlot:
             return
         with self._lock:
             self._drop_generation()
-            self._load(self.spec, self._served(self.fn, self.spec, self.device))
+            target = self._served(self.fn, self.spec, self.device)
+            run_to_the_end(lambda: self._load(self.spec, target))
 
     def unbind(self) -> None:
         """Unload the model from Triton and stop its threads."""
@@ -182,11 +202,7 @@ class ModelSlot:
         return ServedFunction(fn, spec.name, spec.inputs, spec.outputs, device, self._record_error)
 
     def _load(self, spec: ModelSpec, target: ServedFunction) -> None:
-        """Load a new generation and switch to it, to the end even if the kernel is interrupted meanwhile: once Triton
-        has loaded it, a switch left half done would leave Triton routing requests to a stub nobody answers."""
-        run_to_the_end(lambda: self._load_and_switch(spec, target))
-
-    def _load_and_switch(self, spec: ModelSpec, target: ServedFunction) -> None:
+        """Load a new generation and switch Triton and this slot to it (the previous one retires once quiet)."""
         self._generation_number += 1
         trampoline = Trampoline(target, spec.batched)
         generation = Generation(

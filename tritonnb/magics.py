@@ -95,7 +95,7 @@ def _help_text(parser: MagicArgumentParser, words: list[str]) -> str:
 def _parse(magic: Callable, line: str) -> argparse.Namespace | None:
     """The parsed line, or None after printing the usage for ``-h``/``--help``."""
     try:
-        words = arg_split(line, strict=True)
+        words = arg_split(line, posix=True, strict=True)
     except ValueError as error:
         raise UsageError(f"{magic.parser.prog}: cannot split the line: {error}") from None
     if HELP_FLAGS & set(words):
@@ -293,7 +293,8 @@ class TritonMagics(Magics):
         if args.device is not None:
             resolve_device(args.device)  # a device that does not exist fails before anything starts
         source = self.shell.transform_cell(cell)
-        filename = self.shell.compile.cache(source)  # tracebacks of the served function show the cell's lines
+        # registered like IPython's own cells, so tracebacks of the served function show the cell's lines
+        filename = self.shell.compile.cache(source, self.shell.execution_count)
         fn = run_cell_and_pick(source, args.name, self.shell.user_ns, filename)
         if tritonnb.server() is None:
             self._start(None)

@@ -232,9 +232,14 @@ def target_for(
         url = f"http://{url}"
     if metrics_url is None:
         parsed = urllib.parse.urlsplit(url)
-        if parsed.port is None:
+        try:
+            port = parsed.port
+        except ValueError as error:  # a port out of range, or not a number
+            raise SpecError(f"bad URL {url!r}: {error}") from None
+        if port is None:
             raise SpecError(f"cannot derive the metrics URL from {url!r}: give it with --metrics-url")
-        metrics_url = f"{parsed.scheme}://{parsed.hostname}:{parsed.port + 2}/metrics"
+        host = f"[{parsed.hostname}]" if ":" in (parsed.hostname or "") else parsed.hostname
+        metrics_url = f"{parsed.scheme}://{host}:{port + 2}/metrics"
     return Target(url, metrics_url, token)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonnb.errors import PerfError, UnknownModelError
+from tritonnb.errors import PerfError, SpecError, UnknownModelError
 from tritonnb.metrics_text import PHASES
 from tritonnb.signature import ModelSpec, sample_inputs
 from tritonnb.statistics import fetch_stats
@@ -71,8 +71,11 @@ def input_arrays(spec: ModelSpec, data: Any = None, seed: int = 0) -> dict[str, 
     if data is None:
         return sample_inputs(spec.inputs, 1 if spec.batched else None, np.random.default_rng(seed))
     if isinstance(data, (str, pathlib.Path)):
-        with np.load(data) as npz:
-            data = dict(npz)
+        try:
+            with np.load(data) as npz:
+                data = dict(npz)
+        except (OSError, ValueError) as error:
+            raise PerfError(f"cannot read input data from {str(data)!r}: {error}") from None
     if not isinstance(data, dict):
         if len(spec.inputs) != 1:
             raise PerfError(f"model {spec.name!r} has {len(spec.inputs)} inputs: give a dict of arrays by name")
@@ -85,7 +88,10 @@ def input_arrays(spec: ModelSpec, data: Any = None, seed: int = 0) -> dict[str, 
         value = data[input_spec.name]
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()
-        array = np.asarray(value, dtype=object if input_spec.dtype == "bytes" else input_spec.numpy_dtype)
+        try:
+            array = np.asarray(value, dtype=object if input_spec.dtype == "bytes" else input_spec.numpy_dtype)
+        except (TypeError, ValueError) as error:
+            raise PerfError(f"input data {input_spec.name!r} is not {input_spec.dtype}: {error}") from None
         per_sample = len(input_spec.dims)
         if spec.batched and array.ndim == per_sample:  # one sample: the request carries a batch of one
             array = array[np.newaxis]
@@ -328,11 +334,11 @@ def run_perf(
         raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
     levels = [int(c) for c in concurrency]
     if not levels or any(c < 1 for c in levels):
-        raise PerfError(f"concurrency levels must be 1 or more, got {levels}")
+        raise SpecError(f"concurrency levels must be 1 or more, got {levels}")
     if duration_s <= 0:
-        raise PerfError(f"duration must be positive, got {duration_s}")
+        raise SpecError(f"duration must be positive, got {duration_s}")
     if engine not in ENGINES:
-        raise PerfError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise SpecError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spec = server.models[name].spec
     arrays = input_arrays(spec, input_data)
     batch_size(spec, arrays)  # an input batch no request can carry fails here, before either engine runs

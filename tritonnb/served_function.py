@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import traceback
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from tritonnb.errors import ModelError, SignatureMismatch
-from tritonnb.signature import TensorSpec
+from tritonnb.signature import TensorSpec, parameters_of
 from tritonnb.torch_bridge import outputs_to_numpy, to_torch, torch_threads, use_torch_threads
 
 ErrorReporter = Callable[[str, str], None]
@@ -21,7 +20,7 @@ ErrorReporter = Callable[[str, str], None]
 def _calls_by_keyword(fn: Callable, inputs: Sequence[TensorSpec]) -> bool:
     """True to call ``fn(**inputs)``, False to call it with inputs in declared order; raise if neither fits."""
     names = [s.name for s in inputs]
-    params = list(inspect.signature(fn).parameters.values())
+    params = parameters_of(fn)
     var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
     var_pos = any(p.kind == p.VAR_POSITIONAL for p in params)
     named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

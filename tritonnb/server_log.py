@@ -17,8 +17,6 @@ class ServerLog:
         self.path = path
         self._lock = threading.Lock()
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
-        self._handler = _SinkHandler(self)
-        self._saved: dict[str, tuple[bool, int]] = {}  # logger name -> (propagate, level) before capture
 
     def write(self, text: str) -> None:
         """Append text (a line from tritonserver, or a message) to the file."""
@@ -36,34 +34,61 @@ class ServerLog:
 
     def capture_python_logging(self) -> None:
         """Send PyTriton's and tritonnb's log records here instead of the notebook's cells."""
-        for name in WATCHED_LOGGERS:
-            logger = logging.getLogger(name)
-            self._saved[name] = (logger.propagate, logger.level)
-            logger.addHandler(self._handler)
-            logger.propagate = False
-            if logger.level == logging.NOTSET:
-                logger.setLevel(logging.INFO)
+        _CAPTURE.add(self)
 
     def close(self) -> None:
-        """Stop capturing Python logging (loggers as they were before) and close the file (the file itself stays)."""
-        for name, (propagate, level) in self._saved.items():
-            logger = logging.getLogger(name)
-            logger.removeHandler(self._handler)
-            logger.propagate = propagate
-            logger.setLevel(level)
-        self._saved.clear()
+        """Stop capturing Python logging and close the file (the file itself stays)."""
+        _CAPTURE.remove(self)
         with self._lock:
             self._file.close()
 
 
-class _SinkHandler(logging.Handler):
-    def __init__(self, log: ServerLog) -> None:
+class _Capture(logging.Handler):
+    """One handler on PyTriton's and tritonnb's loggers for the whole process, writing to every open server log.
+
+    A stopped server's log stays open while its models' threads retire, possibly beside a new server's: each record
+    goes to both. When the last log closes, the loggers get back their own level and propagation.
+    """
+
+    def __init__(self) -> None:
         super().__init__()
-        self._log = log
         self.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
+        self._logs: list[ServerLog] = []
+        self._saved: dict[str, tuple[bool, int]] = {}  # logger name -> (propagate, level) before the capture
+        self._guard = threading.Lock()
+
+    def add(self, log: ServerLog) -> None:
+        with self._guard:
+            if not self._logs:
+                for name in WATCHED_LOGGERS:
+                    logger = logging.getLogger(name)
+                    self._saved[name] = (logger.propagate, logger.level)
+                    logger.addHandler(self)
+                    logger.propagate = False
+                    if logger.level == logging.NOTSET:
+                        logger.setLevel(logging.INFO)
+            self._logs.append(log)
+
+    def remove(self, log: ServerLog) -> None:
+        with self._guard:
+            if log not in self._logs:
+                return
+            self._logs.remove(log)
+            if not self._logs:
+                for name, (propagate, level) in self._saved.items():
+                    logger = logging.getLogger(name)
+                    logger.removeHandler(self)
+                    logger.propagate = propagate
+                    logger.setLevel(level)
+                self._saved.clear()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._log.write(self.format(record))
+            text = self.format(record)
+            for log in list(self._logs):
+                log.write(text)
         except Exception:  # a log line must never break serving
             self.handleError(record)
+
+
+_CAPTURE = _Capture()

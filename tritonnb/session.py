@@ -119,8 +119,13 @@ class Server:
             self.version = get_json(f"{self.http_url}/v2")["version"]
 
     def _all_endpoints_answer(self) -> bool:
-        """HTTP ready, metrics served and gRPC ready: Triton starts them one after another, metrics last."""
-        return answers_ok(f"{self.http_url}/v2/health/ready") and answers_ok(self.metrics_url) and self._grpc_ready()
+        """HTTP ready, metrics served (unless turned off) and gRPC ready: Triton starts them one after another."""
+        metrics_on = self.settings.config.get("allow_metrics") is not False
+        return (
+            answers_ok(f"{self.http_url}/v2/health/ready")
+            and (not metrics_on or answers_ok(self.metrics_url))
+            and self._grpc_ready()
+        )
 
     def _grpc_ready(self) -> bool:
         from tritonclient.utils import InferenceServerException
@@ -133,10 +138,13 @@ class Server:
 
     def _end_process(self) -> list[Generation]:
         """End tritonserver and its stubs now; hand back the models' generations, still to be retired."""
-        if self._process is not None:
-            self._process.stop()
-            self._process.remove_shared_memory()  # left behind when tritonserver was killed
-        return [g for slot in self.models.values() for g in slot.take_generations()]
+        try:
+            if self._process is not None:
+                self._process.stop()
+                self._process.remove_shared_memory()  # left behind when tritonserver was killed
+        finally:
+            generations = [g for slot in self.models.values() for g in slot.take_generations()]
+        return generations
 
     def stop(self) -> float:
         """Stop tritonserver, its processes and every model; return the seconds it took.
@@ -148,7 +156,10 @@ class Server:
         return self._stop(in_background=True)
 
     def wait_stopped(self, timeout: float | None = 30.0) -> bool:
-        """Wait until a stopped server's threads have finished and its folder is gone; False on timeout."""
+        """Wait until a stopped server's threads have finished and its folder is gone; False on timeout (or if it
+        was not stopped)."""
+        if not self._stopped:
+            return False
         if self._finishing is not None:
             self._finishing.join(timeout)
         return self._finishing is None or not self._finishing.is_alive()
@@ -167,7 +178,6 @@ class Server:
         try:
             generations = self._end_process()
         finally:
-            self.log.close()  # now, not in the background: a new server may capture the same loggers next
             if in_background:
                 self._finishing = threading.Thread(target=self._clean_up, args=(generations,), name="tritonnb-stop")
                 self._finishing.start()
@@ -176,9 +186,12 @@ class Server:
         return time.perf_counter() - started
 
     def _clean_up(self, generations: list[Generation]) -> None:
-        retire_side_by_side(generations)
-        shutil.rmtree(self.home, ignore_errors=True)
-        shutil.rmtree(self.sockets, ignore_errors=True)
+        try:
+            retire_side_by_side(generations)
+        finally:
+            self.log.close()  # after the retirement, whose messages belong in it
+            shutil.rmtree(self.home, ignore_errors=True)
+            shutil.rmtree(self.sockets, ignore_errors=True)
 
     def restart(self) -> float:
         """Stop and start tritonserver on the same ports, and bind every model again."""

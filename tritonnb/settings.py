@@ -6,7 +6,7 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from tritonnb._pytriton import triton_config_from_env
+from tritonnb._pytriton import triton_config_fields, triton_config_from_env
 from tritonnb.errors import PortBusyError, SpecError
 from tritonnb.ports import next_free_port, port_is_free
 
@@ -54,6 +54,21 @@ class ServerSettings:
         return f"[{address}]" if ":" in address else address
 
 
+UNSUPPORTED = {
+    "allow_http": (False, "tritonnb checks health, serves cards and panels over HTTP"),
+    "allow_grpc": (False, "tritonnb loads models through Triton's gRPC model-control API"),
+    "grpc_use_ssl": (True, "tritonnb's own gRPC client talks to the local server without TLS"),
+}
+
+
+def _check_supported(config: dict[str, Any]) -> None:
+    for key, (value, reason) in UNSUPPORTED.items():
+        if config.get(key) == value:
+            raise SpecError(f"{key}={value} is not supported: {reason}")
+    if config.get("log_file"):
+        raise SpecError("log_file is not supported: tritonnb keeps Triton's log itself (%triton logs, server.log.path)")
+
+
 def is_loopback(address: str) -> bool:
     """Whether an address (or ``localhost``) only reaches this machine: 127.0.0.0/8 or ::1."""
     if address == "localhost":
@@ -74,6 +89,11 @@ def resolve_settings(
     **config: Any,
 ) -> ServerSettings:
     """Merge defaults, environment and arguments; pick free ports where none was asked for."""
+    unknown = sorted(set(config) - triton_config_fields())
+    if unknown:
+        raise SpecError(
+            f"unknown server option(s) {', '.join(unknown)}: see pytriton.triton.TritonConfig for the names"
+        )
     explicit = {
         k: v
         for k, v in dict(
@@ -85,6 +105,7 @@ def resolve_settings(
         explicit.update({f"{e}_address": ALL_INTERFACES for e in ENDPOINTS})
     chosen = {**triton_config_from_env(), **explicit}
     settings = ServerSettings(config={**DEFAULTS, **chosen}, notes=[])
+    _check_supported(settings.config)
     if ":" in settings.address("http"):
         raise SpecError(
             f"HTTP address {settings.address('http')!r}: PyTriton 0.7.0 cannot run tritonserver with an IPv6 HTTP "

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tritonnb.errors import SpecError
+from tritonnb.errors import SignatureMismatch, SpecError
 
 # dtype name -> (numpy dtype, Triton datatype as spoken by the HTTP/gRPC protocol)
 DTYPES: dict[str, tuple[type, str]] = {
@@ -104,12 +104,20 @@ def as_specs(specs: object, what: str) -> tuple[TensorSpec, ...]:
 DEFAULT_OUTPUT = TensorSpec("output", "float32", (-1,))  # the output of a model declared without outputs
 
 
+def parameters_of(fn: Callable) -> list[inspect.Parameter]:
+    """``fn``'s parameters; SignatureMismatch when Python cannot tell them (some built-ins and C functions)."""
+    try:
+        return list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        raise SignatureMismatch(
+            f"cannot read the parameters of {fn!r}: wrap it in a def, or declare the inputs"
+        ) from None
+
+
 def default_inputs(fn: Callable) -> tuple[TensorSpec, ...]:
     """One ``float32[-1]`` input per parameter of ``fn``, named after it (used when no inputs are declared)."""
     params = [
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        p.name for p in parameters_of(fn) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
     return tuple(TensorSpec(name, "float32", (-1,)) for name in params)
 

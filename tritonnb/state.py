@@ -11,6 +11,9 @@ A kernel (any Python process) holds:
   last background poll.
 - ``strips``: the live strip under each model's card, by model name; running the cell again replaces it.
 
+Python logging's own global state is touched in one place too: ``tritonnb.server_log`` puts a single handler on
+PyTriton's and tritonnb's loggers while any server log is open, and gives them back afterwards.
+
 Everything else hangs off these objects. ``lock`` guards ``pollers`` and ``monitors``, which widgets and the user's
 thread may reach at once.
 """
