@@ -228,8 +228,13 @@ def test_stop_lets_a_request_in_flight_finish(own_server):
     assert status == 200 and body["outputs"][0]["data"] == [2]
 
 
-def test_stop_leaves_no_shared_memory_behind(own_server):
-    before = set(pathlib.Path("/dev/shm").glob("psm_*"))
+def test_stop_leaves_no_shared_memory_or_model_copies_behind(own_server):
+    import tempfile
+
+    def leftovers() -> set[pathlib.Path]:  # the stubs' tensor store, and Triton's copies of loaded models
+        return {*pathlib.Path("/dev/shm").glob("psm_*"), *pathlib.Path(tempfile.gettempdir()).glob("folder*")}
+
+    before = leftovers()
     server = tritonnb.start(**port_ports(free_ports()))
     tritonnb.bind(lambda x: x + 1, "shm", inputs=["x:float32[4]"], outputs=["y:float32[4]"], instances=2)
     for _ in range(3):
@@ -238,7 +243,7 @@ def test_stop_leaves_no_shared_memory_behind(own_server):
     assert infer_json(server.http_url, "shm", [fp32("x", [1, 4], [1] * 4)])[0] == 200
     tritonnb.stop()
     assert server.wait_stopped()
-    assert set(pathlib.Path("/dev/shm").glob("psm_*")) - before == set()
+    assert leftovers() - before == set()
 
 
 def test_metrics_off_starts_and_unsupported_options_are_clear_errors(own_server):

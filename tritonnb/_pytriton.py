@@ -22,6 +22,7 @@ import pathlib
 import shutil
 import signal
 import sysconfig
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,8 +97,9 @@ class _DetachedTritonServer(TritonServer):
     def stop(self) -> None:
         """SIGINT; once Triton says no inference is in flight, end its whole process group (stubs included).
 
-        Triton's own exit would then unload every model and poll once a second, which took 3-4 s for nothing. The
-        stubs' shared memory, which they would have unlinked on unload, is unlinked here instead.
+        Triton's own exit would then unload every model and poll once a second, which took 3-4 s for nothing. What
+        the unload would have removed goes here instead: the stubs' shared memory, and the temporary folders Triton
+        copied each loaded model's files to.
         """
         command = self._tritonserver_running_cmd
         if command is None:
@@ -106,13 +108,16 @@ class _DetachedTritonServer(TritonServer):
         if self.is_alive():
             command.process.signal(signal.SIGINT)
             self.stopped_gracefully = self._nothing_in_flight.wait(self._exit_timeout_s + 1)
-        regions = shared_memory_mapped_by(process_group(command.pid))  # tritonserver leads its own process group
+        members = process_group(command.pid)  # tritonserver leads its own process group
+        regions, folders = shared_memory_mapped_by(members), model_copies_of(members)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(command.pid, signal.SIGKILL)  # also when it died by itself: its stubs may linger
         with contextlib.suppress(Exception):
             command.wait(timeout=10)
         for region in regions:
             region.unlink(missing_ok=True)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _handle_exit(self, command: Any, success: bool, exit_code: int) -> None:
         """PyTriton's exit handler; an exit we asked for (SIGKILL after SIGINT) is no failure worth a warning."""
@@ -200,6 +205,23 @@ def process_group(pgid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:  # pid (comm) state ppid pgrp ...
                 members.append(int(entry.name))
     return members
+
+
+def model_copies_of(pids: Sequence[int]) -> set[pathlib.Path]:
+    """The temporary folders (``<tmp>/folderXXXXXX``) holding the model files the python backend stubs among these
+    processes run: Triton copies the files a load request carries there, and removes them on unload."""
+    folders = set()
+    temp = pathlib.Path(tempfile.gettempdir())
+    for pid in pids:
+        try:
+            argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub"):
+            folder = pathlib.Path(argv[1].decode(errors="replace")).parent.parent  # <folder>/<version>/model.py
+            if folder.parent == temp and folder.name.startswith("folder"):
+                folders.add(folder)
+    return folders
 
 
 def shared_memory_mapped_by(pids: Sequence[int]) -> set[pathlib.Path]:
