@@ -64,6 +64,7 @@ class _DetachedTritonServer(TritonServer):
         self._nothing_in_flight = threading.Event()
         self._stop_requested = False
         self.stopped_gracefully = False
+        self.model_copies: set[pathlib.Path] = set()  # seen while serving: still ours to remove after a crash
 
     def start(self) -> None:
         """Start tritonserver like PyTriton does, plus ``_new_session=True`` and our log sink."""
@@ -109,7 +110,7 @@ class _DetachedTritonServer(TritonServer):
             command.process.signal(signal.SIGINT)
             self.stopped_gracefully = self._nothing_in_flight.wait(self._exit_timeout_s + 1)
         members = process_group(command.pid)  # tritonserver leads its own process group
-        regions, folders = shared_memory_mapped_by(members), model_copies_of(members)
+        regions, folders = shared_memory_mapped_by(members), model_copies_of(members) | self.model_copies
         with contextlib.suppress(ProcessLookupError):
             os.killpg(command.pid, signal.SIGKILL)  # also when it died by itself: its stubs may linger
         with contextlib.suppress(Exception):
@@ -118,6 +119,13 @@ class _DetachedTritonServer(TritonServer):
             region.unlink(missing_ok=True)
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def remember_model_copies(self) -> None:
+        """Note the model-file folders of the stubs running now (after a load), so that a stop after a crash, when
+        the stubs are gone, can still remove them."""
+        command = self._tritonserver_running_cmd
+        if command is not None:
+            self.model_copies |= model_copies_of(process_group(command.pid))
 
     def _handle_exit(self, command: Any, success: bool, exit_code: int) -> None:
         """PyTriton's exit handler; an exit we asked for (SIGKILL after SIGINT) is no failure worth a warning."""
@@ -174,6 +182,11 @@ class ServerProcess(Triton):
     def shm_prefix(self) -> str:
         """The prefix of the python backend's shared-memory regions in ``/dev/shm``."""
         return self._python_backend_config["shm-region-prefix-name"]
+
+    def remember_model_copies(self) -> None:
+        """See ``_DetachedTritonServer.remember_model_copies``."""
+        if self._triton_server is not None:
+            self._triton_server.remember_model_copies()
 
     def remove_shared_memory(self) -> list[str]:
         """Unlink the python backend's shared-memory regions a killed tritonserver could not remove itself."""

@@ -288,6 +288,7 @@ class Server:
         """Load (or reload) a model from a config and files; returns when it is ready."""
         with contextlib.closing(self._grpc()) as client:
             client.load_model(name, headers=self._grpc_headers(), config=config, files=files)
+        self._process.remember_model_copies()
 
     def unload_model(self, name: str) -> None:
         """Ask Triton to unload a model."""
