@@ -136,15 +136,15 @@ class Server:
         except InferenceServerException:
             return False
 
-    def _end_process(self) -> list[Generation]:
-        """End tritonserver and its stubs now; hand back the models' generations, still to be retired."""
-        try:
-            if self._process is not None:
-                self._process.stop()
-                self._process.remove_shared_memory()  # left behind when tritonserver was killed
-        finally:
-            generations = [g for slot in self.models.values() for g in slot.take_generations()]
-        return generations
+    def _end_process(self) -> None:
+        """End tritonserver and its stubs now."""
+        if self._process is not None:
+            self._process.stop()
+            self._process.remove_shared_memory()  # left behind when tritonserver was killed
+
+    def _take_generations(self) -> list[Generation]:
+        """Every model's generations, still to be retired (the slots keep their functions and specs)."""
+        return [g for slot in self.models.values() for g in slot.take_generations()]
 
     def stop(self) -> float:
         """Stop tritonserver, its processes and every model; return the seconds it took.
@@ -174,10 +174,10 @@ class Server:
         started = time.perf_counter()
         self._stopped = True
         atexit.unregister(self._stop_at_exit)
-        generations: list[Generation] = []
         try:
-            generations = self._end_process()
+            self._end_process()
         finally:
+            generations = self._take_generations()
             if in_background:
                 self._finishing = threading.Thread(target=self._clean_up, args=(generations,), name="tritonnb-stop")
                 self._finishing.start()
@@ -198,8 +198,11 @@ class Server:
         if self._stopped:
             raise NoServerError("this server was stopped; start a new one with tritonnb.start()")
         started = time.perf_counter()
-        old = self._end_process()
-        threading.Thread(target=retire_side_by_side, args=(old,), name="tritonnb-retire", daemon=True).start()
+        try:
+            self._end_process()
+        finally:
+            old = self._take_generations()
+            threading.Thread(target=retire_side_by_side, args=(old,), name="tritonnb-retire", daemon=True).start()
         self._launch()  # while the old models' threads retire
         failed = {}
         for name, slot in list(self.models.items()):
