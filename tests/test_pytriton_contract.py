@@ -50,4 +50,5 @@ def test_model_and_tensor_store_internals():
     for name in ("get_model_config", "get_proxy_model_files", "setup", "clean", "is_alive", "on_model_event"):
         assert callable(getattr(Model, name)), name
     assert isinstance(TensorStore._instances, dict)
+    assert "self._shm_segments" in inspect.getsource(TensorStore)
     assert "workspace-path" in inspect.getsource(Model._get_triton_model_config)

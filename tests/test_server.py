@@ -151,6 +151,7 @@ def test_public_binds_all_interfaces_and_says_so(own_server):
 
 
 def test_restart_rebinds_models_and_dead_server_reports_down(own_server):
+    regions_before = set(pathlib.Path("/dev/shm").glob("psm_*"))
     server = tritonnb.start(**port_ports(free_ports()))
     tritonnb.bind(lambda x: x + 10, "plus10", inputs=["x:float32[1]"], outputs=["y:float32[1]"])
     old_pid = server.pid
@@ -176,6 +177,9 @@ def test_restart_rebinds_models_and_dead_server_reports_down(own_server):
     status, body = infer_json(server.http_url, "plus10", [fp32("x", [1, 1], [5])])
     assert status == 200 and body["outputs"][0]["data"] == [15]
     assert wait_gone(processes) == []  # the killed server's stubs did not linger
+    tritonnb.stop()
+    assert server.wait_stopped()
+    assert set(pathlib.Path("/dev/shm").glob("psm_*")) - regions_before == set()  # not even the killed stubs'
 
 
 def test_script_mode_honours_pytriton_home_and_stops_on_ctrl_c(tmp_path):

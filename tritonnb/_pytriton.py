@@ -360,6 +360,15 @@ class Generation:
         """Whether the proxy threads of this generation are running."""
         return self.model.is_alive()
 
+    def unlink_shared_memory(self) -> None:
+        """Unlink the tensor-store segments this process mapped for this generation: for after its stubs died
+        without unlinking them (killed by a stop, or a crash). The mappings stay valid until ``retire``."""
+        prefix = self.workspace.path.as_posix()
+        for address, store in list(TensorStore._instances.items()):
+            if str(address).startswith(prefix):
+                for name in list(getattr(store, "_shm_segments", {})):
+                    (SHM_FOLDER / name).unlink(missing_ok=True)
+
     def retire(self) -> None:
         """Stop the proxy threads and free the workspace (after Triton has stopped routing to it)."""
         try:

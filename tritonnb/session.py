@@ -143,8 +143,12 @@ class Server:
             self._process.remove_shared_memory()  # left behind when tritonserver was killed
 
     def _take_generations(self) -> list[Generation]:
-        """Every model's generations, still to be retired (the slots keep their functions and specs)."""
-        return [g for slot in self.models.values() for g in slot.take_generations()]
+        """Every model's generations, still to be retired (the slots keep their functions and specs), once the
+        process has ended: their tensor-store memory, which the dead stubs cannot unlink, is unlinked here."""
+        generations = [g for slot in self.models.values() for g in slot.take_generations()]
+        for generation in generations:
+            generation.unlink_shared_memory()
+        return generations
 
     def stop(self) -> float:
         """Stop tritonserver, its processes and every model; return the seconds it took.
