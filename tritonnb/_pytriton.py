@@ -110,14 +110,14 @@ class _DetachedTritonServer(TritonServer):
             command.process.signal(signal.SIGINT)
             self.stopped_gracefully = self._nothing_in_flight.wait(self._exit_timeout_s + 1)
         members = process_group(command.pid)  # tritonserver leads its own process group
-        regions, folders = shared_memory_mapped_by(members), model_copies_of(members) | self.model_copies
+        regions = shared_memory_mapped_by(members)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(command.pid, signal.SIGKILL)  # also when it died by itself: its stubs may linger
         with contextlib.suppress(Exception):
             command.wait(timeout=10)
         for region in regions:
             region.unlink(missing_ok=True)
-        for folder in folders:
+        for folder in self.model_copies:  # every load was noted: this covers the stubs that died before us too
             shutil.rmtree(folder, ignore_errors=True)
 
     def remember_model_copies(self) -> None:
@@ -159,12 +159,13 @@ class ServerProcess(Triton):
 
     def _initialize_server(self) -> None:
         path = self._prepare_triton_inference_server()
+        exit_timeout = self._triton_server_config["exit_timeout_secs"]  # Triton waits 30 s when unset
         self._triton_server = _DetachedTritonServer(
             path=(path / "bin" / "tritonserver").as_posix(),
             libs_path=get_libs_path(),
             config=self._triton_server_config,
             log_sink=self._log_sink,
-            exit_timeout_s=float(_default(self._triton_server_config["exit_timeout_secs"], 30)),
+            exit_timeout_s=float(30 if exit_timeout is None else exit_timeout),
         )
 
     def launch(self) -> None:
@@ -203,7 +204,7 @@ class ServerProcess(Triton):
 
 
 SHM_FOLDER = pathlib.Path("/dev/shm")
-TENSOR_STORE_REGION = "/dev/shm/psm_"  # PyTriton's tensor store: multiprocessing.shared_memory segments
+TENSOR_STORE_REGION = f"{SHM_FOLDER}/psm_"  # PyTriton's tensor store: multiprocessing.shared_memory segments
 
 
 def process_group(pgid: int) -> list[int]:
@@ -259,10 +260,6 @@ def remove_shared_memory(prefix: str) -> list[str]:
         path.unlink(missing_ok=True)
         removed.append(path.name)
     return removed
-
-
-def _default(value: Any, default: Any) -> Any:
-    return default if value is None else value
 
 
 def triton_config_fields() -> set[str]:
