@@ -36,7 +36,7 @@ def test_triton_internals():
     assert callable(TritonConfig.from_env)
 
 
-def test_handshake_patch_applies_to_the_stub_files():
+def test_stub_patches_apply_to_the_stub_files():
     from tritonnb._pytriton import patched_proxy_files
 
     version_one = SimpleNamespace(model_version=1, SCRIPT_FILES_TO_COPY=Model.SCRIPT_FILES_TO_COPY)
@@ -44,6 +44,9 @@ def test_handshake_patch_applies_to_the_stub_files():
     text = files["file:1/communication.py"].decode()
     assert "except ConnectionRefusedError:" in text and "timeout_s: float = 30.0" in text
     compile(text, "communication.py", "exec")
+    model = files["file:1/model.py"].decode()
+    assert "__tritonnb_error__" in model and "pb_utils.TritonError(message)" in model
+    compile(model, "model.py", "exec")
 
 
 def test_model_and_tensor_store_internals():

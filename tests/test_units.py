@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -10,10 +11,11 @@ import torch
 
 from tritonnb.card import curl_command, example_shape
 from tritonnb.errors import OutputError, SignatureMismatch, SpecError
+from tritonnb.output_check import checked_outputs
 from tritonnb.perf import perf_analyzer_command
 from tritonnb.served_function import _calls_by_keyword
 from tritonnb.signature import ModelSpec, TensorSpec, as_specs, default_inputs, parse_spec
-from tritonnb.torch_bridge import outputs_to_numpy, resolve_device
+from tritonnb.torch_bridge import resolve_device
 
 
 @pytest.mark.parametrize(
@@ -53,18 +55,50 @@ def test_duplicate_names_are_rejected():
 
 def test_outputs_tensor_tuple_dict_and_casts():
     specs = [TensorSpec("a", "float32", (2,)), TensorSpec("b", "int64", (1,))]
-    out = outputs_to_numpy((torch.ones(1, 2, dtype=torch.float64), np.array([[3]], np.int32)), specs)
+    out = checked_outputs((torch.ones(1, 2, dtype=torch.float64), np.array([[3]], np.int32)), specs, 1)
     assert out["a"].dtype == np.float32 and out["b"].dtype == np.int64
-    assert outputs_to_numpy({"b": [[1]], "a": torch.zeros(1, 2)}, specs)["b"].tolist() == [[1]]
+    assert checked_outputs({"b": [[1]], "a": torch.zeros(1, 2)}, specs, 1)["b"].tolist() == [[1]]
     single = [TensorSpec("y", "float32", (1,))]
-    assert outputs_to_numpy(torch.ones(1, 1, dtype=torch.bfloat16), single)["y"].dtype == np.float32
-    assert outputs_to_numpy((torch.ones(1, 1),), single)["y"].shape == (1, 1)
+    assert checked_outputs(torch.ones(1, 1, dtype=torch.bfloat16), single, 1)["y"].dtype == np.float32
+    assert checked_outputs((torch.ones(1, 1),), single, 1)["y"].shape == (1, 1)
+    small = [TensorSpec("y", "int8", (-1,))]
+    assert checked_outputs(torch.tensor([[1, -2, 127]]), small, 1)["y"].dtype == np.int8  # int64 values that fit
+    with pytest.raises(OutputError, match="int64 values from -2 to 300 do not fit int8"):
+        checked_outputs(torch.tensor([[1, -2, 300]]), small, 1)
     with pytest.raises(OutputError, match="cannot be safely cast"):
-        outputs_to_numpy(torch.ones(1, 1), [TensorSpec("y", "int32", (1,))])
+        checked_outputs(torch.ones(1, 1), [TensorSpec("y", "int32", (1,))], 1)
     with pytest.raises(OutputError, match="returned 1 values but 2"):
-        outputs_to_numpy((torch.ones(1),), specs)
+        checked_outputs((torch.ones(1),), specs, 1)
     with pytest.raises(OutputError, match="missing"):
-        outputs_to_numpy({"a": torch.ones(1)}, specs)
+        checked_outputs({"a": torch.ones(1)}, specs, 1)
+    with pytest.raises(OutputError, match="unexpected"):
+        checked_outputs({"a": torch.ones(1, 2), "b": torch.ones(1, 1), "c": 1}, specs, 1)
+    with pytest.raises(OutputError, match="output 'y' is None; declared float32"):
+        checked_outputs(None, single, 1)
+
+
+@pytest.mark.parametrize(
+    ("dims", "batch", "shape", "fits"),
+    [
+        ((4,), 3, (3, 4), True),
+        ((4,), 3, (1, 4), False),  # batch size differs from the request's
+        ((4,), 1, (1, 2), False),  # per-sample dims differ
+        ((-1, 2), 2, (2, 7, 2), True),  # -1 matches any size
+        ((-1, 2), 2, (2, 7), False),  # a dim missing
+        ((4,), None, (4,), True),  # a model without batching: no batch dim
+        ((4,), None, (1, 4), False),
+        ((1,), 5, (), False),  # a scalar
+    ],
+)
+def test_output_shapes_are_checked_against_the_declaration(dims, batch, shape, fits):
+    spec = [TensorSpec("y", "float32", dims)]
+    if fits:
+        assert checked_outputs(np.zeros(shape, np.float32), spec, batch)["y"].shape == shape
+    else:
+        with pytest.raises(
+            OutputError, match=r"output 'y' is declared float32\[.*returned shape " + re.escape(str(list(shape)))
+        ):
+            checked_outputs(np.zeros(shape, np.float32), spec, batch)
 
 
 def test_call_styles():

@@ -32,6 +32,7 @@ from tritonnb.errors import (
     CellError,
     InputError,
     ModelError,
+    ModelTimeout,
     NoServerError,
     OutputError,
     PerfError,
@@ -56,6 +57,7 @@ __all__ = [
     "CellError",
     "InputError",
     "ModelError",
+    "ModelTimeout",
     "NoServerError",
     "OutputError",
     "PerfError",
@@ -124,6 +126,7 @@ def bind(
     instances: int = 1,
     device: str | None = None,
     warmup: int = 0,
+    timeout_s: float | None = None,
 ) -> ModelCard:
     """Serve ``fn`` as Triton model ``name`` (starting the server if needed); binding a name again hot-swaps it.
 
@@ -132,6 +135,11 @@ def bind(
     ``output:float32[-1]``. ``fn`` gets torch tensors on ``device`` (CUDA when available) and may return a tensor,
     a tuple or a dict of tensors or numpy arrays. ``warmup`` generated batches run through ``fn`` before Triton
     may route a request to it (and before a swap takes effect); a failing warm-up raises and changes nothing.
+
+    Every result is checked against the declared outputs (dtype, per-sample dims, batch size): a mismatch fails that
+    request with a message naming the output, and the other requests of its batch still get their results. With
+    ``timeout_s``, a request whose call takes longer gets an error; the call itself runs on (threads cannot be
+    killed), so the default is no timeout.
     """
     from tritonnb.card import ModelCard
 
@@ -146,10 +154,17 @@ def bind(
         instances=instances,
         device=device,
         warmup=warmup,
+        timeout_s=timeout_s,
     )
     slot = current.models[name]
     return ModelCard(
-        slot.spec, slot.device, current.http_url, current.grpc_url, result, getattr(fn, "__name__", "function")
+        slot.spec,
+        slot.device,
+        current.http_url,
+        current.grpc_url,
+        result,
+        getattr(fn, "__name__", "function"),
+        slot.timeout_s,
     )
 
 

@@ -1,10 +1,11 @@
 """The one place that touches PyTriton's private names (pinned to nvidia-pytriton 0.7.0).
 
-Two things live here:
+These live here:
 - ``ServerProcess``: PyTriton's ``Triton`` with tritonserver started in its own session (so "Interrupt kernel"
   cannot kill it), its output sent to a log sink instead of the user's cells, and the libpython fix.
 - ``Generation``: one loaded instance of a model: its own workspace (own sockets), a PyTriton ``Model`` proxy
   whose handlers run in this process, loaded through Triton's model-control API and retired on its own.
+- Patches to the stub files sent with each load: a handshake that survives a loaded machine, and per-request errors.
 
 ``tests/test_pytriton_contract.py`` pins the private names used below, so an upgrade fails loudly there first.
 """
@@ -27,6 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from pytriton.decorators import TritonContext
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.models.model import Model, ModelEvent
@@ -294,17 +296,40 @@ HANDSHAKE_PATCHES = (
 )
 
 
+# A response that carries only this output is sent to its own client as an error; the other requests of the same
+# batch get their results. PyTriton fails a whole batch when the callable raises; the stub's ``_wrap_response`` in the
+# copy of model.py sent to Triton is patched to turn this output into that request's error instead.
+ERROR_OUTPUT = "__tritonnb_error__"
+ERROR_RESPONSE_PATCHES = (
+    (
+        "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
+        "    if response.data is not None:\n",
+        "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
+        f"    if response.data is not None and {ERROR_OUTPUT!r} in response.data:\n"
+        f"        message = response.data[{ERROR_OUTPUT!r}].item(0).decode('utf-8', 'replace')\n"
+        "        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))\n"
+        "    if response.data is not None:\n",
+    ),
+)
+PROXY_PATCHES = {"communication.py": HANDSHAKE_PATCHES, "model.py": ERROR_RESPONSE_PATCHES}
+
+
+def error_response(message: str) -> dict[str, np.ndarray]:
+    """The response that fails one request of a batch with ``message`` (see ``ERROR_OUTPUT``)."""
+    return {ERROR_OUTPUT: np.array([message.encode("utf-8", "replace")], dtype=object)}
+
+
 def patched_proxy_files(files: dict[str, bytes]) -> dict[str, bytes]:
-    """PyTriton's stub files with the handshake fix applied to ``communication.py``."""
+    """PyTriton's stub files with ``PROXY_PATCHES`` applied."""
     patched = dict(files)
     for key, content in files.items():
-        if key.endswith("/communication.py"):
-            text = content.decode()
-            for old, new in HANDSHAKE_PATCHES:
-                if text.count(old) != 1:
-                    raise RuntimeError(f"PyTriton's communication.py changed: cannot apply {old.strip()!r}")
-                text = text.replace(old, new)
-            patched[key] = text.encode()
+        patches = PROXY_PATCHES.get(key.rsplit("/", 1)[-1], ())
+        text = content.decode()
+        for old, new in patches:
+            if text.count(old) != 1:
+                raise RuntimeError(f"PyTriton's {key} changed: cannot apply {old.strip()!r}")
+            text = text.replace(old, new)
+        patched[key] = text.encode()
     return patched
 
 

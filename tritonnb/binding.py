@@ -13,8 +13,8 @@ from typing import Protocol
 import numpy as np
 
 from tritonnb._pytriton import Generation
-from tritonnb.errors import BindError, ModelError, SpecError, WarmupError
-from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
+from tritonnb.errors import BindError, SpecError, WarmupError
+from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline, failure_of
 from tritonnb.signature import ModelSpec, sample_inputs
 
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
@@ -30,10 +30,9 @@ def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
     batch_size = spec.max_batch_size if spec.batched else None
     for number in range(1, batches + 1):
         request = SimpleNamespace(data=sample_inputs(spec.inputs, batch_size, rng))
-        try:
-            trampoline.handle([request])
-        except ModelError as error:
-            raise WarmupError(f"warm-up batch {number} of {batches} failed: {error}") from None
+        failure = failure_of(trampoline.handle([request])[0])
+        if failure is not None:
+            raise WarmupError(f"warm-up batch {number} of {batches} failed: {failure}")
 
 
 def retire_side_by_side(generations: list[Generation]) -> None:
@@ -106,6 +105,7 @@ class ModelSlot:
         self.spec = spec
         self.fn: Callable | None = None
         self.device = "cpu"
+        self.timeout_s: float | None = None
         self.binds = 0
         self.last_error: str | None = None
         self.loading = False  # True while a reload under this name is in progress (the old one still serves)
@@ -123,25 +123,28 @@ class ModelSlot:
         """The model's name in Triton."""
         return self.spec.name
 
-    def bind(self, fn: Callable, spec: ModelSpec, device: str, warmup: int = 0) -> BindResult:
+    def bind(
+        self, fn: Callable, spec: ModelSpec, device: str, warmup: int = 0, timeout_s: float | None = None
+    ) -> BindResult:
         """Serve ``fn`` under this slot's name: swap in place if the spec is unchanged, else reload.
 
         With ``warmup`` > 0 the function first runs that many generated batches; if one fails, nothing changes.
+        ``timeout_s``: a call that takes longer fails its requests (the function itself runs on).
         """
         started = time.perf_counter()
-        target = self._served(fn, spec, device)
+        target = self._served(fn, spec, device, timeout_s)
         warm_up(target, spec, warmup)
         with self._lock:
             if self._trampoline is not None and spec == self.spec and self.is_serving():
                 self._trampoline.target = target
-                self._record(fn, spec, device)
+                self._record(fn, spec, device, timeout_s)
                 action = "swapped"
             else:
                 action = "reloaded" if self._generation is not None else "loaded"
 
                 def load_and_record() -> None:
                     self._load(spec, target)
-                    self._record(fn, spec, device)
+                    self._record(fn, spec, device, timeout_s)
 
                 self.loading = True
                 try:
@@ -152,8 +155,8 @@ class ModelSlot:
                     self.loading = False
         return BindResult(action, time.perf_counter() - started)
 
-    def _record(self, fn: Callable, spec: ModelSpec, device: str) -> None:
-        self.spec, self.fn, self.device = spec, fn, device
+    def _record(self, fn: Callable, spec: ModelSpec, device: str, timeout_s: float | None) -> None:
+        self.spec, self.fn, self.device, self.timeout_s = spec, fn, device, timeout_s
         self.binds += 1
 
     def reload(self) -> None:
@@ -162,7 +165,7 @@ class ModelSlot:
             return
         with self._lock:
             self._drop_generation()
-            target = self._served(self.fn, self.spec, self.device)
+            target = self._served(self.fn, self.spec, self.device, self.timeout_s)
             run_to_the_end(lambda: self._load(self.spec, target))
 
     def unbind(self) -> None:
@@ -198,8 +201,8 @@ class ModelSlot:
         """Whether this process's side of the current generation is alive."""
         return self._generation is not None and self._generation.is_alive()
 
-    def _served(self, fn: Callable, spec: ModelSpec, device: str) -> ServedFunction:
-        return ServedFunction(fn, spec.name, spec.inputs, spec.outputs, device, self._record_error)
+    def _served(self, fn: Callable, spec: ModelSpec, device: str, timeout_s: float | None) -> ServedFunction:
+        return ServedFunction(fn, spec.name, spec.inputs, spec.outputs, device, self._record_error, timeout_s)
 
     def _load(self, spec: ModelSpec, target: ServedFunction) -> None:
         """Load a new generation and switch Triton and this slot to it (the previous one retires once quiet)."""

@@ -77,6 +77,7 @@ class ModelCard:
     grpc_url: str
     result: BindResult
     function_name: str
+    timeout_s: float | None = None
 
     @property
     def infer_url(self) -> str:
@@ -99,6 +100,10 @@ class ModelCard:
             return f"off; {s.instances} instance(s)"
         return f"dynamic, max batch {s.max_batch_size}, delay {s.batch_delay_us} µs; {s.instances} instance(s)"
 
+    def _checks(self) -> str:
+        timeout = "no timeout" if self.timeout_s is None else f"timeout {self.timeout_s:g} s per call"
+        return f"outputs checked against the declared dtypes and dims; {timeout}"
+
     def _summary(self) -> str:
         return (
             f"{self.result.action} {self.function_name}() as '{self.spec.name}' in {self.result.seconds * 1000:.0f} ms"
@@ -112,7 +117,8 @@ class ModelCard:
         )
         return (
             f"{self._summary()}\n  HTTP   {self.infer_url}\n  gRPC   {self.grpc_url.removeprefix('grpc://')}\n"
-            f"  device {self.device}; batching {self._batching()}\n{tensors}\n\ncurl:\n{self.curl}\n\n"
+            f"  device {self.device}; batching {self._batching()}\n  {self._checks()}\n{tensors}\n\n"
+            f"curl:\n{self.curl}\n\n"
             f"python:\n{self.python}"
         )
 
@@ -130,6 +136,7 @@ class ModelCard:
             f"<div>HTTP <code>{e(self.infer_url)}</code> &nbsp; gRPC <code>"
             f"{e(self.grpc_url.removeprefix('grpc://'))}</code></div>"
             f"<div>device <code>{e(self.device)}</code> &nbsp; batching {e(self._batching())}</div>"
+            f"<div>{e(self._checks())}</div>"
             f"<table><tr><th></th><th>name</th><th>dtype</th><th>dims</th></tr>{rows}</table>"
             f"<details><summary>curl</summary><pre>{e(self.curl)}</pre></details>"
             f"<details><summary>Python (tritonclient)</summary><pre>{e(self.python)}</pre></details></div>"

@@ -63,5 +63,9 @@ class OutputError(ModelError, TypeError):
     """A served function returned something that does not match its declared outputs."""
 
 
+class ModelTimeout(ModelError, TimeoutError):
+    """A served function did not return within its model's timeout (``--timeout-s``)."""
+
+
 class PerfError(TritonnbError, RuntimeError):
     """A load test could not run (the load generator failed, or the input data does not fit)."""

@@ -282,6 +282,12 @@ class TritonMagics(Magics):
     @argument("--instances", type=_positive, default=1, metavar="N", help="model instances (handler threads)")
     @argument("--device", metavar="cpu|cuda|cuda:K", help="where the tensors go (default: cuda if available)")
     @argument("--warmup", type=_non_negative, default=0, metavar="N", help="generated batches to run before serving")
+    @argument(
+        "--timeout-s",
+        type=_positive_float,
+        metavar="S",
+        help="a request whose call takes longer gets an error; the call runs on (default: no timeout)",
+    )
     def triton_model(self, line: str, cell: str) -> None:
         """Serve a function defined in this cell as a Triton model; running the cell again hot-swaps it."""
         from tritonnb.cell import run_cell_and_pick
@@ -308,6 +314,7 @@ class TritonMagics(Magics):
             instances=args.instances,
             device=args.device,
             warmup=args.warmup,
+            timeout_s=args.timeout_s,
         )
         display(card)
         if self._has_kernel():  # live widgets need a kernel with comms

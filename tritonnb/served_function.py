@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from tritonnb.errors import ModelError, SignatureMismatch
+from tritonnb._pytriton import ERROR_OUTPUT, error_response
+from tritonnb.errors import ModelError, ModelTimeout, OutputError, SignatureMismatch, SpecError
+from tritonnb.output_check import checked_outputs
 from tritonnb.signature import TensorSpec, parameters_of
-from tritonnb.torch_bridge import outputs_to_numpy, to_torch, torch_threads, use_torch_threads
+from tritonnb.torch_bridge import to_torch, torch_threads, use_torch_threads
 
 ErrorReporter = Callable[[str, str], None]
 
@@ -52,18 +54,29 @@ class ServedFunction:
         outputs: Sequence[TensorSpec],
         device: str,
         report_error: ErrorReporter,
+        timeout_s: float | None = None,
     ) -> None:
+        if timeout_s is not None and timeout_s <= 0:
+            raise SpecError(f"the timeout must be positive seconds, got {timeout_s}")
         self.fn = fn
         self.model_name = model_name
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.device = device
+        self.timeout_s = timeout_s
+        self.abandoned = 0  # calls that outlived the timeout (still running: a Python thread cannot be killed)
         self._by_keyword = _calls_by_keyword(fn, inputs)
         self._report_error = report_error
         self.torch_threads = torch_threads()  # the binding (kernel) thread's setting, applied in handler threads
 
-    def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the function on one (possibly batched) set of input arrays."""
+    def __call__(self, arrays: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
+        """Run the function on one set of input arrays (``batch`` samples, None for a model without batching) and
+        return its checked outputs; ModelError (OutputError, ModelTimeout) says what went wrong."""
+        if self.timeout_s is None:
+            return self._run(arrays, batch)
+        return self._run_within_timeout(arrays, batch)
+
+    def _run(self, arrays: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
         import torch
 
         try:
@@ -71,14 +84,49 @@ class ServedFunction:
             tensors = {s.name: to_torch(arrays[s.name], s, self.device) for s in self.inputs}
             with torch.inference_mode():
                 result = self.fn(**tensors) if self._by_keyword else self.fn(*tensors.values())
-            return outputs_to_numpy(result, self.outputs)
         except Exception as error:
             self._report_error(self.model_name, traceback.format_exc())
             raise ModelError(f"model {self.model_name!r} raised {type(error).__name__}: {error}") from None
+        try:
+            return checked_outputs(result, self.outputs, batch)
+        except OutputError as error:
+            message = f"model {self.model_name!r}: {error}"
+            self._report_error(self.model_name, message)
+            raise OutputError(message) from None
+
+    def _run_within_timeout(self, arrays: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
+        """Run on a thread of its own and give up waiting after ``timeout_s`` (the call itself runs on)."""
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append(self._run(arrays, batch))
+            except BaseException as error:
+                outcome.append(error)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"tritonnb-call-{self.model_name}", daemon=True).start()
+        if not done.wait(self.timeout_s):
+            self.abandoned += 1
+            message = (
+                f"model {self.model_name!r} did not return within its timeout of {self.timeout_s:g} s; "
+                f"the call was abandoned ({self.abandoned} so far) and runs on in the kernel"
+            )
+            self._report_error(self.model_name, message)
+            raise ModelTimeout(message)
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
 
 class Trampoline:
-    """The stable callable bound into Triton once per loaded generation; ``target`` is swapped in place."""
+    """The stable callable bound into Triton once per loaded generation; ``target`` is swapped in place.
+
+    A failure is sent to the request it belongs to: when a merged batch fails, each of its requests runs again on
+    its own, so one bad request does not fail the others batched with it.
+    """
 
     def __init__(self, target: ServedFunction, batched: bool) -> None:
         self.target = target
@@ -110,28 +158,36 @@ class Trampoline:
     def _handle(self, requests: list) -> list[dict[str, np.ndarray]]:
         target = self.target  # read once: a swap mid-batch must not mix two functions
         if not self.batched or len(requests) == 1:
-            return [self._checked(target, r.data, _batch_size(r.data)) for r in requests]
+            return [self._answer(target, r.data) for r in requests]
         sizes = [_batch_size(r.data) for r in requests]
         try:
             merged = {name: np.concatenate([r.data[name] for r in requests]) for name in requests[0].data}
         except ValueError:  # ragged per-sample shapes (-1 dims) cannot be merged: serve them one by one
-            return [self._checked(target, r.data, n) for r, n in zip(requests, sizes)]
-        result = self._checked(target, merged, sum(sizes))
+            return [self._answer(target, r.data) for r in requests]
+        try:
+            result = target(merged, sum(sizes))
+        except ModelTimeout as error:  # running each again would only multiply the wait
+            return [error_response(str(error)) for _ in requests]
+        except ModelError:
+            return [self._answer(target, r.data) for r in requests]
         responses, start = [], 0
         for size in sizes:  # views, like np.split's, but without its per-part overhead (~1 µs each)
             responses.append({name: array[start : start + size] for name, array in result.items()})
             start += size
         return responses
 
-    def _checked(self, target: ServedFunction, arrays: dict[str, np.ndarray], batch: int | None) -> dict:
-        result = target(arrays)
-        if self.batched and batch is not None:
-            wrong = {n: a.shape for n, a in result.items() if a.ndim == 0 or a.shape[0] != batch}
-            if wrong:
-                message = f"model {target.model_name!r}: outputs must keep the batch dim {batch}, got shapes {wrong}"
-                target._report_error(target.model_name, message)
-                raise ModelError(message)
-        return result
+    def _answer(self, target: ServedFunction, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One request's outputs, or the error response that fails that request alone."""
+        try:
+            return target(arrays, _batch_size(arrays) if self.batched else None)
+        except ModelError as error:
+            return error_response(str(error))
+
+
+def failure_of(response: dict[str, np.ndarray]) -> str | None:
+    """The error message of a response that fails its request, else None."""
+    error = response.get(ERROR_OUTPUT)
+    return None if error is None else error.item(0).decode("utf-8", "replace")
 
 
 def _batch_size(arrays: dict[str, Any]) -> int | None:

@@ -234,10 +234,12 @@ class Server:
         instances: int = 1,
         device: str | None = None,
         warmup: int = 0,
+        timeout_s: float | None = None,
     ) -> BindResult:
         """Serve ``fn`` as model ``name``; calling it again with the same name hot-swaps it.
 
         ``warmup`` batches, generated from the inputs, run through ``fn`` before Triton may route a request to it.
+        ``timeout_s``: requests whose call of ``fn`` takes longer get an error (the call itself runs on).
         """
         if self.state != "READY":
             raise NoServerError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
@@ -259,7 +261,7 @@ class Server:
             )
             self.models[name] = slot
         try:
-            return slot.bind(fn, spec, resolved_device, warmup)
+            return slot.bind(fn, spec, resolved_device, warmup, timeout_s)
         except BaseException:
             if slot.fn is None:  # never served: forget it
                 self.models.pop(name, None)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from tritonnb.errors import OutputError, SpecError
+from tritonnb.errors import SpecError
 from tritonnb.signature import DTYPES, TensorSpec
 
 
@@ -77,8 +76,10 @@ def to_torch(array: np.ndarray, spec: TensorSpec, device: str) -> Any:
 
 
 def host_array(value: Any, dtype: str) -> np.ndarray:
-    """A torch tensor (any device), numpy array, list or scalar as a host array of ``dtype`` (a spec dtype name);
-    TypeError when that would lose information (e.g. float to int)."""
+    """A torch tensor (any device), numpy array, list or scalar as a host array of ``dtype`` (a spec dtype name).
+
+    TypeError when that would change values beyond float rounding: float to int, or integers that do not fit.
+    """
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         value = value.detach()
         if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16: widen in torch, cast below
@@ -87,43 +88,15 @@ def host_array(value: Any, dtype: str) -> np.ndarray:
     if dtype == "bytes":
         items = np.asarray(value, dtype=object)
         return np.vectorize(lambda v: v.encode() if isinstance(v, str) else bytes(v), otypes=[object])(items)
-    target = DTYPES[dtype][0]
+    target = np.dtype(DTYPES[dtype][0])
     array = np.asarray(value)
-    if array.dtype != target:
-        if not np.can_cast(array.dtype, target, casting="same_kind"):
-            raise TypeError(f"{array.dtype} cannot be safely cast to {dtype}")
-        array = array.astype(target)
-    return array
-
-
-def _to_numpy(value: Any, spec: TensorSpec) -> np.ndarray:
-    try:
-        return host_array(value, spec.dtype)
-    except TypeError as error:
-        raise OutputError(f"output {spec.name!r}: {error}") from None
-
-
-def outputs_to_numpy(result: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Map a function's return value (tensor, tuple/list, or dict) onto the declared outputs, as host arrays."""
-    names = [s.name for s in specs]
-    if isinstance(result, Mapping):
-        missing = [n for n in names if n not in result]
-        extra = [str(k) for k in result if k not in names]
-        if missing or extra:
-            raise OutputError(
-                f"returned dict keys {sorted(map(str, result))} do not match declared outputs {names}"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; unexpected {extra}" if extra else "")
-            )
-        values = [result[n] for n in names]
-    elif isinstance(result, tuple) or (isinstance(result, list) and len(specs) > 1):
-        if len(result) != len(specs):
-            raise OutputError(f"returned {len(result)} values but {len(specs)} outputs are declared: {names}")
-        values = list(result)
-    else:
-        if len(specs) != 1:
-            raise OutputError(
-                f"returned one value but {len(specs)} outputs are declared: {names}; return a tuple or dict"
-            )
-        values = [result]
-    return {spec.name: _to_numpy(value, spec) for spec, value in zip(specs, values)}
+    source = array.dtype
+    if source == target:
+        return array
+    if source.kind in "iu" and target.kind in "iu":  # narrowing or a change of sign: only values that fit
+        info = np.iinfo(target)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise TypeError(f"{source} values from {array.min()} to {array.max()} do not fit {dtype}")
+    elif not np.can_cast(source, target, casting="same_kind"):
+        raise TypeError(f"{source} cannot be safely cast to {dtype}")
+    return array.astype(target)

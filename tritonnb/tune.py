@@ -100,7 +100,7 @@ def tune(
         raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
     slot = server.models[name]
     original = slot.spec
-    fn, device = slot.fn, slot.device
+    fn, device, timeout_s = slot.fn, slot.device, slot.timeout_s
     grid = configurations(max_batch_sizes, delays_us, instances)
     rows: list[dict[str, Any]] = []
 
@@ -114,6 +114,7 @@ def tune(
             batch_delay_us=delay,
             instances=count,
             device=device,
+            timeout_s=timeout_s,
         )
 
     try:
