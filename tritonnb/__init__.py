@@ -82,15 +82,17 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def start(**options: Any) -> Server:
+def start(restart_on_crash: bool = True, **options: Any) -> Server:
     """Start the background Triton server, or return the running one.
 
     Options: ``http_port``, ``grpc_port``, ``metrics_port``, ``public``, ``log_verbose`` and any other
     ``pytriton.triton.TritonConfig`` field. Precedence: argument > ``PYTRITON_TRITON_CONFIG_*`` > default.
+    If tritonserver exits without being asked, it is started again on the same ports with every model bound again
+    (after 3 exits within 60 s it gives up and says so); ``restart_on_crash=False`` turns that off.
     """
     from tritonnb import session
 
-    return session.start(**options)
+    return session.start(restart_on_crash=restart_on_crash, **options)
 
 
 def stop() -> float | None:

@@ -42,9 +42,17 @@ from tritonnb.signature import TensorSpec
 
 LOGGER = logging.getLogger("tritonnb")
 LogSink = Callable[[str], None]
+ExitHandler = Callable[[int], None]  # gets the exit code; negative: killed by that signal
 PR_SET_PDEATHSIG = 1
 # tritonserver logs this on SIGINT once no inference is in flight; from then on nothing is lost by ending it
 NO_INFERENCE_IN_FLIGHT = "All models are stopped"
+# tritonserver logs these once it listens on an endpoint: proof that the port answering is its own, not another
+# server's that took the port first (two kernels starting at once), which a health check alone cannot tell apart
+SERVICE_STARTED = {
+    "grpc": "Started GRPCInferenceService at ",
+    "http": "Started HTTPService at ",
+    "metrics": "Started Metrics Service at ",
+}
 # Triton's auto-complete starts (and stops) an extra python backend stub per load just to ask a model.py that has
 # nothing to add; PyTriton sends a complete config, so skipping it saves about 1.3 s per load on this machine
 EXTRA_ARGS = ("--disable-auto-complete-config",)
@@ -59,13 +67,17 @@ def _libc() -> ctypes.CDLL:
 class _DetachedTritonServer(TritonServer):
     """tritonserver in a session of its own, output to a sink, libpython of this interpreter first, fast stop."""
 
-    def __init__(self, *, log_sink: LogSink, exit_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *, log_sink: LogSink, exit_timeout_s: float, on_unexpected_exit: ExitHandler, **kwargs: Any
+    ) -> None:
         super().__init__(verbose=False, **kwargs)
         self._log_sink = log_sink
+        self._on_unexpected_exit = on_unexpected_exit
         self._exit_timeout_s = exit_timeout_s
         self._nothing_in_flight = threading.Event()
         self._stop_requested = False
         self.stopped_gracefully = False
+        self.listening: set[str] = set()  # endpoints (see SERVICE_STARTED) this tritonserver has said it listens on
         self.model_copies: set[pathlib.Path] = set()  # seen while serving: still ours to remove after a crash
 
     def start(self) -> None:
@@ -81,6 +93,7 @@ class _DetachedTritonServer(TritonServer):
 
         self._nothing_in_flight.clear()
         self._stop_requested = False
+        self.listening = set()
         command = sh.Command(self._server_path.as_posix())
         self._tritonserver_running_cmd = command(
             *self._server_config.to_args_list(),
@@ -130,14 +143,21 @@ class _DetachedTritonServer(TritonServer):
             self.model_copies |= model_copies_of(process_group(command.pid))
 
     def _handle_exit(self, command: Any, success: bool, exit_code: int) -> None:
-        """PyTriton's exit handler; an exit we asked for (SIGKILL after SIGINT) is no failure worth a warning."""
+        """PyTriton's exit handler (which also ends the stubs, through ``stop``), then ours for an exit nobody asked
+        for; an exit we asked for (SIGKILL after SIGINT) is no failure worth a warning."""
+        unexpected = not self._stop_requested
         super()._handle_exit(command, success or self._stop_requested, exit_code)
+        if unexpected:
+            self._on_unexpected_exit(exit_code)
 
     def _record_logs(self, line: bytes | str) -> None:
         if isinstance(line, bytes):
             line = line.decode("utf-8", errors="replace")
         if NO_INFERENCE_IN_FLIGHT in line:
             self._nothing_in_flight.set()
+        for endpoint, started in SERVICE_STARTED.items():
+            if started in line:
+                self.listening.add(endpoint)
         self._log_sink(line)
 
     def _get_env(self) -> dict:
@@ -151,8 +171,11 @@ class _DetachedTritonServer(TritonServer):
 class ServerProcess(Triton):
     """PyTriton's ``Triton`` with the detached, quiet tritonserver above. Models are loaded by ``Generation``."""
 
-    def __init__(self, config: TritonConfig, workspace: pathlib.Path, log_sink: LogSink) -> None:
+    def __init__(
+        self, config: TritonConfig, workspace: pathlib.Path, log_sink: LogSink, on_unexpected_exit: ExitHandler
+    ) -> None:
         self._log_sink = log_sink
+        self._on_unexpected_exit = on_unexpected_exit
         super().__init__(
             config=config,
             workspace=workspace,
@@ -168,6 +191,7 @@ class ServerProcess(Triton):
             config=self._triton_server_config,
             log_sink=self._log_sink,
             exit_timeout_s=float(30 if exit_timeout is None else exit_timeout),
+            on_unexpected_exit=self._on_unexpected_exit,
         )
 
     def launch(self) -> None:
@@ -199,6 +223,11 @@ class ServerProcess(Triton):
     def stopped_gracefully(self) -> bool:
         """Whether the last stop saw Triton report that no inference was in flight before ending it."""
         return self._triton_server is not None and self._triton_server.stopped_gracefully
+
+    @property
+    def listening(self) -> set[str]:
+        """The endpoints (``http``, ``grpc``, ``metrics``) tritonserver has said it listens on."""
+        return self._triton_server.listening if self._triton_server is not None else set()
 
     def process_alive(self) -> bool:
         """Whether the tritonserver process is running."""

@@ -13,8 +13,8 @@ from typing import Protocol
 import numpy as np
 
 from tritonnb._pytriton import Generation
-from tritonnb.errors import BindError, SpecError, WarmupError
-from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline, failure_of
+from tritonnb.errors import BindError, ModelError, SpecError, WarmupError
+from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
 from tritonnb.signature import ModelSpec, sample_inputs
 
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
@@ -30,9 +30,10 @@ def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
     batch_size = spec.max_batch_size if spec.batched else None
     for number in range(1, batches + 1):
         request = SimpleNamespace(data=sample_inputs(spec.inputs, batch_size, rng))
-        failure = failure_of(trampoline.handle([request])[0])
-        if failure is not None:
-            raise WarmupError(f"warm-up batch {number} of {batches} failed: {failure}")
+        try:
+            trampoline.handle([request])
+        except ModelError as error:
+            raise WarmupError(f"warm-up batch {number} of {batches} failed: {error}") from None
 
 
 def retire_side_by_side(generations: list[Generation]) -> None:

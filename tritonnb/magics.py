@@ -193,6 +193,11 @@ class TritonMagics(Magics):
         argument("--metrics-port", type=_port, metavar="N", help="metrics port (default: 8002, or the next free one)"),
         argument("--public", action="store_true", help="bind all interfaces, not only 127.0.0.1"),
         argument("--log-verbose", type=_non_negative, metavar="N", help="Triton's log verbosity (0: off)"),
+        argument(
+            "--no-restart",
+            action="store_true",
+            help="do not restart tritonserver when it exits by itself (default: restart, bind every model again)",
+        ),
     )
     @subcommand("stop", "stop Triton and every model")
     @subcommand("restart", "restart Triton on the same ports and bind every model again")
@@ -410,9 +415,14 @@ class TritonMagics(Magics):
         return reference
 
     def _start(self, args: argparse.Namespace | None) -> Any:
-        options = {}
+        options: dict[str, Any] = {}
         if args is not None:
-            options = {k: v for k, v in vars(args).items() if k != "command" and v is not None and v is not False}
+            options = {
+                k: v
+                for k, v in vars(args).items()
+                if k not in ("command", "no_restart") and v is not None and v is not False
+            }
+            options["restart_on_crash"] = not args.no_restart
         if tritonnb.server() is not None:
             raise UsageError("a Triton server already runs; %triton stop it first to change its options")
         server = tritonnb.start(**options)
@@ -420,7 +430,7 @@ class TritonMagics(Magics):
             print(f"note: {note}")
         print(
             f"Triton {server.version} ready: HTTP {server.http_url}, gRPC {server.grpc_url.removeprefix('grpc://')}"
-            f", metrics {server.metrics_url}"
+            f", metrics {server.metrics_url}" + ("" if server.supervisor.enabled else "; restart on crash: off")
         )
         return server
 

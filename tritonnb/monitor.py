@@ -75,8 +75,9 @@ class Snapshot:
     time: float
     http_url: str
     metrics_url: str
-    state: str  # READY, NOT READY, DOWN or STOPPED
+    state: str  # READY, NOT READY, RECOVERING, DOWN or STOPPED
     reason: str = ""
+    recovery: str = ""  # what crash recovery did last (our own server only)
     live: bool = False
     ready: bool = False
     version: str = ""
@@ -110,10 +111,16 @@ class Monitor:
         target = self.target
         server = target.server
         snapshot = Snapshot(time=now, http_url=target.http_url, metrics_url=target.metrics_url, state="DOWN")
-        if server is not None and server.state in ("STOPPED", "DOWN"):
+        if server is not None:
+            snapshot.recovery = server.supervisor.summary()
+        if server is not None and server.state in ("STOPPED", "DOWN", "RECOVERING"):
             snapshot.state = server.state
-            snapshot.reason = "stopped with %triton stop" if server.state == "STOPPED" else "tritonserver exited"
-            snapshot.log_tail = server.logs(12) if server.state == "DOWN" else ""
+            snapshot.reason = {
+                "STOPPED": "stopped with %triton stop",
+                "DOWN": "tritonserver exited",
+                "RECOVERING": "tritonserver exited; starting it again and binding every model again",
+            }[server.state]
+            snapshot.log_tail = server.logs(12) if server.state != "STOPPED" else ""
             snapshot.models = {n: self._unavailable(n) for n in list(server.models)}
             return snapshot
         try:

@@ -27,6 +27,14 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     if status["public"]:
         lines.append("  listening on all interfaces")
+    restart = "on" if status["restart_on_crash"] else "off"
+    lines.append(f"  restart on crash: {restart}; restarts so far: {status['restarts']}")
+    if status["recovery"]:
+        lines.append(f"  {status['recovery']}")
+    if status["crashes"]:
+        last = status["crashes"][-1]
+        lines.append("  last log lines before the last crash:")
+        lines += ["    " + line for line in last["log_tail"].splitlines()[-5:]]
     lines.append("models:")
     lines += ["  " + line for line in format_models(status).splitlines()]
     return "\n".join(lines)

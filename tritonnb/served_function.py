@@ -145,11 +145,19 @@ class Trampoline:
         return [lambda requests: self.handle(requests) for _ in range(instances)]
 
     def handle(self, requests: list) -> list[dict[str, np.ndarray]]:
-        """PyTriton's request-list interface: merge a dynamic batch, call the target once, split the result."""
+        """PyTriton's request-list interface: merge a dynamic batch, call the target once, split the result.
+
+        When every request failed the same way, that is raised instead: Triton counts a raised batch as failed in its
+        statistics and metrics, but a per-request error response as a success.
+        """
         with self._count_lock:
             self._in_flight += 1
         try:
-            return self._handle(requests)
+            responses = self._handle(requests)
+            failures = {failure_of(r) for r in responses}
+            if len(failures) == 1 and None not in failures:
+                raise ModelError(failures.pop())
+            return responses
         finally:
             with self._count_lock:
                 self._in_flight -= 1

@@ -22,23 +22,30 @@ from pytriton.triton import TritonConfig
 from tritonnb import state
 from tritonnb._pytriton import Generation, ServerProcess
 from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
-from tritonnb.errors import BindError, NoServerError, ServerStartError, SpecError, UnknownModelError
+from tritonnb.errors import BindError, NoServerError, PortBusyError, ServerStartError, SpecError, UnknownModelError
 from tritonnb.http_get import answers_ok, get_json
 from tritonnb.leftovers import record_owner, remove_leftovers
 from tritonnb.server_log import ServerLog
 from tritonnb.settings import ServerSettings, resolve_settings
 from tritonnb.signature import DEFAULT_OUTPUT, ModelSpec, TensorSpec, as_specs, default_inputs
+from tritonnb.supervisor import Supervisor
 from tritonnb.torch_bridge import resolve_device
 
 STARTUP_TIMEOUT_S = 120.0
+START_ATTEMPTS = 3  # a port picked as free can be taken before tritonserver binds it (a second kernel starting)
+EXIT_WAIT_S = 30.0  # at interpreter exit, how long a stop waits for a recovery in progress
 HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
 GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 
 
 class Server:
-    """A background tritonserver owned by this process, and the models it serves for us."""
+    """A background tritonserver owned by this process, and the models it serves for us.
 
-    def __init__(self, settings: ServerSettings) -> None:
+    If tritonserver exits without being asked (OOM killer, a crash, a stray kill), it is started again on the same
+    ports and every model is bound again, unless ``restart_on_crash`` is False (see ``tritonnb.supervisor``).
+    """
+
+    def __init__(self, settings: ServerSettings, restart_on_crash: bool = True) -> None:
         self.settings = settings
         self.models: dict[str, ModelSlot] = {}
         remove_leftovers(PYTRITON_HOME, HOME_PREFIX)
@@ -53,12 +60,18 @@ class Server:
         self._process: ServerProcess | None = None
         self._stopped = False
         self._finishing: threading.Thread | None = None
+        self._lifecycle = threading.RLock()  # one of start, bind, unbind, restart, recovery or stop at a time
         atexit.register(self._stop_at_exit)
+        self.supervisor = Supervisor(
+            self._recover, self._is_down, lambda: self.log.tail(15), self.log.write, enabled=restart_on_crash
+        )
         try:
-            self._launch()
+            with self._lifecycle:
+                self._launch()
         except BaseException:
             self.stop()
             raise
+        self.supervisor.watch()
 
     # -- endpoints -------------------------------------------------------------------------------------
     @property
@@ -90,9 +103,11 @@ class Server:
     # -- lifecycle -------------------------------------------------------------------------------------
     @property
     def state(self) -> str:
-        """``READY``, ``DOWN`` (tritonserver died) or ``STOPPED``."""
+        """``READY``, ``RECOVERING`` (restarting after a crash), ``DOWN`` (tritonserver died) or ``STOPPED``."""
         if self._stopped:
             return "STOPPED"
+        if self.supervisor.recovering:
+            return "RECOVERING"
         return "READY" if self._process is not None and self._process.process_alive() else "DOWN"
 
     @property
@@ -103,14 +118,19 @@ class Server:
     def _launch(self) -> None:
         self.log.write(f"[tritonnb] starting tritonserver with {json.dumps(self.settings.config, default=str)}")
         workspace = self.home / f"triton-{secrets.token_hex(2)}"
-        self._process = ServerProcess(TritonConfig(**self.settings.config), workspace, self.log.write)
+        self._process = ServerProcess(
+            TritonConfig(**self.settings.config), workspace, self.log.write, self.supervisor.notice_exit
+        )
         record_owner(self.home, self._process.shm_prefix)  # so a later start can clean up after a kill -9
         self._process.launch()
         _import_torch()  # every bind needs torch: import it while tritonserver starts, not after
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not self._all_endpoints_answer():
             if not self._process.process_alive():
-                raise ServerStartError(f"tritonserver exited during start-up. Last log lines:\n{self.log.tail(15)}")
+                tail = self.log.tail(15)
+                if "already in use" in tail:
+                    raise PortBusyError(f"a port was taken while tritonserver started. Last log lines:\n{tail}")
+                raise ServerStartError(f"tritonserver exited during start-up. Last log lines:\n{tail}")
             if time.monotonic() > deadline:
                 raise ServerStartError(f"tritonserver not ready after {STARTUP_TIMEOUT_S:.0f} s:\n{self.log.tail(15)}")
             time.sleep(0.02)
@@ -119,10 +139,13 @@ class Server:
             self.version = get_json(f"{self.http_url}/v2")["version"]
 
     def _all_endpoints_answer(self) -> bool:
-        """HTTP ready, metrics served (unless turned off) and gRPC ready: Triton starts them one after another."""
+        """HTTP ready, metrics served (unless turned off) and gRPC ready: Triton starts them one after another.
+        Each must also be one tritonserver said it listens on: a port can answer for another kernel's server."""
         metrics_on = self.settings.config.get("allow_metrics") is not False
+        assert self._process is not None
         return (
-            answers_ok(f"{self.http_url}/v2/health/ready")
+            {"http", "grpc", *(["metrics"] if metrics_on else [])} <= self._process.listening
+            and answers_ok(f"{self.http_url}/v2/health/ready")
             and (not metrics_on or answers_ok(self.metrics_url))
             and self._grpc_ready()
         )
@@ -176,17 +199,25 @@ class Server:
         if self._stopped:
             return 0.0
         started = time.perf_counter()
-        self._stopped = True
-        atexit.unregister(self._stop_at_exit)
+        self.supervisor.close()
+        locked = self._lifecycle.acquire(timeout=-1 if in_background else EXIT_WAIT_S)  # a recovery may be busy
         try:
-            self._end_process()
+            if self._stopped:
+                return 0.0
+            self._stopped = True
+            atexit.unregister(self._stop_at_exit)
+            try:
+                self._end_process()
+            finally:
+                generations = self._take_generations()
+                if in_background:
+                    self._finishing = threading.Thread(target=self._clean_up, args=(generations,), name="tritonnb-stop")
+                    self._finishing.start()
+                else:
+                    self._clean_up([])
         finally:
-            generations = self._take_generations()
-            if in_background:
-                self._finishing = threading.Thread(target=self._clean_up, args=(generations,), name="tritonnb-stop")
-                self._finishing.start()
-            else:
-                self._clean_up([])
+            if locked:
+                self._lifecycle.release()
         return time.perf_counter() - started
 
     def _clean_up(self, generations: list[Generation]) -> None:
@@ -198,9 +229,30 @@ class Server:
             shutil.rmtree(self.sockets, ignore_errors=True)
 
     def restart(self) -> float:
-        """Stop and start tritonserver on the same ports, and bind every model again."""
-        if self._stopped:
-            raise NoServerError("this server was stopped; start a new one with tritonnb.start()")
+        """Stop and start tritonserver on the same ports, and bind every model again (also after a crash loop)."""
+        with self._lifecycle:
+            if self._stopped:
+                raise NoServerError("this server was stopped; start a new one with tritonnb.start()")
+            self.supervisor.reset()
+            return self._relaunch()
+
+    def _is_down(self) -> bool:
+        """Whether tritonserver died and nobody is busy with the server (a restart by hand passes through DOWN)."""
+        if not self._lifecycle.acquire(blocking=False):
+            return False
+        try:
+            return self.state == "DOWN"
+        finally:
+            self._lifecycle.release()
+
+    def _recover(self) -> None:
+        """The supervisor's relaunch after tritonserver exited by itself."""
+        with self._lifecycle:
+            if self._stopped:
+                raise NoServerError("the server was stopped meanwhile")
+            self._relaunch()
+
+    def _relaunch(self) -> float:
         started = time.perf_counter()
         try:
             self._end_process()
@@ -241,8 +293,26 @@ class Server:
         ``warmup`` batches, generated from the inputs, run through ``fn`` before Triton may route a request to it.
         ``timeout_s``: requests whose call of ``fn`` takes longer get an error (the call itself runs on).
         """
-        if self.state != "READY":
-            raise NoServerError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
+        with self._lifecycle:  # waits for a recovery in progress
+            if self.state != "READY":
+                raise NoServerError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
+            return self._bind(
+                fn, name, inputs, outputs, max_batch_size, batch_delay_us, instances, device, warmup, timeout_s
+            )
+
+    def _bind(
+        self,
+        fn: Callable,
+        name: str,
+        inputs: Sequence[TensorSpec | str] | None,
+        outputs: Sequence[TensorSpec | str] | None,
+        max_batch_size: int,
+        batch_delay_us: int,
+        instances: int,
+        device: str | None,
+        warmup: int,
+        timeout_s: float | None,
+    ) -> BindResult:
         _check_name(name, self.sockets)
         input_specs = as_specs(inputs, "input") or default_inputs(fn)
         output_specs = as_specs(outputs, "output") or (DEFAULT_OUTPUT,)
@@ -269,13 +339,14 @@ class Server:
 
     def unbind(self, name: str) -> None:
         """Stop serving model ``name``; other models keep serving."""
-        slot = self.models.get(name)
-        if slot is None:
-            raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(self.models) or 'none'}")
-        try:
-            slot.unbind()
-        finally:  # its threads are retired either way; Triton may still list it if the unload failed
-            self.models.pop(name, None)
+        with self._lifecycle:
+            slot = self.models.get(name)
+            if slot is None:
+                raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(self.models) or 'none'}")
+            try:
+                slot.unbind()
+            finally:  # its threads are retired either way; Triton may still list it if the unload failed
+                self.models.pop(name, None)
 
     def model_states(self) -> dict[str, str]:
         """Each served model's state as Triton reports it (``READY`` or ``UNAVAILABLE``)."""
@@ -314,7 +385,7 @@ class Server:
         return self.log.tail(lines)
 
     def status(self) -> dict[str, Any]:
-        """State, URLs, version, uptime and models, as plain data."""
+        """State, URLs, version, uptime, crash recovery and models, as plain data."""
         states = self.model_states() if self.state == "READY" else {n: "UNAVAILABLE" for n in self.models}
         return {
             "state": self.state,
@@ -326,6 +397,10 @@ class Server:
             "metrics_url": self.metrics_url,
             "public": self.settings.public,
             "log_file": str(self.log.path),
+            "restart_on_crash": self.supervisor.enabled,
+            "restarts": self.supervisor.restarts,
+            "recovery": self.supervisor.summary(),
+            "crashes": [c.as_dict() for c in self.supervisor.crashes[-5:]],
             "models": {
                 name: {"state": states.get(name, "UNAVAILABLE"), "device": slot.device, "binds": slot.binds}
                 for name, slot in self.models.items()
@@ -364,15 +439,27 @@ def _check_name(name: str, sockets: pathlib.Path) -> None:
 
 
 # -- the process-wide server (held in tritonnb.state) ------------------------------------------------------
-def start(**options: Any) -> Server:
-    """Start the background server (see ``resolve_settings`` for options), or return the running one."""
+def start(restart_on_crash: bool = True, **options: Any) -> Server:
+    """Start the background server (see ``resolve_settings`` for options), or return the running one.
+
+    Ports left out are picked free; if one is taken before tritonserver binds it (another kernel starting at the
+    same moment), new ones are picked and it starts again.
+    """
     current = state.server
     if current is not None and current.state != "STOPPED":
-        if options:
+        if options or not restart_on_crash:
             raise ServerStartError(f"a server already runs at {current.http_url}; stop() it first to change options")
         return current
-    state.server = Server(resolve_settings(**options))
-    return state.server
+    attempt = 1
+    while True:
+        settings = resolve_settings(**options)
+        try:
+            state.server = Server(settings, restart_on_crash=restart_on_crash)
+            return state.server
+        except PortBusyError:
+            if not settings.picked_ports or attempt == START_ATTEMPTS:
+                raise
+            attempt += 1
 
 
 def stop() -> float | None:

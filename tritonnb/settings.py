@@ -30,6 +30,7 @@ class ServerSettings:
 
     config: dict[str, Any]
     notes: list[str]
+    picked_ports: list[str] = dataclasses.field(default_factory=list)  # endpoints whose port was not asked for
 
     def port(self, endpoint: str) -> int:
         """The port of ``http``, ``grpc`` or ``metrics``."""
@@ -121,10 +122,12 @@ def resolve_settings(
                     f"{endpoint} port {port} on {address} is already in use by another process; "
                     f"choose another (--{endpoint}-port) or leave it out to get a free one"
                 )
-        elif port in taken or not port_is_free(address, port):
-            free = next_free_port(address, port + 1, avoid=taken | {settings.port(e) for e in ENDPOINTS})
-            settings.notes.append(f"{endpoint} port {port} is busy; using {free} instead")
-            settings.config[key] = port = free
+        else:
+            settings.picked_ports.append(endpoint)
+            if port in taken or not port_is_free(address, port):
+                free = next_free_port(address, port + 1, avoid=taken | {settings.port(e) for e in ENDPOINTS})
+                settings.notes.append(f"{endpoint} port {port} is busy; using {free} instead")
+                settings.config[key] = port = free
         taken.add(port)
     if settings.public:
         settings.notes.append("listening on all interfaces: anyone who can reach this machine can call the models")

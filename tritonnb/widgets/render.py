@@ -10,6 +10,7 @@ STATE_COLOURS = {
     "READY": "#2e7d32",
     "NOT READY": "#ef6c00",
     "LOADING": "#ef6c00",
+    "RECOVERING": "#ef6c00",
     "DOWN": "#c62828",
     "UNAVAILABLE": "#c62828",
     "STOPPED": "#757575",
@@ -49,6 +50,8 @@ def health_html(snapshot: Snapshot) -> str:
     out = '<div class="tnb-health">' + " &nbsp;·&nbsp; ".join(parts) + "</div>"
     if snapshot.reason:
         out += f'<div class="tnb-reason" style="color:#c62828">{html.escape(snapshot.reason)}</div>'
+    if snapshot.recovery:
+        out += f'<div class="tnb-recovery" style="color:#ef6c00">{html.escape(snapshot.recovery)}</div>'
     if snapshot.log_tail:
         out += f'<pre class="tnb-log-tail" style="max-height:12em;overflow:auto">{html.escape(snapshot.log_tail)}</pre>'
     return out
@@ -162,8 +165,11 @@ def strip_html(name: str, snapshot: Snapshot | None) -> str:
     state = model.state if model else ("UNAVAILABLE" if snapshot.state == "READY" else snapshot.state)
     rate = _num(model.success_per_s) if model else "–"
     latency = _num(model.total_latency_ms, 2) if model else "–"
+    recovery = (
+        f' &nbsp;<small class="tnb-recovery">{html.escape(snapshot.recovery)}</small>' if snapshot.recovery else ""
+    )
     return (
         f'<span class="tnb-strip" data-model="{html.escape(name)}">{_badge(state, "tnb-model-state")} '
         f"&nbsp;{rate} req/s &nbsp;·&nbsp; {latency} ms &nbsp;·&nbsp; "
-        f"{model.success_total if model else 0} requests</span>"
+        f"{model.success_total if model else 0} requests{recovery}</span>"
     )

@@ -1,0 +1,158 @@
+"""Crash recovery on a real tritonserver: kill -9 it and every model answers again, with no user action."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone
+
+import tritonnb
+from tritonnb.monitor import Monitor, target_for
+from tritonnb.widgets import render
+
+ANSWER_DEADLINE_S = 60.0  # generous: how long recovery takes is measured by benchmarks/soak.py, not asserted here
+
+
+@pytest.fixture
+def served():
+    """A server on free ports with a batched and an unbatched model; stopped afterwards with nothing left."""
+    server = tritonnb.start(**port_ports(free_ports()))
+    tritonnb.bind(lambda x: x * 2, "double", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
+    tritonnb.bind(lambda x: x * 3, "triple", inputs=["x:float32[2]"], outputs=["y:float32[2]"], max_batch_size=0)
+    yield server
+    processes = process_tree(server.pid) if server.state == "READY" else []
+    tritonnb.stop()
+    assert wait_gone(processes) == []
+    assert server.wait_stopped()
+
+
+def _all_answer(server) -> bool:
+    try:
+        doubled = infer_json(server.http_url, "double", [fp32("x", [1, 2], [1, 2])], timeout=2)
+        tripled = infer_json(server.http_url, "triple", [fp32("x", [2], [1, 2])], timeout=2)
+    except OSError:
+        return False
+    return doubled == (200, _reply("double", [1, 2], [2, 4])) and tripled == (200, _reply("triple", [2], [3, 6]))
+
+
+def _reply(model: str, shape: list[int], data: list[float]) -> dict:
+    return {
+        "model_name": model,
+        "model_version": "1",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": shape, "data": data}],
+    }
+
+
+def _kill_and_wait_for_answers(server) -> psutil.Process:
+    """kill -9 tritonserver; return its (dead) process once every model answers again from a new one."""
+    killed = psutil.Process(server.pid)
+    old_tree = process_tree(server.pid)
+    os.kill(killed.pid, signal.SIGKILL)
+    deadline = time.monotonic() + ANSWER_DEADLINE_S
+    while not (server.pid != killed.pid and _all_answer(server)):
+        assert time.monotonic() < deadline, f"models did not answer again; state {server.state}:\n{server.logs(30)}"
+        time.sleep(0.1)
+    assert wait_gone(old_tree) == [], "the killed server's stubs outlived the recovery"
+    return killed
+
+
+def test_kill_9_restarts_on_the_same_ports_and_every_model_answers_again(served):
+    urls = (served.http_url, served.grpc_url, served.metrics_url)
+    old_prefix = served._process.shm_prefix
+    killed = _kill_and_wait_for_answers(served)
+    assert (served.http_url, served.grpc_url, served.metrics_url) == urls
+    status = served.status()
+    assert status["state"] == "READY" and status["restarts"] == 1 and status["restart_on_crash"]
+    crash = status["crashes"][-1]
+    assert crash["exit"] == "killed by SIGKILL" and crash["outcome"] == "restarted"
+    assert crash["recovered_in_s"] > 0 and crash["log_tail"]
+    assert "restarted after a crash 1×" in status["recovery"]
+    assert "tritonserver exited unexpectedly (killed by SIGKILL)" in served.logs(200)
+    assert not list(pathlib.Path("/dev/shm").glob(f"{old_prefix}*")), "the killed server's shared memory is left"
+    assert not killed.is_running() or killed.status() == psutil.STATUS_ZOMBIE
+    # the models are the user's functions, bound as before: a swap and a reload still work
+    assert tritonnb.bind(lambda x: x * 2, "double", inputs=["x:float32[2]"], outputs=["y:float32[2]"]).result.action
+    assert _all_answer(served)
+
+
+def test_crash_shows_in_status_text_panel_and_strip(served, capsys):
+    _kill_and_wait_for_answers(served)
+    from tritonnb.report import format_status
+
+    text = format_status(served.status())
+    assert "restart on crash: on; restarts so far: 1" in text and "killed by SIGKILL" in text
+    snapshot = Monitor(target_for(server=served)).poll()
+    assert snapshot.state == "READY" and "restarted after a crash 1×" in snapshot.recovery
+    assert "restarted after a crash" in render.health_html(snapshot)
+    assert "restarted after a crash" in render.strip_html("double", snapshot)
+
+
+def test_clients_under_load_get_answers_again_after_a_crash(served):
+    stop = threading.Event()
+    results: list[bool] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            results.append(_all_answer(served))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    _kill_and_wait_for_answers(served)
+    answered_before = len(results)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    after = results[answered_before:]
+    assert after and all(after), "requests failed after the recovery"
+    assert served.state == "READY"
+
+
+def test_a_crash_loop_gives_up_and_says_so_until_a_restart_by_hand(served):
+    _kill_and_wait_for_answers(served)
+    _kill_and_wait_for_answers(served)
+    last = served.pid
+    os.kill(last, signal.SIGKILL)  # the third exit within 60 s
+    deadline = time.monotonic() + ANSWER_DEADLINE_S
+    while not served.supervisor.gave_up:
+        assert time.monotonic() < deadline, served.logs(30)
+        time.sleep(0.1)
+    time.sleep(1.5)  # the supervisor would have restarted it by now
+    status = served.status()
+    assert status["state"] == "DOWN" and served.pid == last
+    assert "crash loop: tritonserver exited 3 times within 60 s" in status["recovery"]
+    assert status["crashes"][-1]["outcome"].startswith("gave up")
+    assert "crash loop" in served.logs(50)
+    served.restart()  # by hand: serving again, and the count starts over
+    assert _all_answer(served) and served.supervisor.gave_up is None
+    _kill_and_wait_for_answers(served)
+
+
+def test_no_restart_leaves_it_down_and_says_why(shell):
+    http, grpc, metrics = free_ports()
+    shell.run_line_magic("triton", f"start --no-restart --http-port {http} --grpc-port {grpc} --metrics-port {metrics}")
+    server = tritonnb.server()
+    try:
+        assert not server.supervisor.enabled
+        tritonnb.bind(lambda x: x * 2, "double", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
+        pid = server.pid
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + ANSWER_DEADLINE_S
+        while not server.supervisor.crashes:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.5)
+        assert server.state == "DOWN" and server.pid == pid
+        assert "restart on crash is off" in server.status()["recovery"]
+        server.restart()
+        assert infer_json(server.http_url, "double", [fp32("x", [1, 2], [1, 2])])[0] == 200
+    finally:
+        tritonnb.stop()

@@ -1,0 +1,160 @@
+"""Crash recovery: when tritonserver exits without being asked, start it again and bind every model again.
+
+A ``Supervisor`` thread per server waits for the exit (tritonserver's exit handler wakes it at once), records what
+happened, and asks the server to relaunch on the same ports. Several exits in a short window are a crash loop: it
+then stops trying, and says so, until the user restarts by hand.
+
+The relaunch runs on the supervisor's own thread, which lives as long as the server: tritonserver is set to die
+with the thread that started it (PR_SET_PDEATHSIG), so that thread must not end while the server runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+MAX_EXITS = 3  # this many unexpected exits ...
+WINDOW_S = 60.0  # ... within this many seconds are a crash loop: stop restarting
+RETRY_PAUSE_S = 1.0  # between a failed relaunch and the next try
+
+
+@dataclasses.dataclass
+class Crash:
+    """One unexpected exit of tritonserver and what recovery made of it."""
+
+    at: float  # time.time() of the exit
+    exit: str  # "killed by SIGKILL", "exit code 1"
+    log_tail: str
+    outcome: str = "restarting"  # then "restarted", "restart failed: ...", or "gave up: ..."
+    recovered_in_s: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain data, e.g. for ``status()``."""
+        return dataclasses.asdict(self)
+
+
+def describe_exit(exit_code: int | None) -> str:
+    """``killed by SIGKILL`` for a signal (negative codes, as the ``sh`` library reports them), else the code."""
+    if exit_code is None:
+        return "exited"
+    if exit_code < 0:
+        try:
+            return f"killed by {signal.Signals(-exit_code).name}"
+        except ValueError:
+            return f"killed by signal {-exit_code}"
+    return f"exit code {exit_code}"
+
+
+class Supervisor:
+    """Watches one server's tritonserver and relaunches it after an unexpected exit (when ``enabled``)."""
+
+    def __init__(
+        self,
+        relaunch: Callable[[], None],
+        is_down: Callable[[], bool],
+        log_tail: Callable[[], str],
+        write_log: Callable[[str], None],
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.crashes: list[Crash] = []
+        self.gave_up: str | None = None  # why it stopped restarting, until a restart by hand
+        self.recovering = False
+        self._relaunch = relaunch
+        self._is_down = is_down
+        self._log_tail = log_tail
+        self._write_log = write_log
+        self._exit_codes: list[int | None] = []
+        self._count_from = 0.0  # crashes before this time.time() do not count towards a crash loop
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tritonnb-supervisor", daemon=True)
+
+    def watch(self) -> None:
+        """Start watching (once tritonserver has started for the first time)."""
+        self._thread.start()
+
+    @property
+    def restarts(self) -> int:
+        """How many times tritonserver was restarted after a crash."""
+        return sum(c.outcome == "restarted" for c in self.crashes)
+
+    def notice_exit(self, exit_code: int | None) -> None:
+        """Called (from any thread) when tritonserver exited without being asked."""
+        self._exit_codes.append(exit_code)
+        self._wake.set()
+
+    def reset(self) -> None:
+        """Forget the crash-loop count (after the user restarted the server by hand)."""
+        self.gave_up = None
+        self._exit_codes.clear()
+        self._count_from = time.time()
+
+    def close(self) -> None:
+        """Stop watching (the server is stopping)."""
+        self._closed = True
+        self._wake.set()
+
+    def summary(self) -> str:
+        """One line for panels and status: what happened last, or "" if nothing did."""
+        if self.gave_up:
+            return self.gave_up
+        if not self.crashes:
+            return ""
+        last = self.crashes[-1]
+        when = time.strftime("%H:%M:%S", time.localtime(last.at))
+        restarted = f"restarted after a crash {self.restarts}×" if self.restarts else "crashed"
+        back = f", back in {last.recovered_in_s:.1f} s" if last.recovered_in_s is not None else ""
+        return f"{restarted}; last at {when}: {last.exit}, {last.outcome}{back}"
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(1.0)  # the exit handler wakes it; the timeout also catches an exit it did not report
+            self._wake.clear()
+            if self._closed:
+                return
+            if self._exit_codes or (self._is_down() and not self.gave_up and not self.recovering):
+                code = self._exit_codes[-1] if self._exit_codes else None
+                self._exit_codes.clear()
+                try:
+                    self._on_exit(code)
+                except Exception as error:  # this thread must live on: tritonserver dies with the thread it started
+                    self._write_log(f"[tritonnb] crash recovery failed: {type(error).__name__}: {error}")
+
+    def _on_exit(self, exit_code: int | None) -> None:
+        if self._closed:
+            return
+        crash = Crash(at=time.time(), exit=describe_exit(exit_code), log_tail=self._log_tail())
+        self.crashes.append(crash)
+        self._write_log(f"[tritonnb] tritonserver exited unexpectedly ({crash.exit})")
+        if not self.enabled:
+            crash.outcome = "not restarted (restart on crash is off)"
+            self.gave_up = f"tritonserver {crash.exit}; restart on crash is off: %triton restart to start it again"
+            return
+        recent = [c for c in self.crashes if c.at > max(crash.at - WINDOW_S, self._count_from)]
+        if len(recent) >= MAX_EXITS:
+            crash.outcome = f"gave up: {len(recent)} exits within {WINDOW_S:.0f} s"
+            self.gave_up = (
+                f"crash loop: tritonserver exited {len(recent)} times within {WINDOW_S:.0f} s (last: {crash.exit}); "
+                "not restarting it again: read %triton logs, then %triton restart"
+            )
+            self._write_log(f"[tritonnb] {self.gave_up}")
+            return
+        self.recovering = True
+        try:
+            self._relaunch()
+        except Exception as error:
+            crash.outcome = f"restart failed: {error}"
+            self._write_log(f"[tritonnb] restart after a crash failed: {error}")
+            time.sleep(RETRY_PAUSE_S)
+            if self._is_down():  # counts as another exit: tried again until the crash-loop guard stops it
+                self.notice_exit(None)
+        else:
+            crash.outcome = "restarted"
+            crash.recovered_in_s = time.time() - crash.at
+            self._write_log(f"[tritonnb] tritonserver restarted {crash.recovered_in_s:.1f} s after it exited")
+        finally:
+            self.recovering = False
