@@ -38,10 +38,6 @@ BILLION = 10**9
 WRAPS_TO_4 = 2**62 + 1  # [4, 2**62 + 1] has 2**64 + 4 elements: 4 once Triton's uint64 count wraps
 
 
-class KnownTritonBug(AssertionError):
-    """A failure that Triton 2.51 itself causes; the tests marked with it expect it (strict xfail)."""
-
-
 @pytest.fixture(scope="module")
 def models(triton: Server) -> Server:
     """``double`` (y = 2x), an untouched ``bystander`` (y = x + 1) and ``anylen`` (int8, any length) on the server."""
@@ -265,26 +261,26 @@ def test_grpc_raw_contents_that_lie_are_refused(models: Server, first_pid: int):
             assert_all_serve(models, first_pid)
 
 
-@pytest.mark.xfail(raises=KnownTritonBug, strict=True, reason="Triton 2.51: a wrapping shape kills the model's stub")
-def test_shape_whose_element_count_wraps_breaks_only_its_own_model(models: Server, first_pid: int):
+def test_shape_whose_element_count_wraps_kills_a_stub_and_only_its_model_is_loaded_again(
+    models: Server, first_pid: int
+):
     """[4, 2**62 + 1] FP32 counts 4 elements in Triton's uint64 arithmetic, so 4 data values pass its checks; the
-    python backend stub then aborts building the numpy array ("array is too big") and the model answers 500
-    "Stub process 'victim_0_0' is not healthy." to every later request, while Triton still calls it READY.
-    The server and the other models are unharmed (asserted); the victim's recovery is the known bug."""
+    python backend stub then aborts building the numpy array ("array is too big"), and Triton 2.51 would answer
+    "Stub process 'victim_0_0' is not healthy." to every later request while still calling the model READY.
+    tritonnb notices the dead stub and loads that model again; the server and the other models are unharmed."""
     tritonnb.bind(lambda x: x * 3, "victim", inputs=["x:float32[-1]"], outputs=["y:float32[-1]"], max_batch_size=8)
     good = [fp32("x", [1, 2], [1, 2])]
     assert infer_json(models.http_url, "victim", good)[1]["outputs"][0]["data"] == [3, 6]
     status, body = raw_post(models, "victim", body_of(tensor([4, WRAPS_TO_4], [1, 2, 3, 4])))
     assert status >= 400 and body.get("error"), body
     assert_all_serve(models, first_pid)
-    for _ in range(20):  # 10 s for a recovery, should anything restart the stub
-        status, body = infer_json(models.http_url, "victim", good)
-        if status == 200:
-            break
-        time.sleep(0.5)
-    if status != 200:
-        raise KnownTritonBug(f"the victim model does not recover: {status} {body}")
-    assert body["outputs"][0]["data"] == [3, 6]
+    deadline = time.monotonic() + TIMEOUT_S
+    while infer_json(models.http_url, "victim", good)[0] != 200:
+        assert time.monotonic() < deadline, models.logs(30)
+        time.sleep(0.2)
+    assert infer_json(models.http_url, "victim", good)[1]["outputs"][0]["data"] == [3, 6]
+    assert models.status()["models"]["victim"]["stub_restarts"] == 1
+    assert "model 'victim': a python backend stub died" in models.logs(200)
 
 
 DEEP_SCRIPT = """

@@ -126,6 +126,7 @@ def test_server_that_stops_answering_is_down_with_a_reason(served):
     _send(3)
     assert local.poll().models["double"].success_total == 3
     processes = process_tree(served.pid)
+    served.supervisor.enabled = False  # as with --no-restart: it stays down (recovery is tested in test_recovery)
     os.kill(served.pid, signal.SIGKILL)
     assert wait_gone(processes[:1]) == []
     time.sleep(0.3)
@@ -137,6 +138,11 @@ def test_server_that_stops_answering_is_down_with_a_reason(served):
     assert down.models["double"].state == "UNAVAILABLE"
     assert down.models["double"].success_total == 3  # the last known totals stay on show
     assert "DOWN" in render.health_html(down)
+    deadline = time.monotonic() + 10
+    while not served.supervisor.gave_up and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "restart on crash is off" in render.health_html(local.poll())
+    served.supervisor.enabled = True
     served.restart()
     assert local.poll().state == "READY" and remote.poll().state == "READY"
 

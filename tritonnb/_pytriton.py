@@ -12,9 +12,11 @@ These live here:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import functools
 import json
 import logging
@@ -79,6 +81,7 @@ class _DetachedTritonServer(TritonServer):
         self.stopped_gracefully = False
         self.listening: set[str] = set()  # endpoints (see SERVICE_STARTED) this tritonserver has said it listens on
         self.model_copies: set[pathlib.Path] = set()  # seen while serving: still ours to remove after a crash
+        self.stubs: dict[int, Stub] = {}  # the python backend stubs seen after the last load, by pid
 
     def start(self) -> None:
         """Start tritonserver like PyTriton does, plus ``_new_session=True`` and our log sink."""
@@ -135,12 +138,17 @@ class _DetachedTritonServer(TritonServer):
         for folder in self.model_copies:  # every load was noted: this covers the stubs that died before us too
             shutil.rmtree(folder, ignore_errors=True)
 
-    def remember_model_copies(self) -> None:
-        """Note the model-file folders of the stubs running now (after a load), so that a stop after a crash, when
-        the stubs are gone, can still remove them."""
+    def remember_stubs(self) -> None:
+        """Note the stubs running now (after a load): their model-file folders, so that a stop after a crash, when
+        the stubs are gone, can still remove them; and their pids, to notice a stub that dies."""
         command = self._tritonserver_running_cmd
         if command is not None:
-            self.model_copies |= model_copies_of(process_group(command.pid))
+            self.stubs = stubs_among(process_group(command.pid))
+            self.model_copies |= {stub.folder for stub in self.stubs.values() if stub.folder is not None}
+
+    def live_stubs(self) -> collections.Counter[str]:
+        """How many of the remembered stubs still run, by model name."""
+        return collections.Counter(stub.model for pid, stub in list(self.stubs.items()) if _running(pid))
 
     def _handle_exit(self, command: Any, success: bool, exit_code: int) -> None:
         """PyTriton's exit handler (which also ends the stubs, through ``stop``), then ours for an exit nobody asked
@@ -210,10 +218,14 @@ class ServerProcess(Triton):
         """The prefix of the python backend's shared-memory regions in ``/dev/shm``."""
         return self._python_backend_config["shm-region-prefix-name"]
 
-    def remember_model_copies(self) -> None:
-        """See ``_DetachedTritonServer.remember_model_copies``."""
+    def remember_stubs(self) -> None:
+        """See ``_DetachedTritonServer.remember_stubs``."""
         if self._triton_server is not None:
-            self._triton_server.remember_model_copies()
+            self._triton_server.remember_stubs()
+
+    def live_stubs(self) -> collections.Counter[str]:
+        """See ``_DetachedTritonServer.live_stubs``."""
+        return self._triton_server.live_stubs() if self._triton_server is not None else collections.Counter()
 
     def remove_shared_memory(self) -> list[str]:
         """Unlink the python backend's shared-memory regions a killed tritonserver could not remove itself."""
@@ -252,21 +264,40 @@ def process_group(pgid: int) -> list[int]:
     return members
 
 
-def model_copies_of(pids: Sequence[int]) -> set[pathlib.Path]:
-    """The temporary folders (``<tmp>/folderXXXXXX``) holding the model files the python backend stubs among these
-    processes run: Triton copies the files a load request carries there, and removes them on unload."""
-    folders = set()
+@dataclasses.dataclass(frozen=True)
+class Stub:
+    """A python backend stub process: the model it serves, and the temporary folder (``<tmp>/folderXXXXXX``) that
+    Triton copied that model's files to (it removes the folder on unload; None if elsewhere)."""
+
+    model: str
+    folder: pathlib.Path | None
+
+
+def stubs_among(pids: Sequence[int]) -> dict[int, Stub]:
+    """The python backend stubs among these processes, by pid (from their command lines)."""
+    stubs = {}
     temp = pathlib.Path(tempfile.gettempdir())
     for pid in pids:
         try:
-            argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub"):
-            folder = pathlib.Path(argv[1].decode(errors="replace")).parent.parent  # <folder>/<version>/model.py
-            if folder.parent == temp and folder.name.startswith("folder"):
-                folders.add(folder)
-    return folders
+        # stub <folder>/<version>/model.py <shm region> <sizes...> <parent pid> <backend dir> <...> <instance> <...>
+        if len(argv) > 8 and argv[0].endswith("triton_python_backend_stub"):
+            folder = pathlib.Path(argv[1]).parent.parent
+            model = argv[8].rsplit("_", 2)[0]  # instances are named <model>_<group>_<index>
+            copied = folder.parent == temp and folder.name.startswith("folder")
+            stubs[pid] = Stub(model, folder if copied else None)
+    return stubs
+
+
+def _running(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def shared_memory_mapped_by(pids: Sequence[int]) -> set[pathlib.Path]:

@@ -108,6 +108,7 @@ class ModelSlot:
         self.device = "cpu"
         self.timeout_s: float | None = None
         self.binds = 0
+        self.stub_restarts = 0  # loaded again after its python backend stub died
         self.last_error: str | None = None
         self.loading = False  # True while a reload under this name is in progress (the old one still serves)
         self._workspace = workspace

@@ -63,7 +63,12 @@ class Server:
         self._lifecycle = threading.RLock()  # one of start, bind, unbind, restart, recovery or stop at a time
         atexit.register(self._stop_at_exit)
         self.supervisor = Supervisor(
-            self._recover, self._is_down, lambda: self.log.tail(15), self.log.write, enabled=restart_on_crash
+            self._recover,
+            self._is_down,
+            lambda: self.log.tail(15),
+            self.log.write,
+            self._heal_models,
+            enabled=restart_on_crash,
         )
         try:
             with self._lifecycle:
@@ -252,6 +257,25 @@ class Server:
                 raise NoServerError("the server was stopped meanwhile")
             self._relaunch()
 
+    def _heal_models(self) -> None:
+        """Load again every model whose python backend stub died (unless the server is busy or not ready)."""
+        if not self._lifecycle.acquire(blocking=False):
+            return
+        try:
+            if self.state != "READY" or self._process is None:
+                return
+            alive = self._process.live_stubs()
+            for name, slot in list(self.models.items()):
+                if slot.is_serving() and not slot.loading and alive[name] < slot.spec.instances:
+                    self.log.write(f"[tritonnb] model {name!r}: a python backend stub died; loading the model again")
+                    try:
+                        slot.reload()
+                        slot.stub_restarts += 1
+                    except Exception as error:
+                        self.log.write(f"[tritonnb] model {name!r} could not be loaded again: {error}")
+        finally:
+            self._lifecycle.release()
+
     def _relaunch(self) -> float:
         started = time.perf_counter()
         try:
@@ -368,7 +392,7 @@ class Server:
         """Load (or reload) a model from a config and files; returns when it is ready."""
         with contextlib.closing(self._grpc()) as client:
             client.load_model(name, headers=self._grpc_headers(), config=config, files=files)
-        self._process.remember_model_copies()
+        self._process.remember_stubs()
 
     def unload_model(self, name: str) -> None:
         """Ask Triton to unload a model."""
@@ -402,7 +426,12 @@ class Server:
             "recovery": self.supervisor.summary(),
             "crashes": [c.as_dict() for c in self.supervisor.crashes[-5:]],
             "models": {
-                name: {"state": states.get(name, "UNAVAILABLE"), "device": slot.device, "binds": slot.binds}
+                name: {
+                    "state": states.get(name, "UNAVAILABLE"),
+                    "device": slot.device,
+                    "binds": slot.binds,
+                    "stub_restarts": slot.stub_restarts,
+                }
                 for name, slot in self.models.items()
             },
         }

@@ -2,7 +2,9 @@
 
 A ``Supervisor`` thread per server waits for the exit (tritonserver's exit handler wakes it at once), records what
 happened, and asks the server to relaunch on the same ports. Several exits in a short window are a crash loop: it
-then stops trying, and says so, until the user restarts by hand.
+then stops trying, and says so, until the user restarts by hand. Once a second it also lets the server check its
+models' python backend stubs: one that died (a request can make a stub abort) leaves its model answering "stub
+process is not healthy" forever while Triton still calls it ready, so that model is loaded again.
 
 The relaunch runs on the supervisor's own thread, which lives as long as the server: tritonserver is set to die
 with the thread that started it (PR_SET_PDEATHSIG), so that thread must not end while the server runs.
@@ -57,6 +59,7 @@ class Supervisor:
         is_down: Callable[[], bool],
         log_tail: Callable[[], str],
         write_log: Callable[[str], None],
+        heal_models: Callable[[], None],
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
@@ -67,6 +70,7 @@ class Supervisor:
         self._is_down = is_down
         self._log_tail = log_tail
         self._write_log = write_log
+        self._heal_models = heal_models
         self._exit_codes: list[int | None] = []
         self._count_from = 0.0  # crashes before this time.time() do not count towards a crash loop
         self._wake = threading.Event()
@@ -119,10 +123,15 @@ class Supervisor:
             if self._exit_codes or (self._is_down() and not self.gave_up and not self.recovering):
                 code = self._exit_codes[-1] if self._exit_codes else None
                 self._exit_codes.clear()
-                try:
-                    self._on_exit(code)
-                except Exception as error:  # this thread must live on: tritonserver dies with the thread it started
-                    self._write_log(f"[tritonnb] crash recovery failed: {type(error).__name__}: {error}")
+                self._guarded(self._on_exit, code)
+            elif self.enabled:
+                self._guarded(self._heal_models)
+
+    def _guarded(self, work: Callable[..., None], *args: object) -> None:
+        try:
+            work(*args)
+        except Exception as error:  # this thread must live on: tritonserver dies with the thread that started it
+            self._write_log(f"[tritonnb] crash recovery failed: {type(error).__name__}: {error}")
 
     def _on_exit(self, exit_code: int | None) -> None:
         if self._closed:
