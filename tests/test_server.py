@@ -12,8 +12,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import numpy as np
 import psutil
 import pytest
 from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone, wait_ports_free
@@ -261,3 +263,58 @@ def test_metrics_off_starts_and_unsupported_options_are_clear_errors(own_server)
     ]:
         with pytest.raises(tritonnb.SpecError, match=message):
             tritonnb.start(**options)
+
+
+def test_stop_under_load_returns_and_no_request_hangs(own_server, shell):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    ports = free_ports()
+    server = tritonnb.start(**port_ports(ports))
+
+    def busy(x):
+        time.sleep(0.02)
+        return x * 2
+
+    tritonnb.bind(busy, "busy", inputs=["x:float32[4]"], outputs=["y:float32[4]"], instances=2)
+    processes = process_tree(server.pid)
+    stop_sent = threading.Event()
+    outcomes: list[str] = []  # "ok", "error", or "wrong" per request
+
+    def http_client() -> None:
+        while True:
+            try:
+                status, body = infer_json(server.http_url, "busy", [fp32("x", [1, 4], [1, 2, 3, 4])], timeout=60)
+                right = status == 200 and body["outputs"][0]["data"] == [2, 4, 6, 8]
+                outcomes.append("ok" if right else ("error" if status >= 400 else "wrong"))
+            except OSError:
+                outcomes.append("error")
+            if stop_sent.is_set():
+                return
+
+    def grpc_client() -> None:
+        client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+        x = grpcclient.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+        while True:
+            try:
+                right = client.infer("busy", [x], client_timeout=60).as_numpy("y").tolist() == [[0, 2, 4, 6]]
+                outcomes.append("ok" if right else "wrong")
+            except InferenceServerException:
+                outcomes.append("error")
+            if stop_sent.is_set():
+                return
+
+    threads = [threading.Thread(target=f) for f in (http_client, grpc_client) * 4]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    shell.run_line_magic("triton", "stop")  # returns while 8 clients keep sending
+    stop_sent.set()
+    for thread in threads:
+        thread.join(timeout=20)  # clients wait up to 60 s per request: a hung request would show here
+    assert not [t for t in threads if t.is_alive()], "a request hung after %triton stop"
+    assert outcomes.count("ok") > 0 and "wrong" not in outcomes
+    print(f"stop under load: {outcomes.count('ok')} answered, {outcomes.count('error')} errors, none hung")
+    assert tritonnb.server() is None
+    assert wait_gone(processes) == [] and wait_ports_free(ports) == []
