@@ -84,6 +84,14 @@ def test_interrupt_during_a_model_reload_leaves_it_serving(kernel):
         assert _answers(kernel.http), f"not serving after an interrupt {delay_s} s into a reload"
 
 
+def _answers_now(http_port: int) -> bool:
+    """Like _answers, False while nothing (or a dying server) answers."""
+    try:
+        return _answers(http_port)
+    except OSError:
+        return False
+
+
 def _alive(pid: int) -> bool:
     """Whether a process runs (and is no zombie)."""
     import psutil
@@ -108,3 +116,20 @@ def test_kernel_end_leaves_no_process_and_frees_ports(kernel, how):
     gone_after = time.monotonic() - started
     assert wait_ports_free(kernel.ports) == []
     print(f"{how}: tritonserver and stubs gone {gone_after:.1f} s after the kernel ended")
+
+
+def test_tritonserver_restarted_after_a_crash_still_ends_with_the_kernel(kernel):
+    from helpers import process_tree as tree
+
+    os.kill(kernel.pids["triton"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not _answers_now(kernel.http):
+        assert time.monotonic() < deadline, "the model did not answer again after the crash"
+        time.sleep(0.1)
+    out, _ = _run(kernel.client, "print(tritonnb.server().pid, tritonnb.server().status()['restarts'])")
+    pid, restarts = map(int, out.split())
+    assert pid != kernel.pids["triton"] and restarts == 1
+    restarted = tree(pid)  # started by the supervisor thread, not the kernel's main thread
+    os.kill(kernel.pids["kernel"], signal.SIGKILL)
+    assert wait_gone(restarted, timeout=20) == [], "the restarted tritonserver outlived the kernel"
+    assert wait_ports_free(kernel.ports) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import tempfile
 import threading
 import time
 
@@ -19,9 +20,19 @@ from tritonnb.widgets import render
 ANSWER_DEADLINE_S = 60.0  # generous: how long recovery takes is measured by benchmarks/soak.py, not asserted here
 
 
+def _leftovers() -> set[pathlib.Path]:
+    """Shared memory of the stubs and the python backend, and Triton's copies of loaded models."""
+    return {
+        *pathlib.Path("/dev/shm").glob("psm_*"),
+        *pathlib.Path("/dev/shm").glob(f"pytrtion{os.getpid()}-*"),
+        *pathlib.Path(tempfile.gettempdir()).glob("folder*"),
+    }
+
+
 @pytest.fixture
 def served():
     """A server on free ports with a batched and an unbatched model; stopped afterwards with nothing left."""
+    before = _leftovers()
     server = tritonnb.start(**port_ports(free_ports()))
     tritonnb.bind(lambda x: x * 2, "double", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
     tritonnb.bind(lambda x: x * 3, "triple", inputs=["x:float32[2]"], outputs=["y:float32[2]"], max_batch_size=0)
@@ -30,6 +41,8 @@ def served():
     tritonnb.stop()
     assert wait_gone(processes) == []
     assert server.wait_stopped()
+    assert not server.home.exists() and not server.sockets.exists()
+    assert _leftovers() - before == set(), "shared memory or model copies outlived the crashes and the stop"
 
 
 def _all_answer(server) -> bool:
@@ -156,3 +169,16 @@ def test_no_restart_leaves_it_down_and_says_why(shell):
         assert infer_json(server.http_url, "double", [fp32("x", [1, 2], [1, 2])])[0] == 200
     finally:
         tritonnb.stop()
+
+
+def test_a_killed_stub_gets_its_model_loaded_again(served):
+    stubs = [p for p in process_tree(served.pid) if "triton_python_backend_stub" in " ".join(p.cmdline())]
+    victim = next(p for p in stubs if "triple_0_0" in p.cmdline())
+    victim.kill()
+    deadline = time.monotonic() + ANSWER_DEADLINE_S
+    while not _all_answer(served):
+        assert time.monotonic() < deadline, served.logs(30)
+        time.sleep(0.1)
+    models = served.status()["models"]
+    assert models["triple"]["stub_restarts"] == 1 and models["double"]["stub_restarts"] == 0
+    assert served.status()["restarts"] == 0  # the server itself went on
