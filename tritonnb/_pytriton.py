@@ -24,6 +24,7 @@ import os
 import pathlib
 import shutil
 import signal
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -154,7 +155,10 @@ class _DetachedTritonServer(TritonServer):
         """PyTriton's exit handler (which also ends the stubs, through ``stop``), then ours for an exit nobody asked
         for; an exit we asked for (SIGKILL after SIGINT) is no failure worth a warning."""
         unexpected = not self._stop_requested
-        super()._handle_exit(command, success or self._stop_requested, exit_code)
+        try:
+            super()._handle_exit(command, success or self._stop_requested, exit_code)
+        finally:
+            _destroy_gevent_hub()
         if unexpected:
             self._on_unexpected_exit(exit_code)
 
@@ -174,6 +178,16 @@ class _DetachedTritonServer(TritonServer):
         if libdir:  # the python backend stub must find this interpreter's libpython, not the distro's
             env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
         return env
+
+
+def _destroy_gevent_hub() -> None:
+    """Destroy the calling thread's gevent hub, if it has one. ``sh`` runs the exit handler on a new thread each
+    time, and PyTriton's handler creates a ``tritonclient.http`` client there (gevent underneath): its hub, an epoll
+    and an eventfd, would otherwise outlive the thread, two file descriptors per crash."""
+    hub_local = sys.modules.get("gevent._hub_local")
+    hub = hub_local.get_hub_if_exists() if hub_local is not None else None
+    if hub is not None:
+        hub.destroy(destroy_loop=True)
 
 
 class ServerProcess(Triton):
