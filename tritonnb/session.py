@@ -241,10 +241,11 @@ class Server:
             self.supervisor.reset()
             return self._relaunch()
 
-    def _is_down(self) -> bool:
-        """Whether tritonserver died and nobody is busy with the server (a restart by hand passes through DOWN)."""
+    def _is_down(self) -> bool | None:
+        """Whether tritonserver died; None while someone is busy with the server (a restart by hand, say, which
+        passes through DOWN)."""
         if not self._lifecycle.acquire(blocking=False):
-            return False
+            return None
         try:
             return self.state == "DOWN"
         finally:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 MAX_EXITS = 3  # this many unexpected exits ...
 WINDOW_S = 60.0  # ... within this many seconds are a crash loop: stop restarting
-RETRY_PAUSE_S = 1.0  # between a failed relaunch and the next try
 
 
 @dataclasses.dataclass
@@ -56,7 +55,7 @@ class Supervisor:
     def __init__(
         self,
         relaunch: Callable[[], None],
-        is_down: Callable[[], bool],
+        is_down: Callable[[], bool | None],
         log_tail: Callable[[], str],
         write_log: Callable[[str], None],
         heal_models: Callable[[], None],
@@ -120,12 +119,21 @@ class Supervisor:
             self._wake.clear()
             if self._closed:
                 return
-            if self._exit_codes or (self._is_down() and not self.gave_up and not self.recovering):
-                code = self._exit_codes[-1] if self._exit_codes else None
-                self._exit_codes.clear()
-                self._guarded(self._on_exit, code)
-            elif self.enabled:
-                self._guarded(self._heal_models)
+            down = self._is_down()
+            if down is None:  # busy (a bind, a restart by hand): look again at the next tick
+                continue
+            if not down:
+                self._exit_codes.clear()  # a notice of an exit that was dealt with already
+                if self.enabled:
+                    self._guarded(self._heal_models)
+                continue
+            if self.gave_up:
+                continue
+            if not self._exit_codes:  # found down by polling: its exit handler normally follows at once
+                self._wake.wait(0.5)
+            code = self._exit_codes[-1] if self._exit_codes else None
+            self._exit_codes.clear()
+            self._guarded(self._on_exit, code)
 
     def _guarded(self, work: Callable[..., None], *args: object) -> None:
         try:
@@ -157,10 +165,8 @@ class Supervisor:
             self._relaunch()
         except Exception as error:
             crash.outcome = f"restart failed: {error}"
+            # still down: the next tick counts it as another exit and tries again, until the crash-loop guard stops
             self._write_log(f"[tritonnb] restart after a crash failed: {error}")
-            time.sleep(RETRY_PAUSE_S)
-            if self._is_down():  # counts as another exit: tried again until the crash-loop guard stops it
-                self.notice_exit(None)
         else:
             crash.outcome = "restarted"
             crash.recovered_in_s = time.time() - crash.at
