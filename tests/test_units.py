@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 import numpy as np
@@ -252,3 +253,34 @@ def test_magic_lines_split_like_a_shell():
     assert args.input_data == "my data.npz" and args.concurrency == [1, 2]
     args = _parse(TritonMagics.triton, 'panel --url "http://127.0.0.1:8000"')
     assert args.url == "http://127.0.0.1:8000"
+
+
+def test_calls_that_outlive_the_timeout_are_capped_and_counted():
+    from tritonnb.errors import ModelTimeout
+    from tritonnb.served_function import MAX_RUNNING_LATE, ServedFunction
+
+    release = threading.Event()
+    reported: list[str] = []
+
+    def stuck(x):
+        release.wait(30)
+        return x
+
+    spec = [TensorSpec("x", "float32", (1,))]
+    served = ServedFunction(
+        stuck, "stuck", spec, [TensorSpec("y", "float32", (1,))], "cpu", lambda m, t: reported.append(t), 0.01
+    )
+    x = {"x": np.ones((1, 1), np.float32)}
+    for _ in range(MAX_RUNNING_LATE):
+        with pytest.raises(ModelTimeout, match=r"did not return within its timeout of 0\.01 s"):
+            served(x, 1)
+    with pytest.raises(ModelTimeout, match=f"{MAX_RUNNING_LATE} calls that outlived the timeout"):
+        served(x, 1)
+    assert served.abandoned == MAX_RUNNING_LATE and len(reported) == MAX_RUNNING_LATE
+    release.set()
+    deadline = time.monotonic() + 10
+    while served._running_late and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served._running_late == 0
+    served.timeout_s = 5.0
+    assert served(x, 1)["y"].tolist() == [[1.0]]  # room again once the late calls returned

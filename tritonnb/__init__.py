@@ -88,7 +88,8 @@ def start(restart_on_crash: bool = True, **options: Any) -> Server:
     Options: ``http_port``, ``grpc_port``, ``metrics_port``, ``public``, ``log_verbose`` and any other
     ``pytriton.triton.TritonConfig`` field. Precedence: argument > ``PYTRITON_TRITON_CONFIG_*`` > default.
     If tritonserver exits without being asked, it is started again on the same ports with every model bound again
-    (after 3 exits within 60 s it gives up and says so); ``restart_on_crash=False`` turns that off.
+    (after 3 exits within 60 s it gives up and says so), and a model whose python backend stub died is loaded
+    again; ``restart_on_crash=False`` turns both off.
     """
     from tritonnb import session
 

@@ -155,12 +155,12 @@ class _DetachedTritonServer(TritonServer):
         """PyTriton's exit handler (which also ends the stubs, through ``stop``), then ours for an exit nobody asked
         for; an exit we asked for (SIGKILL after SIGINT) is no failure worth a warning."""
         unexpected = not self._stop_requested
+        handle = functools.partial(super()._handle_exit, command, success or self._stop_requested, exit_code)
         try:
-            super()._handle_exit(command, success or self._stop_requested, exit_code)
+            _on_a_thread_of_its_own(handle)
         finally:
-            _destroy_gevent_hub()
-        if unexpected:
-            self._on_unexpected_exit(exit_code)
+            if unexpected:
+                self._on_unexpected_exit(exit_code)
 
     def _record_logs(self, line: bytes | str) -> None:
         if isinstance(line, bytes):
@@ -180,14 +180,30 @@ class _DetachedTritonServer(TritonServer):
         return env
 
 
-def _destroy_gevent_hub() -> None:
-    """Destroy the calling thread's gevent hub, if it has one. ``sh`` runs the exit handler on a new thread each
-    time, and PyTriton's handler creates a ``tritonclient.http`` client there (gevent underneath): its hub, an epoll
-    and an eventfd, would otherwise outlive the thread, two file descriptors per crash."""
-    hub_local = sys.modules.get("gevent._hub_local")
-    hub = hub_local.get_hub_if_exists() if hub_local is not None else None
-    if hub is not None:
-        hub.destroy(destroy_loop=True)
+def _on_a_thread_of_its_own(work: Callable[[], None]) -> None:
+    """Run ``work`` on a short-lived thread and destroy that thread's gevent hub afterwards.
+
+    PyTriton's exit handler creates a ``tritonclient.http`` client (gevent underneath) on whichever thread ``sh``
+    happens to call it from: its hub, an epoll and an eventfd, would otherwise stay with that thread, two file
+    descriptors per crash, or be shared with a client the user's thread holds.
+    """
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            hub_local = sys.modules.get("gevent._hub_local")
+            hub = hub_local.get_hub_if_exists() if hub_local is not None else None
+            if hub is not None:
+                hub.destroy(destroy_loop=True)
+
+    thread = threading.Thread(target=run, name="tritonnb-exit-handler", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # at interpreter shutdown no thread may start: run it here
+        work()
+        return
+    thread.join()
 
 
 class ServerProcess(Triton):

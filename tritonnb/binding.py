@@ -109,6 +109,7 @@ class ModelSlot:
         self.timeout_s: float | None = None
         self.binds = 0
         self.stub_restarts = 0  # loaded again after its python backend stub died
+        self.heal_after = 0.0  # time.monotonic() before which the server does not try to load it again
         self.last_error: str | None = None
         self.loading = False  # True while a reload under this name is in progress (the old one still serves)
         self._workspace = workspace
@@ -162,13 +163,17 @@ class ModelSlot:
         self.binds += 1
 
     def reload(self) -> None:
-        """Load the current function again (after a server restart)."""
+        """Load the current function again (after a server restart, or a stub that died): a generation still
+        loaded keeps serving until Triton has switched to the new one, then retires once quiet."""
         if self.fn is None:
             return
         with self._lock:
-            self._drop_generation()
             target = self._served(self.fn, self.spec, self.device, self.timeout_s)
-            run_to_the_end(lambda: self._load(self.spec, target))
+            self.loading = True
+            try:
+                run_to_the_end(lambda: self._load(self.spec, target))
+            finally:
+                self.loading = False
 
     def unbind(self) -> None:
         """Unload the model from Triton and stop its threads."""
@@ -252,11 +257,6 @@ class ModelSlot:
         if cancelled is not None:  # whoever pops it first retires it, exactly once
             cancelled.set()
             generation.retire()
-
-    def _drop_generation(self) -> None:
-        if self._generation is not None:
-            self._generation.retire()
-        self._generation = self._trampoline = None
 
     def _record_error(self, model_name: str, text: str) -> None:
         self.last_error = text

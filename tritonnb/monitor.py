@@ -22,6 +22,11 @@ from tritonnb.metrics_text import PHASES, parse_metrics
 from tritonnb.statistics import fetch_stats
 
 HISTORY_S = 300.0
+AWAY = {  # our own server's states in which it is not polled, and why
+    "STOPPED": "stopped with %triton stop",
+    "DOWN": "tritonserver exited",
+    "RECOVERING": "tritonserver exited; starting it again and binding every model again",
+}
 COUNTERS = ("success", "failure", "inferences", "executions", *(f"{p}_ns" for p in PHASES))
 
 
@@ -111,16 +116,13 @@ class Monitor:
         target = self.target
         server = target.server
         snapshot = Snapshot(time=now, http_url=target.http_url, metrics_url=target.metrics_url, state="DOWN")
+        server_state = server.state if server is not None else None  # read once: it may change meanwhile
         if server is not None:
             snapshot.recovery = server.supervisor.summary()
-        if server is not None and server.state in ("STOPPED", "DOWN", "RECOVERING"):
-            snapshot.state = server.state
-            snapshot.reason = {
-                "STOPPED": "stopped with %triton stop",
-                "DOWN": "tritonserver exited",
-                "RECOVERING": "tritonserver exited; starting it again and binding every model again",
-            }[server.state]
-            snapshot.log_tail = server.logs(12) if server.state != "STOPPED" else ""
+        if server is not None and server_state in AWAY:
+            snapshot.state = server_state
+            snapshot.reason = AWAY[server_state]
+            snapshot.log_tail = server.logs(12) if server_state != "STOPPED" else ""
             snapshot.models = {n: self._unavailable(n) for n in list(server.models)}
             return snapshot
         try:

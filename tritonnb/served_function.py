@@ -17,6 +17,7 @@ from tritonnb.signature import TensorSpec, parameters_of
 from tritonnb.torch_bridge import to_torch, torch_threads, use_torch_threads
 
 ErrorReporter = Callable[[str, str], None]
+MAX_RUNNING_LATE = 8  # abandoned calls of one function still running, beyond which requests fail at once
 
 
 def _calls_by_keyword(fn: Callable, inputs: Sequence[TensorSpec]) -> bool:
@@ -64,7 +65,9 @@ class ServedFunction:
         self.outputs = tuple(outputs)
         self.device = device
         self.timeout_s = timeout_s
-        self.abandoned = 0  # calls that outlived the timeout (still running: a Python thread cannot be killed)
+        self.abandoned = 0  # calls that outlived the timeout (a Python thread cannot be killed: they run to their end)
+        self._running_late = 0  # abandoned calls still running
+        self._late_lock = threading.Lock()
         self._by_keyword = _calls_by_keyword(fn, inputs)
         self._report_error = report_error
         self.torch_threads = torch_threads()  # the binding (kernel) thread's setting, applied in handler threads
@@ -96,8 +99,17 @@ class ServedFunction:
 
     def _run_within_timeout(self, arrays: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
         """Run on a thread of its own and give up waiting after ``timeout_s`` (the call itself runs on)."""
+        with self._late_lock:
+            if self._running_late >= MAX_RUNNING_LATE:
+                raise ModelTimeout(
+                    f"model {self.model_name!r}: {self._running_late} calls that outlived the timeout of "
+                    f"{self.timeout_s:g} s still run; no new call starts until one returns"
+                )
+        # the inputs may be views of shared memory that PyTriton reuses once this request is answered
+        arrays = {name: np.array(array) for name, array in arrays.items()}
         outcome: list[Any] = []
         done = threading.Event()
+        abandoned = False
 
         def run() -> None:
             try:
@@ -105,11 +117,19 @@ class ServedFunction:
             except BaseException as error:
                 outcome.append(error)
             finally:
-                done.set()
+                with self._late_lock:
+                    done.set()
+                    if abandoned:
+                        self._running_late -= 1
 
         threading.Thread(target=run, name=f"tritonnb-call-{self.model_name}", daemon=True).start()
-        if not done.wait(self.timeout_s):
-            self.abandoned += 1
+        done.wait(self.timeout_s)
+        with self._late_lock:
+            if not done.is_set():
+                abandoned = True
+                self.abandoned += 1
+                self._running_late += 1
+        if abandoned:
             message = (
                 f"model {self.model_name!r} did not return within its timeout of {self.timeout_s:g} s; "
                 f"the call was abandoned ({self.abandoned} so far) and runs on in the kernel"

@@ -33,6 +33,7 @@ from tritonnb.torch_bridge import resolve_device
 
 STARTUP_TIMEOUT_S = 120.0
 START_ATTEMPTS = 3  # a port picked as free can be taken before tritonserver binds it (a second kernel starting)
+HEAL_RETRY_S = 10.0  # after a model failed to load again, wait this long before the next try
 EXIT_WAIT_S = 30.0  # at interpreter exit, how long a stop waits for a recovery in progress
 HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
 GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
@@ -204,8 +205,9 @@ class Server:
         if self._stopped:
             return 0.0
         started = time.perf_counter()
-        self.supervisor.close()
-        locked = self._lifecycle.acquire(timeout=-1 if in_background else EXIT_WAIT_S)  # a recovery may be busy
+        # first the lock (a recovery may be busy; an interrupt here changes nothing), then end tritonserver, and only
+        # then the supervisor: tritonserver dies with the thread that started it, which may be the supervisor's
+        locked = self._lifecycle.acquire(timeout=-1 if in_background else EXIT_WAIT_S)
         try:
             if self._stopped:
                 return 0.0
@@ -214,6 +216,7 @@ class Server:
             try:
                 self._end_process()
             finally:
+                self.supervisor.close()
                 generations = self._take_generations()
                 if in_background:
                     self._finishing = threading.Thread(target=self._clean_up, args=(generations,), name="tritonnb-stop")
@@ -251,12 +254,16 @@ class Server:
         finally:
             self._lifecycle.release()
 
-    def _recover(self) -> None:
-        """The supervisor's relaunch after tritonserver exited by itself."""
+    def _recover(self) -> bool:
+        """The supervisor's relaunch after tritonserver exited by itself; False if it runs again already (a restart
+        by hand came first)."""
         with self._lifecycle:
             if self._stopped:
                 raise NoServerError("the server was stopped meanwhile")
+            if self._process is not None and self._process.process_alive():
+                return False
             self._relaunch()
+            return True
 
     def _heal_models(self) -> None:
         """Load again every model whose python backend stub died (unless the server is busy or not ready)."""
@@ -266,14 +273,20 @@ class Server:
             if self.state != "READY" or self._process is None:
                 return
             alive = self._process.live_stubs()
+            now = time.monotonic()
             for name, slot in list(self.models.items()):
-                if slot.is_serving() and not slot.loading and alive[name] < slot.spec.instances:
-                    self.log.write(f"[tritonnb] model {name!r}: a python backend stub died; loading the model again")
-                    try:
-                        slot.reload()
-                        slot.stub_restarts += 1
-                    except Exception as error:
-                        self.log.write(f"[tritonnb] model {name!r} could not be loaded again: {error}")
+                if slot.fn is None or slot.loading or now < slot.heal_after:
+                    continue
+                if slot.is_serving() and alive[name] >= slot.spec.instances:
+                    continue
+                why = "a python backend stub died" if slot.is_serving() else "it was not bound again after a restart"
+                self.log.write(f"[tritonnb] model {name!r}: {why}; loading the model again")
+                try:
+                    slot.reload()
+                    slot.stub_restarts += 1
+                except Exception as error:
+                    slot.heal_after = now + HEAL_RETRY_S
+                    self.log.write(f"[tritonnb] model {name!r} could not be loaded again: {error}")
         finally:
             self._lifecycle.release()
 
@@ -494,8 +507,12 @@ def start(restart_on_crash: bool = True, **options: Any) -> Server:
 
 def stop() -> float | None:
     """Stop the background server; return the seconds it took, or None if none ran."""
-    current, state.server = state.server, None
-    return None if current is None else current.stop()
+    current = state.server
+    if current is None:
+        return None
+    seconds = current.stop()
+    state.server = None
+    return seconds
 
 
 def server() -> Server | None:

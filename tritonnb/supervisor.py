@@ -54,7 +54,7 @@ class Supervisor:
 
     def __init__(
         self,
-        relaunch: Callable[[], None],
+        relaunch: Callable[[], bool],
         is_down: Callable[[], bool | None],
         log_tail: Callable[[], str],
         write_log: Callable[[str], None],
@@ -117,27 +117,29 @@ class Supervisor:
         while not self._closed:
             self._wake.wait(1.0)  # the exit handler wakes it; the timeout also catches an exit it did not report
             self._wake.clear()
-            if self._closed:
-                return
+            self._guarded(self._tick)
+
+    def _tick(self) -> None:
+        if not self._closed:
             down = self._is_down()
             if down is None:  # busy (a bind, a restart by hand): look again at the next tick
-                continue
+                return
             if not down:
                 self._exit_codes.clear()  # a notice of an exit that was dealt with already
                 if self.enabled:
-                    self._guarded(self._heal_models)
-                continue
+                    self._heal_models()
+                return
             if self.gave_up:
-                continue
+                return
             if not self._exit_codes:  # found down by polling: its exit handler normally follows at once
                 self._wake.wait(0.5)
             code = self._exit_codes[-1] if self._exit_codes else None
             self._exit_codes.clear()
-            self._guarded(self._on_exit, code)
+            self._on_exit(code)
 
-    def _guarded(self, work: Callable[..., None], *args: object) -> None:
+    def _guarded(self, work: Callable[[], None]) -> None:
         try:
-            work(*args)
+            work()
         except Exception as error:  # this thread must live on: tritonserver dies with the thread that started it
             self._write_log(f"[tritonnb] crash recovery failed: {type(error).__name__}: {error}")
 
@@ -162,13 +164,13 @@ class Supervisor:
             return
         self.recovering = True
         try:
-            self._relaunch()
+            relaunched = self._relaunch()
         except Exception as error:
             crash.outcome = f"restart failed: {error}"
             # still down: the next tick counts it as another exit and tries again, until the crash-loop guard stops
             self._write_log(f"[tritonnb] restart after a crash failed: {error}")
         else:
-            crash.outcome = "restarted"
+            crash.outcome = "restarted" if relaunched else "restarted by hand meanwhile"
             crash.recovered_in_s = time.time() - crash.at
             self._write_log(f"[tritonnb] tritonserver restarted {crash.recovered_in_s:.1f} s after it exited")
         finally:
