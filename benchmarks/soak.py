@@ -183,8 +183,11 @@ def run_clients(http_address: str, grpc_address: str, stop: Any, queue: Any) -> 
     for first in firsts:
         first.wait(max(0.0, deadline - time.monotonic()))
     queue.put("ready" if all(f.is_set() for f in firsts) else "not ready")
-    for thread in threads:
-        thread.join()
+    parent = os.getppid()
+    while any(thread.is_alive() for thread in threads):
+        if os.getppid() != parent:  # the soak died without stopping us: do not outlive it
+            stop.set()
+        time.sleep(0.5)
     queue.put(stats.as_dict())
 
 
