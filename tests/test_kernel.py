@@ -133,3 +133,28 @@ def test_tritonserver_restarted_after_a_crash_still_ends_with_the_kernel(kernel)
     os.kill(kernel.pids["kernel"], signal.SIGKILL)
     assert wait_gone(restarted, timeout=20) == [], "the restarted tritonserver outlived the kernel"
     assert wait_ports_free(kernel.ports) == []
+
+
+def test_the_next_start_removes_what_a_killed_kernel_left(kernel):
+    import pathlib
+
+    from helpers import free_ports, port_ports
+
+    import tritonnb
+
+    stubs = [p.cmdline() for p in kernel.served if p.cmdline()[0].endswith("triton_python_backend_stub")]
+    copies = {pathlib.Path(argv[1]).parent.parent for argv in stubs}
+    assert copies and all(c.name.startswith("folder") for c in copies), copies
+    os.kill(kernel.pids["kernel"], signal.SIGKILL)
+    assert wait_gone(kernel.served, timeout=20) == []
+    tritonnb.start(**port_ports(free_ports()))  # a new server, in another process, cleans up after the dead one
+    try:
+        assert not any(c.exists() for c in copies), "the killed kernel's model copies are still there"
+        leftover = list(
+            pathlib.Path(os.environ.get("PYTRITON_HOME", pathlib.Path.home() / ".cache/pytriton")).glob(
+                f"tritonnb-{kernel.pids['kernel']}-*"
+            )
+        )
+        assert leftover == [], leftover
+    finally:
+        tritonnb.stop()

@@ -149,7 +149,7 @@ class _DetachedTritonServer(TritonServer):
 
     def live_stubs(self) -> collections.Counter[str]:
         """How many of the remembered stubs still run, by model name."""
-        return collections.Counter(stub.model for pid, stub in list(self.stubs.items()) if _running(pid))
+        return collections.Counter(stub.model for pid, stub in list(self.stubs.items()) if process_running(pid))
 
     def _handle_exit(self, command: Any, success: bool, exit_code: int) -> None:
         """PyTriton's exit handler (which also ends the stubs, through ``stop``), then ours for an exit nobody asked
@@ -253,6 +253,11 @@ class ServerProcess(Triton):
         if self._triton_server is not None:
             self._triton_server.remember_stubs()
 
+    @property
+    def model_copies(self) -> set[pathlib.Path]:
+        """The temporary model-file folders of every stub seen so far."""
+        return self._triton_server.model_copies if self._triton_server is not None else set()
+
     def live_stubs(self) -> collections.Counter[str]:
         """See ``_DetachedTritonServer.live_stubs``."""
         return self._triton_server.live_stubs() if self._triton_server is not None else collections.Counter()
@@ -321,7 +326,7 @@ def stubs_among(pids: Sequence[int]) -> dict[int, Stub]:
     return stubs
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
     try:
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()

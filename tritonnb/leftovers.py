@@ -1,8 +1,9 @@
 """What servers of processes that no longer run left behind (after a kill -9): folders and shared memory.
 
 Only what is provably ours is removed: each server folder carries an owner record (pid, pid namespace, the shared
-memory prefixes its tritonserver used). A folder is stale when its owner ran in this pid namespace and is gone; a
-folder without a record, or from another namespace (containers sharing a home or ``/dev/shm``), is left alone.
+memory prefixes its tritonserver used, the temporary copies of model files its stubs ran from). A folder is stale
+when its owner ran in this pid namespace and is gone; a folder without a record, or from another namespace
+(containers sharing a home or ``/dev/shm``), is left alone.
 """
 
 from __future__ import annotations
@@ -13,21 +14,22 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Iterable
 
-from tritonnb._pytriton import remove_shared_memory
+from tritonnb._pytriton import process_running, remove_shared_memory
 
 OWNER_FILE = "owner.json"
 
 
 def process_exists(pid: int) -> bool:
-    """Whether a process with this id runs (someone else's counts too)."""
+    """Whether a process with this id runs (someone else's counts too; a zombie, dead but not yet reaped, not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return process_running(pid)
 
 
 def pid_namespace() -> str:
@@ -38,12 +40,17 @@ def pid_namespace() -> str:
         return ""
 
 
-def record_owner(folder: pathlib.Path, shm_prefix: str | None = None) -> None:
-    """Mark ``folder`` as this process's (and add a shared-memory prefix its tritonserver uses)."""
+def record_owner(
+    folder: pathlib.Path, shm_prefix: str | None = None, model_copies: Iterable[pathlib.Path] = ()
+) -> None:
+    """Mark ``folder`` as this process's (and add a shared-memory prefix its tritonserver uses, and the temporary
+    folders Triton copied loaded models' files to)."""
     path = folder / OWNER_FILE
     owner = _read_owner(folder) or {"pid": os.getpid(), "pid_namespace": pid_namespace(), "shm_prefixes": []}
     if shm_prefix:
         owner["shm_prefixes"].append(shm_prefix)
+    copies = set(owner.get("model_copies", [])) | {str(p) for p in model_copies}
+    owner["model_copies"] = sorted(copies)
     path.write_text(json.dumps(owner))
 
 
@@ -65,6 +72,10 @@ def remove_stale_folders(parent: pathlib.Path, prefix: str) -> list[pathlib.Path
             continue
         for shm_prefix in owner.get("shm_prefixes", []):
             remove_shared_memory(shm_prefix)
+        temp = pathlib.Path(tempfile.gettempdir())
+        for copy in map(pathlib.Path, owner.get("model_copies", [])):
+            if copy.parent == temp and copy.name.startswith("folder"):  # only what Triton names so
+                shutil.rmtree(copy, ignore_errors=True)
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed

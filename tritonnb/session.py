@@ -407,6 +407,7 @@ class Server:
         with contextlib.closing(self._grpc()) as client:
             client.load_model(name, headers=self._grpc_headers(), config=config, files=files)
         self._process.remember_stubs()
+        record_owner(self.home, model_copies=self._process.model_copies)  # for the next start, after a kill -9
 
     def unload_model(self, name: str) -> None:
         """Ask Triton to unload a model."""
