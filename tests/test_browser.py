@@ -121,7 +121,7 @@ def _run_all_cells(page) -> None:
     raise AssertionError("JupyterLab did not start running the cells")
 
 
-def test_panel_is_live_in_jupyterlab_and_shows_down(jupyterlab):
+def test_panel_is_live_in_jupyterlab_and_shows_a_crash_and_the_recovery(jupyterlab):
     from playwright.sync_api import expect, sync_playwright
 
     assert os.path.exists(CHROMIUM), "Debian's chromium is needed: scripts/test.sh installs it (apt-get)"
@@ -157,11 +157,15 @@ def test_panel_is_live_in_jupyterlab_and_shows_down(jupyterlab):
 
             tritonserver = _tritonserver_on(http)
             served = process_tree(tritonserver.pid)
-            tritonserver.kill()
-            expect(page.locator(".tritonnb-panel .tnb-server-state")).to_have_text("DOWN", timeout=15_000)
-            expect(page.locator(".tritonnb-panel .tnb-reason")).to_contain_text("tritonserver exited")
-            expect(row.locator(".tnb-model-state")).to_have_text("UNAVAILABLE")
-            page.locator(".tritonnb-panel").screenshot(path=str(ARTIFACTS / "panel-down.png"))
+            tritonserver.kill()  # crash recovery starts it again, and the panel and the strip say so
+            recovery = page.locator(".tritonnb-panel .tnb-recovery")
+            expect(recovery).to_contain_text("restarted after a crash 1×", timeout=60_000)
+            expect(recovery).to_contain_text("killed by SIGKILL")
+            expect(page.locator('.tnb-strip[data-model="double"] .tnb-recovery')).to_contain_text("restarted")
+            expect(page.locator(".tritonnb-panel .tnb-server-state")).to_have_text("READY", timeout=30_000)
+            expect(row.locator(".tnb-model-state")).to_have_text("READY", timeout=30_000)
+            assert client.infer("double", [x]).as_numpy("y").tolist() == [[2, 2, 2, 2]]
+            page.locator(".tritonnb-panel").screenshot(path=str(ARTIFACTS / "panel-recovered.png"))
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
             assert wait_gone(served) == []
         finally:
