@@ -1,4 +1,4 @@
-"""Shared test helpers: free ports, raw HTTP inference, and the processes a server owns."""
+"""Shared test helpers: free ports, raw HTTP inference, the processes a server owns, and running code in a kernel."""
 
 from __future__ import annotations
 
@@ -72,3 +72,25 @@ def wait_ports_free(ports: list[int], timeout: float = 15.0) -> list[int]:
             return []
         time.sleep(0.1)
     return [p for p in ports if port_is_listening(p)]
+
+
+def kernel_text(message: dict) -> str | None:
+    """What a kernel's iopub message shows as text: stream output, or an error's traceback; else None."""
+    if message["msg_type"] == "stream":
+        return message["content"]["text"]
+    if message["msg_type"] == "error":
+        return "\n".join(message["content"]["traceback"])
+    return None
+
+
+def run_in_kernel(client: Any, code: str, timeout: float = 120) -> tuple[str, dict]:
+    """Run code in a kernel (a jupyter_client blocking client); return its text output and the reply's content."""
+    chunks: list[str] = []
+
+    def hook(message: dict) -> None:
+        text = kernel_text(message)
+        if text is not None:
+            chunks.append(text)
+
+    reply = client.execute_interactive(code, output_hook=hook, timeout=timeout)
+    return "".join(chunks), reply["content"]

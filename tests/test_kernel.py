@@ -9,21 +9,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from helpers import fp32, free_ports, infer_json, process_tree, wait_gone, wait_ports_free
+from helpers import fp32, free_ports, infer_json, process_tree, run_in_kernel, wait_gone, wait_ports_free
 from jupyter_client.manager import KernelManager
-
-
-def _run(client, code: str, timeout: float = 120) -> tuple[str, dict]:
-    chunks: list[str] = []
-
-    def hook(message):
-        if message["msg_type"] == "stream":
-            chunks.append(message["content"]["text"])
-        elif message["msg_type"] == "error":
-            chunks.append("\n".join(message["content"]["traceback"]))
-
-    reply = client.execute_interactive(code, output_hook=hook, timeout=timeout)
-    return "".join(chunks), reply["content"]
 
 
 @pytest.fixture
@@ -36,12 +23,14 @@ def kernel():
     client.wait_for_ready(timeout=60)
     ports = free_ports()
     http, grpc, metrics = ports
-    _run(client, f"%load_ext tritonnb\n%triton start --http-port {http} --grpc-port {grpc} --metrics-port {metrics}")
-    out, reply = _run(
+    run_in_kernel(
+        client, f"%load_ext tritonnb\n%triton start --http-port {http} --grpc-port {grpc} --metrics-port {metrics}"
+    )
+    out, reply = run_in_kernel(
         client, "%%triton_model double --input x:float32[2] --output y:float32[2]\ndef double(x):\n    return x * 2\n"
     )
     assert reply["status"] == "ok", out
-    out, _ = _run(
+    out, _ = run_in_kernel(
         client, "import os, json, tritonnb\nprint(json.dumps({'kernel': os.getpid(), 'triton': tritonnb.server().pid}))"
     )
     pids = json.loads(out.strip().splitlines()[-1])
@@ -67,7 +56,7 @@ def test_interrupt_keeps_server_and_models_serving(kernel):
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
     assert all(p.is_running() for p in kernel.served)
     assert _answers(kernel.http)
-    out, _ = _run(kernel.client, "print(tritonnb.server().state)")
+    out, _ = run_in_kernel(kernel.client, "print(tritonnb.server().state)")
     assert out.strip() == "READY"
 
 
@@ -126,7 +115,7 @@ def test_tritonserver_restarted_after_a_crash_still_ends_with_the_kernel(kernel)
     while not _answers_now(kernel.http):
         assert time.monotonic() < deadline, "the model did not answer again after the crash"
         time.sleep(0.1)
-    out, _ = _run(kernel.client, "print(tritonnb.server().pid, tritonnb.server().status()['restarts'])")
+    out, _ = run_in_kernel(kernel.client, "print(tritonnb.server().pid, tritonnb.server().status()['restarts'])")
     pid, restarts = map(int, out.split())
     assert pid != kernel.pids["triton"] and restarts == 1
     restarted = tree(pid)  # started by the supervisor thread, not the kernel's main thread

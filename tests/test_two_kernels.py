@@ -15,7 +15,16 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import fp32, infer_json, port_is_listening, process_tree, wait_gone, wait_ports_free
+from helpers import (
+    fp32,
+    infer_json,
+    kernel_text,
+    port_is_listening,
+    process_tree,
+    run_in_kernel,
+    wait_gone,
+    wait_ports_free,
+)
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
@@ -36,20 +45,6 @@ class Kernel:
     ports: list[int] = dataclasses.field(default_factory=list)
 
 
-def _run(client: BlockingKernelClient, code: str, timeout: float = 120) -> tuple[str, dict]:
-    """Run code in the kernel; return its stream output (and tracebacks) and the execute reply's content."""
-    chunks: list[str] = []
-
-    def hook(message: dict) -> None:
-        if message["msg_type"] == "stream":
-            chunks.append(message["content"]["text"])
-        elif message["msg_type"] == "error":
-            chunks.append("\n".join(message["content"]["traceback"]))
-
-    reply = client.execute_interactive(code, output_hook=hook, timeout=timeout)
-    return "".join(chunks), reply["content"]
-
-
 def _collect(client: BlockingKernelClient, msg_id: str, timeout: float = 180) -> tuple[str, dict]:
     """Wait for an execute request sent earlier: its stream output (and tracebacks) and its reply's content."""
     deadline = time.monotonic() + timeout
@@ -58,12 +53,10 @@ def _collect(client: BlockingKernelClient, msg_id: str, timeout: float = 180) ->
         message = client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
         if message["parent_header"].get("msg_id") != msg_id:
             continue
-        kind, content = message["msg_type"], message["content"]
-        if kind == "stream":
-            chunks.append(content["text"])
-        elif kind == "error":
-            chunks.append("\n".join(content["traceback"]))
-        elif kind == "status" and content["execution_state"] == "idle":
+        text = kernel_text(message)
+        if text is not None:
+            chunks.append(text)
+        elif message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
             break
     while True:
         reply = client.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
@@ -98,7 +91,7 @@ def _diagnosis(kernel: Kernel) -> str:
         "s = state.server\n"
         "print('no server object' if s is None else f'state {s.state}, {s.http_url}\\n{s.logs(15)}')"
     )
-    out, _ = _run(kernel.client, code)
+    out, _ = run_in_kernel(kernel.client, code)
     return out
 
 
@@ -119,7 +112,9 @@ def kernels() -> Iterator[list[Kernel]]:
         for kernel in started:
             kernel.client.start_channels()
             kernel.client.wait_for_ready(timeout=60)
-            out, reply = _run(kernel.client, "%load_ext tritonnb\nimport json, os, tritonnb\nprint(os.getpid())")
+            out, reply = run_in_kernel(
+                kernel.client, "%load_ext tritonnb\nimport json, os, tritonnb\nprint(os.getpid())"
+            )
             assert reply["status"] == "ok", out
             kernel.pid = int(out.strip().splitlines()[-1])
         yield started
@@ -161,7 +156,7 @@ def test_two_kernels_with_default_ports_serve_side_by_side(kernels: list[Kernel]
     # each server: its own ports, its own URLs printed in its own cell, its own model only
     statuses: dict[str, dict] = {}
     for kernel in kernels:
-        out, reply = _run(kernel.client, "print(json.dumps(tritonnb.server().status()))")
+        out, reply = run_in_kernel(kernel.client, "print(json.dumps(tritonnb.server().status()))")
         assert reply["status"] == "ok", out
         status = statuses[kernel.label] = _last_json(out)
         assert status["state"] == "READY" and list(status["models"]) == [kernel.model]
@@ -194,28 +189,28 @@ def test_two_kernels_with_default_ports_serve_side_by_side(kernels: list[Kernel]
         "p.close()"
     )
     for kernel in kernels:
-        out, reply = _run(kernel.client, panel_code)
+        out, reply = run_in_kernel(kernel.client, panel_code)
         assert reply["status"] == "ok", out
         seen = _last_json(out)
         assert seen["panel"] == seen["server"] == statuses[kernel.label]["http_url"], seen
         assert seen["panel_metrics"] == seen["metrics"] == statuses[kernel.label]["metrics_url"], seen
         assert seen["state"] == "READY" and seen["models"] == [kernel.model], f"kernel {kernel.label}: {seen}"
-        out, reply = _run(kernel.client, "%triton panel")
+        out, reply = run_in_kernel(kernel.client, "%triton panel")
         assert reply["status"] == "ok", f"kernel {kernel.label}'s %triton panel failed:\n{out}"
 
     # stopping A leaves B serving
-    out, reply = _run(a.client, "%triton stop")
+    out, reply = run_in_kernel(a.client, "%triton stop")
     assert reply["status"] == "ok" and "Triton stopped" in out, out
     assert wait_gone(a.served, timeout=20) == [], "kernel A's tritonserver or stubs outlived %triton stop"
     assert wait_ports_free(a.ports) == [], "kernel A's ports still listen after %triton stop"
-    out, reply = _run(a.client, "print(tritonnb.server())")
+    out, reply = run_in_kernel(a.client, "print(tritonnb.server())")
     assert reply["status"] == "ok" and out.strip() == "None", out
     assert all(p.is_running() for p in b.served), "kernel B's processes died when kernel A stopped"
     assert all(port_is_listening(port) for port in b.ports), f"kernel B's ports {b.ports} stopped listening"
     b_url = statuses["B"]["http_url"]
     answered = sum(_answers(b_url, b) for _ in range(20))
     assert answered == 20, f"kernel B answered {answered} of 20 requests after kernel A stopped"
-    out, reply = _run(
+    out, reply = run_in_kernel(
         b.client,
         "print(json.dumps({'state': tritonnb.server().state,"
         " 'models': sorted(Monitor(tritonnb.panel().target).poll().models)}))",

@@ -311,7 +311,6 @@ class Stub:
 def stubs_among(pids: Sequence[int]) -> dict[int, Stub]:
     """The python backend stubs among these processes, by pid (from their command lines)."""
     stubs = {}
-    temp = pathlib.Path(tempfile.gettempdir())
     for pid in pids:
         try:
             argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -321,9 +320,13 @@ def stubs_among(pids: Sequence[int]) -> dict[int, Stub]:
         if len(argv) > 8 and argv[0].endswith("triton_python_backend_stub"):
             folder = pathlib.Path(argv[1]).parent.parent
             model = argv[8].rsplit("_", 2)[0]  # instances are named <model>_<group>_<index>
-            copied = folder.parent == temp and folder.name.startswith("folder")
-            stubs[pid] = Stub(model, folder if copied else None)
+            stubs[pid] = Stub(model, folder if is_model_copy(folder) else None)
     return stubs
+
+
+def is_model_copy(folder: pathlib.Path) -> bool:
+    """Whether ``folder`` is named like the temporary copy Triton makes of a loaded model's files."""
+    return folder.parent == pathlib.Path(tempfile.gettempdir()) and folder.name.startswith("folder")
 
 
 def process_running(pid: int) -> bool:

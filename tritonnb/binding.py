@@ -149,13 +149,7 @@ class ModelSlot:
                     self._load(spec, target)
                     self._record(fn, spec, device, timeout_s)
 
-                self.loading = True
-                try:
-                    # to the end even if the kernel is interrupted meanwhile: once Triton has loaded the new
-                    # generation, a switch left half done would leave it routing requests to a stub nobody answers
-                    run_to_the_end(load_and_record)
-                finally:
-                    self.loading = False
+                self._load_to_the_end(load_and_record)
         return BindResult(action, time.perf_counter() - started)
 
     def _record(self, fn: Callable, spec: ModelSpec, device: str, timeout_s: float | None) -> None:
@@ -169,11 +163,16 @@ class ModelSlot:
             return
         with self._lock:
             target = self._served(self.fn, self.spec, self.device, self.timeout_s)
-            self.loading = True
-            try:
-                run_to_the_end(lambda: self._load(self.spec, target))
-            finally:
-                self.loading = False
+            self._load_to_the_end(lambda: self._load(self.spec, target))
+
+    def _load_to_the_end(self, load: Callable[[], None]) -> None:
+        """Run a load with ``loading`` set, to the end even if the kernel is interrupted meanwhile: once Triton has
+        loaded the new generation, a switch left half done would leave it routing requests to a stub nobody answers."""
+        self.loading = True
+        try:
+            run_to_the_end(load)
+        finally:
+            self.loading = False
 
     def unbind(self) -> None:
         """Unload the model from Triton and stop its threads."""

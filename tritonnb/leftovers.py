@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 
-from tritonnb._pytriton import process_running, remove_shared_memory
+from tritonnb._pytriton import is_model_copy, process_running, remove_shared_memory
 
 OWNER_FILE = "owner.json"
 
@@ -72,9 +72,8 @@ def remove_stale_folders(parent: pathlib.Path, prefix: str) -> list[pathlib.Path
             continue
         for shm_prefix in owner.get("shm_prefixes", []):
             remove_shared_memory(shm_prefix)
-        temp = pathlib.Path(tempfile.gettempdir())
         for copy in map(pathlib.Path, owner.get("model_copies", [])):
-            if copy.parent == temp and copy.name.startswith("folder"):  # only what Triton names so
+            if is_model_copy(copy):  # only what Triton names so
                 shutil.rmtree(copy, ignore_errors=True)
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
