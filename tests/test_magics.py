@@ -192,8 +192,9 @@ MAGIC_FLAGS = {
         "--http-port",
         "--public",
         "--no-restart",
+        "--model-repository",
     ],
-    "triton_perf": ["--concurrency", "--duration", "--input-data", "--engine"],
+    "triton_perf": ["--concurrency", "--duration", "--input-data", "--engine", "--url", "--token"],
     "triton_tune": ["--max-latency-ms", "--max-batch-sizes", "--delays-us", "--instances", "--apply"],
 }
 

@@ -36,6 +36,17 @@ def test_triton_internals():
     assert callable(TritonConfig.from_env)
 
 
+def test_load_model_flag_can_be_dropped():
+    from pytriton.server.triton_server_config import TritonServerConfig
+
+    assert '["load-model"] = "*"' in inspect.getsource(Triton._prepare_triton_config)  # ServerProcess unsets it
+    config = TritonServerConfig()
+    config["load-model"] = "*"
+    config["model-repository"] = "/store"
+    config["load-model"] = None
+    assert config.to_args_list() == ["--model-repository", "/store"]
+
+
 def test_stub_patches_apply_to_the_stub_files():
     from tritonnb._pytriton import patched_proxy_files
 

@@ -26,9 +26,11 @@ from tritonnb.settings import resolve_settings
 
 
 def _listening_addresses(pid: int) -> set[tuple[str, int]]:
+    process = psutil.Process(pid)
+    connections = getattr(process, "net_connections", None) or process.connections  # psutil < 6 (kserve pins it)
     return {
         (c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)  # gRPC listens on an IPv4-mapped address
-        for c in psutil.Process(pid).net_connections(kind="tcp")
+        for c in connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN
     }
 

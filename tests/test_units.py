@@ -14,7 +14,7 @@ from tritonnb.card import curl_command, example_shape
 from tritonnb.errors import OutputError, SignatureMismatch, SpecError
 from tritonnb.output_check import checked_outputs
 from tritonnb.perf import perf_analyzer_command
-from tritonnb.served_function import _calls_by_keyword
+from tritonnb.served_function import calls_by_keyword
 from tritonnb.signature import ModelSpec, TensorSpec, as_specs, default_inputs, parse_spec
 from tritonnb.torch_bridge import resolve_device
 
@@ -104,16 +104,16 @@ def test_output_shapes_are_checked_against_the_declaration(dims, batch, shape, f
 
 def test_call_styles():
     x, y = TensorSpec("x", "float32"), TensorSpec("y", "float32")
-    assert _calls_by_keyword(lambda x, y: x, [x, y]) is True
-    assert _calls_by_keyword(lambda a, b: a, [x, y]) is False
-    assert _calls_by_keyword(lambda **kw: 0, [x, y]) is True
+    assert calls_by_keyword(lambda x, y: x, [x, y]) is True
+    assert calls_by_keyword(lambda a, b: a, [x, y]) is False
+    assert calls_by_keyword(lambda **kw: 0, [x, y]) is True
 
     def positional_only(a, /, **kw):
         return a
 
-    assert _calls_by_keyword(positional_only, [x]) is False
+    assert calls_by_keyword(positional_only, [x]) is False
     with pytest.raises(SignatureMismatch, match="cannot take the inputs"):
-        _calls_by_keyword(lambda a: a, [x, y])
+        calls_by_keyword(lambda a: a, [x, y])
     assert [s.name for s in default_inputs(lambda image, mask=None: 0)] == ["image", "mask"]
 
 

@@ -18,11 +18,14 @@ How a ``%%triton_model`` cell flows through the modules (each layer only calls t
 6. ``_pytriton``: the only module touching PyTriton's private names; ``signature`` and ``errors`` are the plain
    data and exceptions every layer shares.
 
-Load tests (``perf``, ``loadgen``, ``tune``) sit beside ``bind`` and use the same server object.
+Load tests (``perf``, ``loadgen``, ``tune``) sit beside ``bind`` and use the same server object; a model tritonnb did
+not bind (from a model repository the server serves, see ``repository``, or on any Triton server) gets its spec from
+the server that serves it (``remote_spec``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from tritonnb.errors import (
     BindError,
     CellError,
+    ExportError,
     InputError,
     ModelError,
     ModelTimeout,
@@ -47,6 +51,7 @@ from tritonnb.errors import (
 
 if TYPE_CHECKING:
     from tritonnb.card import ModelCard
+    from tritonnb.deploy.export import ExportResult
     from tritonnb.model_client import ModelClient
     from tritonnb.session import Server
     from tritonnb.signature import TensorSpec
@@ -55,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BindError",
     "CellError",
+    "ExportError",
     "InputError",
     "ModelError",
     "ModelTimeout",
@@ -70,6 +76,7 @@ __all__ = [
     "WarmupError",
     "bind",
     "client",
+    "export",
     "metrics",
     "panel",
     "restart",
@@ -85,8 +92,12 @@ __version__ = "0.1.0"
 def start(restart_on_crash: bool = True, **options: Any) -> Server:
     """Start the background Triton server, or return the running one.
 
-    Options: ``http_port``, ``grpc_port``, ``metrics_port``, ``public``, ``log_verbose`` and any other
-    ``pytriton.triton.TritonConfig`` field. Precedence: argument > ``PYTRITON_TRITON_CONFIG_*`` > default.
+    Options: ``http_port``, ``grpc_port``, ``metrics_port``, ``public``, ``log_verbose``, ``model_repository`` and
+    any other ``pytriton.triton.TritonConfig`` field. Precedence: argument > ``PYTRITON_TRITON_CONFIG_*`` > default.
+    ``model_repository`` (one folder or a list) serves the models of existing Triton model repositories
+    (``DIR/<model>/config.pbtxt``, ``DIR/<model>/<version>/...``) beside the notebook's; each restart loads them
+    again. A folder that is missing or holds no model raises before anything starts; a model that fails to load
+    raises ``BindError`` with Triton's reason, and the server runs on with the others.
     If tritonserver exits without being asked, it is started again on the same ports with every model bound again
     (after 3 exits within 60 s it gives up and says so), and a model whose python backend stub died is loaded
     again; ``restart_on_crash=False`` turns both off.
@@ -186,9 +197,31 @@ def client(name: str) -> ModelClient:
     current = server()
     if current is None:
         raise NoServerError("no Triton server runs")
-    if name not in current.models:
-        raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(current.models) or 'none'}")
+    if name not in current.models and name not in current.repository_models:
+        served = sorted([*current.models, *current.repository_models])
+        raise UnknownModelError(f"no model named {name!r} is served; served: {served or 'none'}")
     return ModelClient(name, current.http_url)
+
+
+def export(
+    name: str,
+    directory: str | os.PathLike,
+    *,
+    version: int | None = None,
+    model_format: str = "python",
+    force: bool = False,
+) -> ExportResult:
+    """Write served model ``name`` to the Triton model repository ``directory``, with what runs it elsewhere.
+
+    ``directory/name/config.pbtxt`` and ``directory/name/<version>/`` load in any ``tritonserver --model-repository``;
+    beside them: ``docker-compose.yml``, a ``Dockerfile``, ``serve_here.sh``, a ``README.md`` and Kubernetes manifests
+    (a KServe InferenceService, a Deployment + Service). ``model_format``: ``python`` (the function with everything it
+    uses) or ``torchscript`` (traced; no Python in the fleet). Each export adds a version; an existing one is replaced
+    only with ``force=True``. ExportError says what could not be exported; nothing is then written.
+    """
+    from tritonnb.deploy.export import export as export_model
+
+    return export_model(name, directory, version=version, model_format=model_format, force=force)
 
 
 def panel(

@@ -57,8 +57,16 @@ SERVICE_STARTED = {
     "metrics": "Started Metrics Service at ",
 }
 # Triton's auto-complete starts (and stops) an extra python backend stub per load just to ask a model.py that has
-# nothing to add; PyTriton sends a complete config, so skipping it saves about 1.3 s per load on this machine
-EXTRA_ARGS = ("--disable-auto-complete-config",)
+# nothing to add; PyTriton sends a complete config, so skipping it saves about 1.3 s per load on this machine. It stays
+# on when a served model repository holds a model whose config relies on it.
+NO_AUTO_COMPLETE = "--disable-auto-complete-config"
+
+
+def tritonserver_args(repositories: Sequence[pathlib.Path], auto_complete: bool) -> list[str]:
+    """tritonserver flags beyond PyTriton's: each model repository (besides PyTriton's empty one), and auto-complete
+    off unless asked for. Passed as separate arguments: PyTriton's own would split a path with spaces."""
+    args = [arg for repository in repositories for arg in ("--model-repository", repository.as_posix())]
+    return args if auto_complete else [*args, NO_AUTO_COMPLETE]
 
 
 @functools.cache
@@ -71,9 +79,16 @@ class _DetachedTritonServer(TritonServer):
     """tritonserver in a session of its own, output to a sink, libpython of this interpreter first, fast stop."""
 
     def __init__(
-        self, *, log_sink: LogSink, exit_timeout_s: float, on_unexpected_exit: ExitHandler, **kwargs: Any
+        self,
+        *,
+        log_sink: LogSink,
+        exit_timeout_s: float,
+        on_unexpected_exit: ExitHandler,
+        extra_args: Sequence[str] = (),
+        **kwargs: Any,
     ) -> None:
         super().__init__(verbose=False, **kwargs)
+        self._extra_args = tuple(extra_args)
         self._log_sink = log_sink
         self._on_unexpected_exit = on_unexpected_exit
         self._exit_timeout_s = exit_timeout_s
@@ -101,7 +116,7 @@ class _DetachedTritonServer(TritonServer):
         command = sh.Command(self._server_path.as_posix())
         self._tritonserver_running_cmd = command(
             *self._server_config.to_args_list(),
-            *EXTRA_ARGS,
+            *self._extra_args,
             _env=self._get_env(),
             _err_to_out=True,
             _out=self._record_logs,
@@ -207,13 +222,27 @@ def _on_a_thread_of_its_own(work: Callable[[], None]) -> None:
 
 
 class ServerProcess(Triton):
-    """PyTriton's ``Triton`` with the detached, quiet tritonserver above. Models are loaded by ``Generation``."""
+    """PyTriton's ``Triton`` with the detached, quiet tritonserver above. Models are loaded by ``Generation``, and
+    the models of ``repositories`` by name through the same model-control API (tritonserver loads none by itself).
+
+    PyTriton's own ``model_repository`` option would replace its (empty) repository with one folder and have
+    tritonserver load every model in it at start (``--load-model=*``), where one model that fails ends tritonserver.
+    Models bound through PyTriton are never written to any repository: their config and files go with each load
+    request, and Triton writes them to a temporary folder of its own.
+    """
 
     def __init__(
-        self, config: TritonConfig, workspace: pathlib.Path, log_sink: LogSink, on_unexpected_exit: ExitHandler
+        self,
+        config: TritonConfig,
+        workspace: pathlib.Path,
+        log_sink: LogSink,
+        on_unexpected_exit: ExitHandler,
+        repositories: Sequence[pathlib.Path] = (),
+        auto_complete: bool = False,
     ) -> None:
         self._log_sink = log_sink
         self._on_unexpected_exit = on_unexpected_exit
+        self._extra_args = tritonserver_args(repositories, auto_complete)
         super().__init__(
             config=config,
             workspace=workspace,
@@ -223,6 +252,7 @@ class ServerProcess(Triton):
     def _initialize_server(self) -> None:
         path = self._prepare_triton_inference_server()
         exit_timeout = self._triton_server_config["exit_timeout_secs"]  # Triton waits 30 s when unset
+        self._triton_server_config["load-model"] = None  # PyTriton's "*": models are loaded one by one, after start
         self._triton_server = _DetachedTritonServer(
             path=(path / "bin" / "tritonserver").as_posix(),
             libs_path=get_libs_path(),
@@ -230,6 +260,7 @@ class ServerProcess(Triton):
             log_sink=self._log_sink,
             exit_timeout_s=float(30 if exit_timeout is None else exit_timeout),
             on_unexpected_exit=self._on_unexpected_exit,
+            extra_args=self._extra_args,
         )
 
     def launch(self) -> None:

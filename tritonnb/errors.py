@@ -69,3 +69,7 @@ class ModelTimeout(ModelError, TimeoutError):
 
 class PerfError(TritonnbError, RuntimeError):
     """A load test could not run (the load generator failed, or the input data does not fit)."""
+
+
+class ExportError(TritonnbError, RuntimeError):
+    """A model could not be exported to a model repository; nothing was written."""

@@ -9,6 +9,12 @@ import urllib.request
 TIMEOUT_S = 1.0
 
 
+def base_url(url: str) -> str:
+    """A server's base URL as given by a user: ``http://`` added when no scheme is, no trailing slash."""
+    url = url.strip().rstrip("/")
+    return url if "://" in url else f"http://{url}"
+
+
 def get_text(url: str, headers: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> str | None:
     """GET a URL; None for a non-200 answer; OSError when nothing answers."""
     request = urllib.request.Request(url, headers=headers or {})

@@ -28,7 +28,7 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 
 import tritonnb
-from tritonnb.errors import SpecError, TritonnbError
+from tritonnb.errors import BindError, SpecError, TritonnbError
 from tritonnb.report import format_models, format_status
 from tritonnb.signature import TensorSpec, parse_spec
 
@@ -194,6 +194,13 @@ class TritonMagics(Magics):
         argument("--public", action="store_true", help="bind all interfaces, not only 127.0.0.1"),
         argument("--log-verbose", type=_non_negative, metavar="N", help="Triton's log verbosity (0: off)"),
         argument(
+            "--model-repository",
+            action="append",
+            metavar="DIR",
+            help="also serve the models of this Triton model repository (DIR/<model>/config.pbtxt, "
+            "DIR/<model>/<version>/...); repeat it for several",
+        ),
+        argument(
             "--no-restart",
             action="store_true",
             help="do not restart tritonserver when it exits by itself (default: restart, bind every model again)",
@@ -223,6 +230,21 @@ class TritonMagics(Magics):
             help="seconds between refreshes (the nearest of 0.5, 1, 2, 5, 10)",
         ),
     )
+    @subcommand(
+        "export",
+        "write a served model to a Triton model repository, with docker compose and Kubernetes files beside it",
+        argument("name", help="a served model"),
+        argument("directory", metavar="DIR", help="the repository folder (created if missing)"),
+        argument("--version", type=_positive, metavar="N", help="the version to write (default: the next one)"),
+        argument(
+            "--format",
+            dest="model_format",
+            choices=["python", "torchscript"],
+            default="python",
+            help="python: the function with all it uses, for the python backend; torchscript: traced, no Python",
+        ),
+        argument("--force", action="store_true", help="replace the version if it exists"),
+    )
     def triton(self, line: str) -> None:
         """Control the background Triton server."""
         args = _parse(self.triton, line)
@@ -237,6 +259,8 @@ class TritonMagics(Magics):
             server = self._require_server()
             seconds = server.restart()
             print(f"Triton restarted in {seconds:.1f} s; models bound again: {', '.join(server.models) or 'none'}")
+            if server.repository_models:
+                print(f"models of the model repositories loaded again: {', '.join(server.repository_models)}")
         elif args.command == "status":
             server = tritonnb.server()
             print(format_status(server.status()) if server else "no Triton server runs")
@@ -247,6 +271,12 @@ class TritonMagics(Magics):
             print(f"model {args.name!r} unbound")
         elif args.command == "logs":
             print(self._require_server().logs(args.n), end="")
+        elif args.command == "export":
+            print(
+                tritonnb.export(
+                    args.name, args.directory, version=args.version, model_format=args.model_format, force=args.force
+                )
+            )
         elif args.command == "panel":
             if args.url is None:
                 self._require_server()
@@ -332,7 +362,7 @@ class TritonMagics(Magics):
     @_usage_errors
     @magic_arguments()
     @_with_defaults()
-    @argument("name", help="a served model")
+    @argument("name", help="a served model (bound here, from a model repository, or any model of --url)")
     @argument("--concurrency", type=_positive_list, default=[1, 2, 4, 8], metavar="C,C,...", help="levels")
     @argument("--duration", type=_positive_float, default=5.0, metavar="S", help="seconds per level")
     @INPUT_DATA
@@ -342,15 +372,20 @@ class TritonMagics(Magics):
         default="builtin",
         help="tritonnb's load generator, or NVIDIA's perf_analyzer from PATH",
     )
+    @argument("--url", metavar="URL", help="any Triton server's HTTP URL (default: this kernel's server)")
+    @argument("--token", metavar="TOKEN", help="with --url: access token for its statistics API, if restricted")
     def triton_perf(self, line: str) -> Any:
-        """Closed-loop load test of a served model: throughput, latency percentiles and Triton's own split."""
+        """Closed-loop load test of a served model, or of a model of any Triton server: throughput, latency
+        percentiles and Triton's own split."""
         from tritonnb.perf import run_perf
         from tritonnb.widgets.progress import StepProgress
 
         args = _parse(self.triton_perf, line)
         if args is None:
             return None
-        server = self._require_server()
+        if args.token is not None and args.url is None:
+            raise UsageError("--token goes with --url: this kernel's own server needs none")
+        server = self._require_server() if args.url is None else tritonnb.server()
         progress = StepProgress(len(args.concurrency), "load test", self._has_kernel())
         return run_perf(
             server,
@@ -360,6 +395,8 @@ class TritonMagics(Magics):
             self._input_data(args.input_data),
             progress.step,
             engine=args.engine,
+            url=args.url,
+            token=args.token,
         )
 
     @line_magic
@@ -425,14 +462,26 @@ class TritonMagics(Magics):
             options["restart_on_crash"] = not args.no_restart
         if tritonnb.server() is not None:
             raise UsageError("a Triton server already runs; %triton stop it first to change its options")
-        server = tritonnb.start(**options)
+        try:
+            server = tritonnb.start(**options)
+        except BindError:  # a repository's model did not load: the server runs, say so before the error
+            if tritonnb.server() is not None:
+                self._announce(tritonnb.server())
+            raise
+        self._announce(server)
+        return server
+
+    @staticmethod
+    def _announce(server: Any) -> None:
         for note in server.settings.notes:
             print(f"note: {note}")
         print(
             f"Triton {server.version} ready: HTTP {server.http_url}, gRPC {server.grpc_url.removeprefix('grpc://')}"
             f", metrics {server.metrics_url}" + ("" if server.supervisor.enabled else "; restart on crash: off")
         )
-        return server
+        for path in server.settings.repositories:
+            names = [n for n, m in server.repository_models.items() if m.repository == path and m.state == "READY"]
+            print(f"model repository {path}: serving {', '.join(names) or 'no model'}")
 
     @staticmethod
     def _require_server() -> Any:

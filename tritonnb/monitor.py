@@ -17,7 +17,7 @@ from typing import Any
 
 from tritonnb.errors import NoServerError, SpecError
 from tritonnb.host_gpu import nvml_gpus
-from tritonnb.http_get import answers_ok, get_json, get_text
+from tritonnb.http_get import answers_ok, base_url, get_json, get_text
 from tritonnb.metrics_text import PHASES, parse_metrics
 from tritonnb.statistics import fetch_stats
 
@@ -52,6 +52,7 @@ class ModelMetrics:
     name: str
     version: str = "1"
     state: str = "UNKNOWN"
+    source: str = ""  # "notebook" (bound here), "repository" (a served model repository's), "" (another server's)
     device: str | None = None
     inputs: str = ""
     outputs: str = ""
@@ -123,7 +124,7 @@ class Monitor:
             snapshot.state = server_state
             snapshot.reason = AWAY[server_state]
             snapshot.log_tail = server.logs(12) if server_state != "STOPPED" else ""
-            snapshot.models = {n: self._unavailable(n) for n in list(server.models)}
+            snapshot.models = {n: self._unavailable(n) for n in _own_models(server)}
             return snapshot
         try:
             snapshot.live = get_text(f"{target.http_url}/v2/health/live") is not None
@@ -155,7 +156,7 @@ class Monitor:
                 per_model.setdefault(name, {}).update(counters)
         names = list(per_model)
         if server is not None:
-            names += [n for n in list(server.models) if n not in per_model]
+            names += [n for n in _own_models(server) if n not in per_model]
         snapshot.models = {
             name: self._model(name, per_model.get(name, {}), failures.get(name, {}), now) for name in names
         }
@@ -180,7 +181,19 @@ class Monitor:
         model = ModelMetrics(name=name, state=state)
         server = self.target.server
         slot = server.models.get(name) if server is not None else None
+        from_repository = server.repository_models.get(name) if server is not None else None
+        if from_repository is not None:
+            model.source = "repository"
+            if from_repository.version:
+                model.version = from_repository.version
+            if from_repository.spec is not None:
+                spec = from_repository.spec
+                model.inputs = ", ".join(map(str, spec.inputs))
+                model.outputs = ", ".join(map(str, spec.outputs))
+                model.batching = f"max {spec.max_batch_size}" if spec.batched else "off"
+                model.batching += f", {spec.instances} inst."
         if slot is not None:
+            model.source = "notebook"
             model.device = slot.device
             model.inputs = ", ".join(map(str, slot.spec.inputs))
             model.outputs = ", ".join(map(str, slot.spec.outputs))
@@ -228,6 +241,11 @@ class Monitor:
         return model
 
 
+def _own_models(server: Any) -> list[str]:
+    """The names of the models our own server serves: bound here, then from its model repositories."""
+    return [*list(server.models), *list(server.repository_models)]
+
+
 def target_for(
     url: str | None = None, metrics_url: str | None = None, token: str | None = None, server: Any = None
 ) -> Target:
@@ -236,9 +254,7 @@ def target_for(
         if server is None:
             raise NoServerError("no Triton server runs here; start one, or give the URL of one to watch")
         return Target(server.http_url, server.metrics_url, None, server)
-    url = url.rstrip("/")
-    if "://" not in url:
-        url = f"http://{url}"
+    url = base_url(url)
     if metrics_url is None:
         parsed = urllib.parse.urlsplit(url)
         try:

@@ -23,7 +23,7 @@ def checked_outputs(result: Any, specs: Sequence[TensorSpec], batch: int | None)
     first dim, followed by the declared per-sample dims (-1 matches any size). OutputError names the output, what
     was declared and what came back.
     """
-    values = _by_output(result, specs)
+    values = outputs_in_order(result, specs)
     outputs = {}
     for spec, value in zip(specs, values):
         if value is None:
@@ -37,7 +37,8 @@ def checked_outputs(result: Any, specs: Sequence[TensorSpec], batch: int | None)
     return outputs
 
 
-def _by_output(result: Any, specs: Sequence[TensorSpec]) -> list[Any]:
+def outputs_in_order(result: Any, specs: Sequence[TensorSpec]) -> list[Any]:
+    """The values of a tensor, tuple/list or dict return value, one per declared output, in declared order."""
     names = [s.name for s in specs]
     if isinstance(result, Mapping):
         missing = [n for n in names if n not in result]

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from tritonnb.errors import PerfError, SpecError, UnknownModelError
+from tritonnb.errors import NoServerError, PerfError, SpecError, UnknownModelError
+from tritonnb.http_get import base_url
 from tritonnb.metrics_text import PHASES
+from tritonnb.remote_spec import remote_spec
 from tritonnb.signature import ModelSpec, sample_inputs
 from tritonnb.statistics import fetch_stats
 
@@ -37,6 +39,15 @@ ROW_KEYS = (
 )
 WARMUP_S = 0.5
 Progress = Callable[[int, int, dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where a load test sends requests, and the token of the server's statistics API (None: not sent; the
+    server-side columns stay empty if the server restricts it)."""
+
+    http_url: str
+    token: str | None = None
 
 
 @dataclasses.dataclass
@@ -134,7 +145,12 @@ def request_body(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[bytes,
 
 
 def perf_analyzer_command(
-    http_url: str, spec: ModelSpec, arrays: dict[str, np.ndarray], levels: Sequence[int], duration_s: float, token: str
+    http_url: str,
+    spec: ModelSpec,
+    arrays: dict[str, np.ndarray],
+    levels: Sequence[int],
+    duration_s: float,
+    token: str | None,
 ) -> str:
     """The perf_analyzer command line sending requests of the same shape, random data (with the token its server-side
     stats need): ``-b`` is the samples per request, ``--shape`` the shape of one sample when the model batches."""
@@ -145,7 +161,7 @@ def perf_analyzer_command(
         f"perf_analyzer -m {spec.name} -u {http_url.removeprefix('http://')} -i http -b {batch_size(spec, arrays)}",
         f"--measurement-interval {int(duration_s * 1000)}",
         *shapes,
-        f"-H {shlex.quote('triton-access-token:' + token)}",
+        *([f"-H {shlex.quote('triton-access-token:' + token)}"] if token else []),
     ]
     steps = {b - a for a, b in itertools.pairwise(levels)}
     if len(levels) == 1 or (len(steps) == 1 and min(steps) > 0):  # perf_analyzer ranges only go up
@@ -173,9 +189,9 @@ class _BuiltinEngine:
     """tritonnb's own generator (``tritonnb.loadgen``) in a child process, one run per level."""
 
     def __init__(
-        self, server: Any, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float, warmup_s: float
+        self, endpoint: Endpoint, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float, warmup_s: float
     ) -> None:
-        self.server, self.spec, self.duration_s, self.warmup_s = server, spec, duration_s, warmup_s
+        self.endpoint, self.spec, self.duration_s, self.warmup_s = endpoint, spec, duration_s, warmup_s
         body, self.header_length = request_body(spec, arrays)
         self._body = tempfile.NamedTemporaryFile(suffix=".bin")  # noqa: SIM115 (closed in close())
         self._body.write(body)
@@ -183,14 +199,14 @@ class _BuiltinEngine:
 
     def measure(self, level: int) -> tuple[dict[str, Any], list[str]]:
         """One level: client-side latencies and errors, and Triton's split over the same window."""
-        server, name = self.server, self.spec.name
-        before = (fetch_stats(server.http_url, server.access_token, name) or {}).get(name)
+        endpoint, name = self.endpoint, self.spec.name
+        before = (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
         command = [
             sys.executable,
             "-m",
             "tritonnb.loadgen",
-            f"--host={urllib.parse.urlsplit(server.http_url).hostname}",
-            f"--port={urllib.parse.urlsplit(server.http_url).port}",
+            f"--host={urllib.parse.urlsplit(endpoint.http_url).hostname}",
+            f"--port={urllib.parse.urlsplit(endpoint.http_url).port or 80}",
             f"--model={name}",
             f"--concurrency={level}",
             f"--duration={self.duration_s}",
@@ -202,7 +218,7 @@ class _BuiltinEngine:
         if done.returncode != 0:
             raise PerfError(f"the load generator failed:\n{done.stderr[-2000:]}")
         measured = json.loads(done.stdout)
-        after = (fetch_stats(server.http_url, server.access_token, name) or {}).get(name)
+        after = (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
         latencies = measured["latencies_ms"]
         row = {
             "concurrency": level,
@@ -230,11 +246,11 @@ class _PerfAnalyzerEngine:
     the ``throughput`` column is requests/s like the built-in engine's.
     """
 
-    def __init__(self, server: Any, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float) -> None:
+    def __init__(self, endpoint: Endpoint, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float) -> None:
         self.binary = shutil.which("perf_analyzer")
         if self.binary is None:
             raise PerfError("perf_analyzer is not on PATH; use the built-in engine, or install Triton's client SDK")
-        self.server, self.spec, self.duration_s = server, spec, duration_s
+        self.endpoint, self.spec, self.duration_s = endpoint, spec, duration_s
         self._folder = tempfile.TemporaryDirectory(prefix="tritonnb-perf-")
         self._data = pathlib.Path(self._folder.name) / "input.json"
         self.batch = batch_size(spec, arrays)
@@ -253,7 +269,7 @@ class _PerfAnalyzerEngine:
             "-m",
             self.spec.name,
             "-u",
-            self.server.http_url.removeprefix("http://"),
+            self.endpoint.http_url.removeprefix("http://"),
             "-i",
             "http",
             "-b",
@@ -266,8 +282,7 @@ class _PerfAnalyzerEngine:
             "100",
             "--input-data",
             str(self._data),
-            "-H",
-            f"triton-access-token:{self.server.access_token}",
+            *(["-H", f"triton-access-token:{self.endpoint.token}"] if self.endpoint.token else []),
             "-f",
             str(report),
         ]
@@ -324,14 +339,22 @@ def run_perf(
     on_progress: Progress | None = None,
     warmup_s: float = WARMUP_S,
     engine: str = "builtin",
+    *,
+    url: str | None = None,
+    token: str | None = None,
 ) -> PerfResult:
     """Load-test model ``name`` of ``server`` at each concurrency level; the clients run in a separate process.
 
     ``engine`` is ``builtin`` (tritonnb's generator; each level first runs ``warmup_s`` uncounted, which Triton's
     server-side columns include) or ``perf_analyzer`` (NVIDIA's tool from PATH; it fails on any error).
+
+    With ``url``, the model is any Triton server's (``server`` may be None): its inputs, outputs and batching are
+    read from that server, and ``token`` is sent to its statistics API if it restricts it (else Triton's
+    server-side columns stay empty). A model of a served model repository is read from the server in the same way.
     """
-    if name not in server.models:
-        raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
+    if url is not None and server is not None and base_url(url) == server.http_url:
+        url = token = None  # this kernel's own server: its bindings, and its token
+    spec = model_spec(server, name, url, token)
     levels = [int(c) for c in concurrency]
     if not levels or any(c < 1 for c in levels):
         raise SpecError(f"concurrency levels must be 1 or more, got {levels}")
@@ -339,13 +362,13 @@ def run_perf(
         raise SpecError(f"duration must be positive, got {duration_s}")
     if engine not in ENGINES:
         raise SpecError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    spec = server.models[name].spec
     arrays = input_arrays(spec, input_data)
     batch_size(spec, arrays)  # an input batch no request can carry fails here, before either engine runs
+    endpoint = Endpoint(base_url(url), token) if url is not None else Endpoint(server.http_url, server.access_token)
     if engine == "builtin":
-        runner: Any = _BuiltinEngine(server, spec, arrays, duration_s, warmup_s)
+        runner: Any = _BuiltinEngine(endpoint, spec, arrays, duration_s, warmup_s)
     else:
-        runner = _PerfAnalyzerEngine(server, spec, arrays, duration_s)
+        runner = _PerfAnalyzerEngine(endpoint, spec, arrays, duration_s)
     rows: list[dict[str, Any]] = []
     samples: list[str] = []
     try:
@@ -357,5 +380,24 @@ def run_perf(
                 on_progress(index + 1, len(levels), row)
     finally:
         runner.close()
-    command = perf_analyzer_command(server.http_url, spec, arrays, levels, duration_s, server.access_token)
+    command = perf_analyzer_command(endpoint.http_url, spec, arrays, levels, duration_s, endpoint.token)
     return PerfResult(name, duration_s, rows, command, samples[:5], engine)
+
+
+def model_spec(server: Any, name: str, url: str | None = None, token: str | None = None) -> ModelSpec:
+    """Model ``name``'s spec: a binding's of ``server``; else as the server that serves it reports it (with ``url``,
+    any Triton server, sent ``token`` if given; else ``server``, for a model of its model repositories)."""
+    if url is not None:
+        if not base_url(url).startswith("http://"):
+            raise SpecError(f"cannot load-test {url!r}: tritonnb's load generator speaks plain HTTP (http://...)")
+        return remote_spec(base_url(url), name, token)
+    if token is not None:
+        raise SpecError("a token goes with the URL of another server; this kernel's server needs none")
+    if server is None:
+        raise NoServerError("no Triton server runs here; start one, or give the URL of one to load-test")
+    if name in server.models:
+        return server.models[name].spec
+    if name in server.repository_models:
+        return remote_spec(server.http_url, name, server.access_token)
+    served = sorted([*server.models, *server.repository_models])
+    raise UnknownModelError(f"no model named {name!r} is served; served: {served or 'none'}")

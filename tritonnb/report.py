@@ -6,18 +6,23 @@ from typing import Any
 
 
 def format_models(status: dict[str, Any]) -> str:
-    """One line per model: name, state, device, how many times it was bound."""
+    """One line per model: the notebook's (name, state, device, binds), then the model repositories' (name, state,
+    versions, repository, and why one is not ready)."""
     models = status["models"]
-    if not models:
+    from_repositories = status.get("repository_models", {})
+    if not models and not from_repositories:
         return "no models are served"
-    width = max(len(n) for n in models)
-    return "\n".join(
-        f"{name:<{width}}  {m['state']:<11}  {m['device']:<6}  binds={m['binds']}" for name, m in models.items()
-    )
+    width = max(len(n) for n in [*models, *from_repositories])
+    lines = [f"{name:<{width}}  {m['state']:<11}  {m['device']:<6}  binds={m['binds']}" for name, m in models.items()]
+    for name, m in from_repositories.items():
+        line = f"{name:<{width}}  {m['state']:<11}  v{m['version'] or '-':<5}  from repository {m['repository']}"
+        reason = m["reason"].strip().splitlines()
+        lines.append(line + (f": {reason[0]}" if reason and m["state"] != "READY" else ""))
+    return "\n".join(lines)
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """State, pid, version, uptime, endpoints, log file and models."""
+    """State, pid, version, uptime, endpoints, log file, model repositories and models."""
     lines = [
         f"Triton {status['version']}: {status['state']} (pid {status['pid']}, up {status['uptime_s']:.0f} s)",
         f"  HTTP     {status['http_url']}",
@@ -25,6 +30,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"  metrics  {status['metrics_url']}",
         f"  log      {status['log_file']}",
     ]
+    lines += [f"  repo     {path}" for path in status.get("repositories", [])]
     if status["public"]:
         lines.append("  listening on all interfaces")
     restart = "on" if status["restart_on_crash"] else "off"

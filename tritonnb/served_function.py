@@ -14,13 +14,13 @@ from tritonnb._pytriton import ERROR_OUTPUT, error_response
 from tritonnb.errors import ModelError, ModelTimeout, OutputError, SignatureMismatch, SpecError
 from tritonnb.output_check import checked_outputs
 from tritonnb.signature import TensorSpec, parameters_of
-from tritonnb.torch_bridge import to_torch, torch_threads, use_torch_threads
+from tritonnb.torch_bridge import call_with_tensors, torch_threads, use_torch_threads
 
 ErrorReporter = Callable[[str, str], None]
 MAX_RUNNING_LATE = 8  # abandoned calls of one function still running, beyond which requests fail at once
 
 
-def _calls_by_keyword(fn: Callable, inputs: Sequence[TensorSpec]) -> bool:
+def calls_by_keyword(fn: Callable, inputs: Sequence[TensorSpec]) -> bool:
     """True to call ``fn(**inputs)``, False to call it with inputs in declared order; raise if neither fits."""
     names = [s.name for s in inputs]
     params = parameters_of(fn)
@@ -68,7 +68,7 @@ class ServedFunction:
         self.abandoned = 0  # calls that outlived the timeout (a Python thread cannot be killed: they run to their end)
         self._running_late = 0  # abandoned calls still running
         self._late_lock = threading.Lock()
-        self._by_keyword = _calls_by_keyword(fn, inputs)
+        self._by_keyword = calls_by_keyword(fn, inputs)
         self._report_error = report_error
         self.torch_threads = torch_threads()  # the binding (kernel) thread's setting, applied in handler threads
 
@@ -80,13 +80,9 @@ class ServedFunction:
         return self._run_within_timeout(arrays, batch)
 
     def _run(self, arrays: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
-        import torch
-
         try:
             use_torch_threads(self.torch_threads)
-            tensors = {s.name: to_torch(arrays[s.name], s, self.device) for s in self.inputs}
-            with torch.inference_mode():
-                result = self.fn(**tensors) if self._by_keyword else self.fn(*tensors.values())
+            result = call_with_tensors(self.fn, self._by_keyword, self.inputs, arrays, self.device)
         except Exception as error:
             self._report_error(self.model_name, traceback.format_exc())
             raise ModelError(f"model {self.model_name!r} raised {type(error).__name__}: {error}") from None

@@ -22,9 +22,19 @@ from pytriton.triton import TritonConfig
 from tritonnb import state
 from tritonnb._pytriton import Generation, ServerProcess
 from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
-from tritonnb.errors import BindError, NoServerError, PortBusyError, ServerStartError, SpecError, UnknownModelError
+from tritonnb.errors import (
+    BindError,
+    NoServerError,
+    PortBusyError,
+    ServerStartError,
+    SpecError,
+    TritonnbError,
+    UnknownModelError,
+)
 from tritonnb.http_get import answers_ok, get_json
 from tritonnb.leftovers import record_owner, remove_leftovers
+from tritonnb.remote_spec import remote_spec
+from tritonnb.repository import RepositoryModel, find_models, index_states, needs_auto_complete, triton_reason
 from tritonnb.server_log import ServerLog
 from tritonnb.settings import ServerSettings, resolve_settings
 from tritonnb.signature import DEFAULT_OUTPUT, ModelSpec, TensorSpec, as_specs, default_inputs
@@ -44,11 +54,15 @@ class Server:
 
     If tritonserver exits without being asked (OOM killer, a crash, a stray kill), it is started again on the same
     ports and every model is bound again, unless ``restart_on_crash`` is False (see ``tritonnb.supervisor``).
+
+    The models of ``settings.repositories`` (Triton model repositories) are served beside the notebook's:
+    ``load_repositories()`` loads them after the first start, and every restart loads them again.
     """
 
     def __init__(self, settings: ServerSettings, restart_on_crash: bool = True) -> None:
         self.settings = settings
         self.models: dict[str, ModelSlot] = {}
+        self.repository_models: dict[str, RepositoryModel] = {}  # loaded from settings.repositories, by name
         remove_leftovers(PYTRITON_HOME, HOME_PREFIX)
         self.home = PYTRITON_HOME / f"{HOME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.home.mkdir(parents=True)
@@ -124,8 +138,17 @@ class Server:
     def _launch(self) -> None:
         self.log.write(f"[tritonnb] starting tritonserver with {json.dumps(self.settings.config, default=str)}")
         workspace = self.home / f"triton-{secrets.token_hex(2)}"
+        repositories = self.settings.repositories
+        auto_complete = needs_auto_complete(repositories)
+        if auto_complete:
+            self.log.write("[tritonnb] a repository model's config relies on Triton's auto-complete: it stays on")
         self._process = ServerProcess(
-            TritonConfig(**self.settings.config), workspace, self.log.write, self.supervisor.notice_exit
+            TritonConfig(**self.settings.config),
+            workspace,
+            self.log.write,
+            self.supervisor.notice_exit,
+            repositories,
+            auto_complete,
         )
         record_owner(self.home, self._process.shm_prefix)  # so a later start can clean up after a kill -9
         self._process.launch()
@@ -304,12 +327,71 @@ class Server:
                 slot.reload()
             except Exception as error:  # one model that cannot load must not keep the others down
                 failed[name] = error
-        if failed:
-            raise BindError(
-                "Triton restarted, but these models could not be bound again: "
-                + "; ".join(f"{name}: {error}" for name, error in failed.items())
-            )
+        unloaded = self._load_repository_models()
+        problems = ["these models could not be bound again: " + _listed(failed)] if failed else []
+        if unloaded:
+            problems.append(_repository_failure(unloaded))
+        if problems:
+            raise BindError("Triton restarted, but " + "; and ".join(problems))
         return time.perf_counter() - started
+
+    # -- model repositories ----------------------------------------------------------------------------
+    def load_repositories(self) -> None:
+        """Load every model of the served model repositories; BindError naming each that failed, with Triton's
+        reason (the server and the other models serve on)."""
+        with self._lifecycle:
+            if self.state != "READY":
+                raise NoServerError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
+            unloaded = self._load_repository_models()
+        if unloaded:
+            raise BindError(f"{_repository_failure(unloaded)}\nThe server runs on, with the other models.")
+
+    def _load_repository_models(self) -> dict[str, str]:
+        """Load the repositories' models by name, found again in their folders (a model added since is served
+        too); return those that were not loaded, with why. Runs with the lifecycle lock held."""
+        from tritonclient.utils import InferenceServerException
+
+        if not self.settings.repositories:
+            return {}
+        found, unloaded = find_models(self.settings.repositories)
+        models: dict[str, RepositoryModel] = {}
+        with contextlib.closing(self._grpc()) as client:
+            for name, repository in found.items():
+                notebook = next((n for n in self.models if n.lower() == name.lower()), None)
+                if notebook is not None:
+                    unloaded[name] = (
+                        f"model {name!r} of {str(repository)!r} clashes with the notebook's model {notebook!r}: "
+                        "rename one of them"
+                    )
+                    continue
+                models[name] = RepositoryModel(name, repository)
+                self.log.write(f"[tritonnb] loading model {name!r} from the model repository {repository}")
+                try:
+                    client.load_model(name, headers=self._grpc_headers())
+                except InferenceServerException as error:
+                    unloaded[name] = f"model {name!r} of {str(repository)!r}: {triton_reason(error.message())}"
+        self.repository_models = models
+        self._refresh_repository_models()
+        for name, model in models.items():
+            if model.state == "READY":
+                with contextlib.suppress(TritonnbError):  # a dtype tritonnb does not handle: shown without spec
+                    model.spec = remote_spec(self.http_url, name)
+        for why in unloaded.values():
+            self.log.write(f"[tritonnb] not loaded: {why}")
+        return unloaded
+
+    def _refresh_repository_models(self) -> None:
+        """The repositories' models' states, versions and reasons, from Triton's repository index."""
+        if not self.repository_models:
+            return
+        try:
+            with contextlib.closing(self._grpc()) as client:
+                index = client.get_model_repository_index(headers=self._grpc_headers(), as_json=True)
+            states = index_states(index.get("models", []))
+        except Exception:  # tritonserver went away meanwhile: say so
+            states = {}
+        for name, model in self.repository_models.items():
+            model.state, model.version, model.reason = states.get(name, ("UNAVAILABLE", model.version, model.reason))
 
     # -- models ----------------------------------------------------------------------------------------
     def bind(
@@ -352,6 +434,12 @@ class Server:
         timeout_s: float | None,
     ) -> BindResult:
         _check_name(name, self.sockets)
+        served = next((m for m in self.repository_models.values() if m.name.lower() == name.lower()), None)
+        if served is not None:
+            raise SpecError(
+                f"model name {name!r} clashes with model {served.name!r} of the model repository "
+                f"{str(served.repository)!r}: Triton would serve one in place of the other; choose another name"
+            )
         input_specs = as_specs(inputs, "input") or default_inputs(fn)
         output_specs = as_specs(outputs, "output") or (DEFAULT_OUTPUT,)
         spec = ModelSpec(name, input_specs, output_specs, max_batch_size, batch_delay_us, instances)
@@ -424,8 +512,14 @@ class Server:
         return self.log.tail(lines)
 
     def status(self) -> dict[str, Any]:
-        """State, URLs, version, uptime, crash recovery and models, as plain data."""
+        """State, URLs, version, uptime, crash recovery, models and model repositories (with their models), as
+        plain data."""
         states = self.model_states() if self.state == "READY" else {n: "UNAVAILABLE" for n in self.models}
+        if self.state == "READY":
+            self._refresh_repository_models()
+        else:
+            for model in self.repository_models.values():
+                model.state = "UNAVAILABLE"
         return {
             "state": self.state,
             "pid": self.pid,
@@ -449,6 +543,8 @@ class Server:
                 }
                 for name, slot in self.models.items()
             },
+            "repositories": [str(path) for path in self.settings.repositories],
+            "repository_models": {name: model.as_dict() for name, model in self.repository_models.items()},
         }
 
 
@@ -470,6 +566,15 @@ def _socket_root(home: pathlib.Path) -> pathlib.Path:
     root = pathlib.Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
     record_owner(root)
     return root
+
+
+def _listed(failed: dict[str, Any]) -> str:
+    return "; ".join(f"{name}: {error}" for name, error in failed.items())
+
+
+def _repository_failure(unloaded: dict[str, str]) -> str:
+    lines = [f"- {why}" for why in unloaded.values()]
+    return "\n".join(["these models of the model repositories were not loaded:", *lines])
 
 
 def _check_name(name: str, sockets: pathlib.Path) -> None:
@@ -498,12 +603,15 @@ def start(restart_on_crash: bool = True, **options: Any) -> Server:
     while True:
         settings = resolve_settings(**options)
         try:
-            state.server = Server(settings, restart_on_crash=restart_on_crash)
-            return state.server
+            started = state.server = Server(settings, restart_on_crash=restart_on_crash)
+            break
         except PortBusyError:
             if not settings.picked_ports or attempt == START_ATTEMPTS:
                 raise
             attempt += 1
+    if settings.repositories:
+        started.load_repositories()  # a model that fails to load raises; the server runs on
+    return started
 
 
 def stop() -> float | None:

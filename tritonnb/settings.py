@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
+import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 from tritonnb._pytriton import triton_config_fields, triton_config_from_env
 from tritonnb.errors import PortBusyError, SpecError
 from tritonnb.ports import next_free_port, port_is_free
+from tritonnb.repository import repository_paths
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
@@ -31,6 +35,7 @@ class ServerSettings:
     config: dict[str, Any]
     notes: list[str]
     picked_ports: list[str] = dataclasses.field(default_factory=list)  # endpoints whose port was not asked for
+    repositories: tuple[pathlib.Path, ...] = ()  # Triton model repositories served beside the notebook's models
 
     def port(self, endpoint: str) -> int:
         """The port of ``http``, ``grpc`` or ``metrics``."""
@@ -87,9 +92,14 @@ def resolve_settings(
     metrics_port: int | None = None,
     public: bool = False,
     log_verbose: int | None = None,
+    model_repository: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     **config: Any,
 ) -> ServerSettings:
-    """Merge defaults, environment and arguments; pick free ports where none was asked for."""
+    """Merge defaults, environment and arguments; pick free ports where none was asked for.
+
+    ``model_repository``: one folder or several, each a Triton model repository whose models are served beside the
+    notebook's (``PYTRITON_TRITON_CONFIG_MODEL_REPOSITORY`` when not given); checked here, before anything starts.
+    """
     unknown = sorted(set(config) - triton_config_fields())
     if unknown:
         raise SpecError(
@@ -104,8 +114,11 @@ def resolve_settings(
     }
     if public:
         explicit.update({f"{e}_address": ALL_INTERFACES for e in ENDPOINTS})
-    chosen = {**triton_config_from_env(), **explicit}
-    settings = ServerSettings(config={**DEFAULTS, **chosen}, notes=[])
+    from_env = triton_config_from_env()
+    env_repository = from_env.pop("model_repository", None)
+    repositories = repository_paths(model_repository if model_repository is not None else env_repository)
+    chosen = {**from_env, **explicit}
+    settings = ServerSettings(config={**DEFAULTS, **chosen}, notes=[], repositories=repositories)
     _check_supported(settings.config)
     if ":" in settings.address("http"):
         raise SpecError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,17 @@ def to_torch(array: np.ndarray, spec: TensorSpec, device: str) -> Any:
         array = array.copy()
     tensor = torch.from_numpy(array)
     return tensor if device == "cpu" else tensor.to(device, non_blocking=False)
+
+
+def call_with_tensors(
+    fn: Callable, by_keyword: bool, inputs: Sequence[TensorSpec], arrays: dict[str, np.ndarray], device: str
+) -> Any:
+    """Call ``fn`` on ``arrays`` as torch tensors on ``device``, by input name or in order, without autograd."""
+    import torch
+
+    tensors = {s.name: to_torch(arrays[s.name], s, device) for s in inputs}
+    with torch.inference_mode():
+        return fn(**tensors) if by_keyword else fn(*tensors.values())
 
 
 def host_array(value: Any, dtype: str) -> np.ndarray:

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from tritonnb.errors import UnknownModelError
+from tritonnb.errors import SpecError, UnknownModelError
 from tritonnb.perf import Progress, run_perf
 
 TUNE_KEYS = (
@@ -96,6 +96,8 @@ def tune(
     on_progress: Progress | None = None,
 ) -> TuneResult:
     """Re-bind ``name`` with each configuration (a hot reload under the same name), load-test it, pick the best."""
+    if name in server.repository_models:
+        raise SpecError(f"model {name!r} comes from a model repository: tuning re-binds the notebook's models only")
     if name not in server.models:
         raise UnknownModelError(f"no model named {name!r} is served; served: {sorted(server.models) or 'none'}")
     slot = server.models[name]

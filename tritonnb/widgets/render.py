@@ -73,6 +73,13 @@ def _failures(model: ModelMetrics) -> str:
     )
 
 
+def _source(model: ModelMetrics) -> str:
+    """A tag after the name of a model that comes from a model repository, not from the notebook."""
+    if model.source != "repository":
+        return ""
+    return ' <small class="tnb-model-source" title="served from a Triton model repository">repository</small>'
+
+
 def models_html(snapshot: Snapshot) -> str:
     """One row per model: identity and config, then live figures for the last window."""
     if not snapshot.models:
@@ -85,7 +92,8 @@ def models_html(snapshot: Snapshot) -> str:
     rows = []
     for name, m in snapshot.models.items():
         rows.append(
-            f'<tr data-model="{html.escape(name)}"><td><b>{html.escape(name)}</b></td><td>{html.escape(m.version)}</td>'
+            f'<tr data-model="{html.escape(name)}"><td><b>{html.escape(name)}</b>{_source(m)}</td>'
+            f"<td>{html.escape(m.version)}</td>"
             f"<td>{_badge(m.state, 'tnb-model-state')}</td><td>{html.escape(m.device or '–')}</td>"
             f"<td><small>{html.escape(m.inputs or '–')} → {html.escape(m.outputs or '–')}</small></td>"
             f"<td><small>{html.escape(m.batching or '–')}</small></td>"

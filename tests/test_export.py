@@ -1,0 +1,297 @@
+"""Export to a model repository: a notebook's model served again by a plain tritonserver, and the fleet files."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from helpers import free_ports, run_in_kernel, wait_ports_free
+from jupyter_client.manager import KernelManager
+from tritonclient.grpc import model_config_pb2
+
+import tritonnb
+from tritonnb.deploy.model_config import parse_config
+from tritonnb.errors import ExportError, UnknownModelError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+NOTEBOOK = """
+import numpy as np, torch
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+for _ in range(50):  # train it, so the weights are not the initial ones
+    x = torch.randn(32, 4)
+    loss = ((net(x) - x[:, :3].cumsum(1)) ** 2).mean()
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+net.eval()
+OFFSET = 0.25
+
+def calibrate(t):
+    return t * 2 + OFFSET
+"""
+
+CELL = """%%triton_model clf --input x:float32[4] --output scores:float32[3] --max-batch-size 8 --batch-delay-us 500
+def clf(x):
+    return calibrate(net(x))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A kernel serves ``clf`` (a trained module and a helper), exports it in both formats, records its outputs
+    for fixed inputs, and is shut down."""
+    root = tmp_path_factory.mktemp("export")
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        http, grpc, metrics = free_ports()
+        steps = [
+            f"%load_ext tritonnb\n%triton start --http-port {http} --grpc-port {grpc} --metrics-port {metrics}",
+            NOTEBOOK,
+            CELL,
+            f"%triton export clf {root / 'python'}",
+            f"tritonnb.export('clf', {str(root / 'torchscript')!r}, model_format='torchscript')",
+            "inputs = np.arange(20, dtype=np.float32).reshape(5, 4) / 10\n"
+            "served = tritonnb.client('clf')(x=inputs)['scores']\n"
+            f"np.save({str(root / 'inputs.npy')!r}, inputs); np.save({str(root / 'outputs.npy')!r}, served)",
+        ]
+        for code in steps:
+            out, reply = run_in_kernel(client, "import tritonnb\n" + code if code is NOTEBOOK else code)
+            assert reply["status"] == "ok", out
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+    assert wait_ports_free([http, grpc, metrics]) == []
+    return root
+
+
+def test_exported_files(exported):
+    repo = exported / "python"
+    assert sorted(p.name for p in (repo / "clf" / "1").iterdir()) == [
+        "export.json",
+        "function.pt",
+        "model.py",
+        "source.py",
+    ]
+    assert "return calibrate(net(x))" in (repo / "clf" / "1" / "source.py").read_text()
+    config = parse_config((repo / "clf" / "config.pbtxt").read_text())
+    assert (config.backend, config.max_batch_size) == ("python", 8)
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("x", model_config_pb2.TYPE_FP32, [4])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("scores", [3])]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.kind, g.count) for g in config.instance_group] == [(g.KIND_CPU, 1) for g in config.instance_group]
+    assert config.model_warmup[0].inputs["x"].zero_data
+    assert config.version_policy.latest.num_versions == 1
+    assert parse_config((exported / "torchscript" / "clf" / "config.pbtxt").read_text()).backend == "pytorch"
+
+    compose = yaml.safe_load((repo / "docker-compose.yml").read_text())["services"]["triton"]
+    assert compose["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
+    assert compose["shm_size"] and "deploy" not in compose  # no GPU reservation for a CPU model
+    assert compose["healthcheck"]["test"][-1].endswith("/v2/health/ready")
+    assert compose["volumes"] == [{"type": "bind", "source": ".", "target": "/models", "read_only": True}]
+    assert "nvcr.io/nvidia/tritonserver:24.10-py3" in (repo / "Dockerfile").read_text()
+    assert "cloudpickle" in (repo / "Dockerfile").read_text()
+
+    deployment, service = yaml.safe_load_all((repo / "kubernetes-deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8002"
+    assert [p["port"] for p in service["spec"]["ports"]] == [8000, 8001, 8002]
+    isvc = yaml.safe_load((repo / "kubernetes-inferenceservice.yaml").read_text())
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert isvc["spec"]["predictor"]["model"]["modelFormat"] == {"name": "triton"}
+
+
+def test_inference_service_round_trips_through_the_kserve_sdk(exported):
+    """Read back into the SDK's classes in a fresh Python (kserve and tritonclient.grpc cannot share a process)."""
+    code = (
+        "import sys, yaml\n"
+        "from tritonnb.deploy.kubernetes import as_plain, from_plain\n"
+        "isvc = yaml.safe_load(open(sys.argv[1]).read())\n"
+        "obj = from_plain(isvc, 'V1beta1InferenceService')\n"
+        "assert type(obj).__name__ == 'V1beta1InferenceService'\n"
+        "assert obj.spec.predictor.model.model_format.name == 'triton'\n"
+        "assert as_plain(obj) == isvc, (as_plain(obj), isvc)\n"
+        "print('round trip ok')\n"
+    )
+    path = exported / "python" / "kubernetes-inferenceservice.yaml"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "round trip ok" in done.stdout, done.stderr
+
+
+def _blocker(root: pathlib.Path) -> pathlib.Path:
+    """A folder that makes ``import tritonnb`` fail, first on PYTHONPATH: proof the served model does not need it."""
+    package = root / "no_tritonnb" / "tritonnb"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("raise ImportError('the exported model must not need tritonnb')\n")
+    return package.parent
+
+
+def test_a_plain_tritonserver_serves_the_export(exported):
+    """The repository's own serve_here.sh runs the tritonserver binary of nvidia-pytriton, as a user would; the
+    answers over HTTP and gRPC equal the notebook's, and the log shows the warm-up."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    repo = exported / "python"
+    http, grpc, metrics = ports = free_ports()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTRITON", "TRITONNB"))}
+    env.update(PYTHON=sys.executable, PYTHONPATH=str(_blocker(exported)))
+    log = (exported / "tritonserver.log").open("w")
+    process = subprocess.Popen(
+        ["bash", str(repo / "serve_here.sh"), f"--http-port={http}", f"--grpc-port={grpc}",
+         f"--metrics-port={metrics}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+         "--metrics-address=127.0.0.1", "--log-verbose=1", "--exit-timeout-secs=5"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if client.is_model_ready("clf"):
+                    break
+            except Exception:
+                pass
+            time.sleep(0.5)
+        text = (exported / "tritonserver.log").read_text()
+        assert client.is_model_ready("clf"), text[-3000:]
+        inputs, expected = np.load(exported / "inputs.npy"), np.load(exported / "outputs.npy")
+
+        request = httpclient.InferInput("x", list(inputs.shape), "FP32")
+        request.set_data_from_numpy(inputs)
+        np.testing.assert_allclose(client.infer("clf", [request]).as_numpy("scores"), expected, rtol=1e-6)
+        grpc_client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc}")
+        request = grpcclient.InferInput("x", list(inputs.shape), "FP32")
+        request.set_data_from_numpy(inputs)
+        np.testing.assert_allclose(grpc_client.infer("clf", [request]).as_numpy("scores"), expected, rtol=1e-6)
+        grpc_client.close()
+
+        assert "is running warmup sample 'clf_warmup'" in text
+        assert "the exported model must not need tritonnb" not in text
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
+    assert wait_ports_free(ports) == []
+
+
+def test_torchscript_export_loads_back_with_torch(exported):
+    import torch
+
+    model = torch.jit.load(str(exported / "torchscript" / "clf" / "1" / "model.pt"))
+    inputs, expected = np.load(exported / "inputs.npy"), np.load(exported / "outputs.npy")
+    with torch.no_grad():
+        (scores,) = model(torch.from_numpy(inputs))
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5)
+    assert [a.name for a in model.forward.schema.arguments][1:] == ["x"]  # the PyTorch backend matches by name
+
+
+# --- bad cases, in this process: clear errors and nothing half-written ---------------------------------------
+
+
+def _tree(root: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_unknown_model(triton, tmp_path):
+    with pytest.raises(UnknownModelError, match="no model named 'nope'"):
+        tritonnb.export("nope", tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "socket", "lock"])
+def test_a_closure_that_cannot_be_captured_names_the_variable(triton, tmp_path, kind):
+    held = {
+        "file": lambda: (tmp_path / "log.txt").open("w"),
+        "socket": lambda: socket.socket(),
+        "lock": threading.Lock,
+    }[kind]()
+    handle = held
+
+    def uses(x):
+        _ = handle
+        return x * 2
+
+    tritonnb.bind(uses, "leaky", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
+    try:
+        with pytest.raises(ExportError, match=r"cannot capture 'handle'"):
+            tritonnb.export("leaky", tmp_path / "repo")
+        assert not (tmp_path / "repo").exists() or _tree(tmp_path / "repo") == {}
+    finally:
+        tritonnb.unbind("leaky")
+        if hasattr(held, "close"):
+            held.close()
+
+
+def test_versions_are_added_and_never_overwritten_silently(triton, tmp_path):
+    repo = tmp_path / "repo"
+    tritonnb.bind(lambda x: x + 1, "inc", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
+    try:
+        assert tritonnb.export("inc", repo).version == 1
+        assert tritonnb.export("inc", repo).version == 2
+        before = _tree(repo)
+        with pytest.raises(ExportError, match="version 1 of 'inc' exists"):
+            tritonnb.export("inc", repo, version=1)
+        assert _tree(repo) == before
+        result = tritonnb.export("inc", repo, version=1, force=True)
+        assert (
+            result.version == 1
+            and sorted(p.name for p in repo.iterdir() if p.name.startswith(".tritonnb-export")) == []
+        )
+        with pytest.raises(ExportError, match="holds a python model"):
+            tritonnb.export("inc", repo, model_format="torchscript")
+        # a file around the models that the user edited is kept; the new one goes beside it
+        compose = repo / "docker-compose.yml"
+        compose.write_text(compose.read_text() + "# my change\n")
+        result = tritonnb.export("inc", repo)
+        assert compose.read_text().endswith("# my change\n") and (repo / "docker-compose.yml.new").exists()
+        assert any("docker-compose.yml was changed by hand" in note for note in result.notes)
+    finally:
+        tritonnb.unbind("inc")
+
+
+def test_a_folder_that_cannot_be_written(triton, tmp_path):
+    tritonnb.bind(lambda x: x + 1, "inc2", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
+    try:
+        with pytest.raises(ExportError, match="cannot export"):
+            tritonnb.export("inc2", "/proc/tritonnb-repo")
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        with pytest.raises(ExportError, match="is not a directory"):
+            tritonnb.export("inc2", blocker / "repo")
+    finally:
+        tritonnb.unbind("inc2")
+
+
+def test_torchscript_refuses_bytes(triton, tmp_path):
+    tritonnb.bind(lambda s: s, "echo", inputs=["s:bytes[1]"], outputs=["t:bytes[1]"])
+    try:
+        with pytest.raises(ExportError, match="TorchScript cannot take"):
+            tritonnb.export("echo", tmp_path / "repo", model_format="torchscript")
+        result = tritonnb.export("echo", tmp_path / "repo")  # the python format takes bytes, without a warm-up
+        assert any("no model_warmup" in note for note in result.notes)
+    finally:
+        tritonnb.unbind("echo")
+
+
+def test_bundled_server_is_the_release_the_files_name(triton):
+    from tritonnb.deploy.fleet import TRITON_VERSION, triton_image
+
+    assert triton.version == TRITON_VERSION
+    assert triton_image() == "nvcr.io/nvidia/tritonserver:24.10-py3"

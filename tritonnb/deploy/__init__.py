@@ -1,0 +1,1 @@
+"""From notebook to fleet: a served model exported to a Triton model repository, docker compose and Kubernetes."""

@@ -1,0 +1,146 @@
+"""Export a served model to a Triton model repository, with what runs it on docker compose and Kubernetes.
+
+``DIR/NAME/config.pbtxt`` and ``DIR/NAME/<version>/`` are Triton's own repository format:
+``tritonserver --model-repository DIR`` loads them as they are. Around them: ``docker-compose.yml``, a
+``Dockerfile``, ``serve_here.sh``, a ``README.md`` and ``kubernetes-*.yaml``. They are files, not folders: tritonserver
+takes every folder of a repository for a model and will not start if one fails to load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+from tritonnb.deploy.fleet import RepositoryModel, Runtime
+from tritonnb.errors import ExportError, NoServerError, SpecError, UnknownModelError
+
+FORMATS = ("python", "torchscript")
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What an export wrote."""
+
+    name: str
+    version: int
+    model_format: str
+    directory: pathlib.Path
+    files: list[pathlib.Path]
+    notes: list[str]
+
+    @property
+    def version_dir(self) -> pathlib.Path:
+        """``DIR/NAME/<version>``."""
+        return self.directory / self.name / str(self.version)
+
+    def __repr__(self) -> str:
+        lines = [f"exported {self.name!r} version {self.version} ({self.model_format}) to {self.directory}"]
+        lines += [f"  {path.relative_to(self.directory)}" for path in self.files]
+        lines += [f"note: {note}" for note in self.notes]
+        lines.append(f"serve it: tritonserver --model-repository={self.directory}  (more in README.md)")
+        return "\n".join(lines)
+
+
+def export(
+    name: str,
+    directory: str | pathlib.Path,
+    *,
+    version: int | None = None,
+    model_format: str = "python",
+    force: bool = False,
+) -> ExportResult:
+    """Write the served model ``name`` as version ``version`` (default: the next one) of ``DIR/name``.
+
+    ``model_format``: ``python`` (a python-backend model with the function and all it uses) or ``torchscript`` (the
+    function traced for Triton's PyTorch backend, no Python needed). An existing version is replaced only with
+    ``force``. Everything is written to a staging folder first: on any error nothing is left half-written.
+    """
+    from tritonnb import session
+    from tritonnb.deploy import layout
+    from tritonnb.deploy.model_config import can_warm_up, config_text, model_config
+
+    if model_format not in FORMATS:
+        raise SpecError(f"unknown export format {model_format!r}; use one of {', '.join(FORMATS)}")
+    server = session.server()
+    if server is None:
+        raise NoServerError(f"no Triton server runs, so no model {name!r} to export; serve it first")
+    slot = server.models.get(name)
+    if slot is None or slot.fn is None:
+        served = sorted(n for n, s in server.models.items() if s.fn is not None)
+        raise UnknownModelError(f"no model named {name!r} is served; served: {', '.join(served) or 'none'}")
+    repository = layout.Repository(pathlib.Path(directory))
+    repository.check_writable()
+    backend = "python" if model_format == "python" else "pytorch"
+    repository.check_backend(name, backend)
+    number = repository.version_to_write(name, version, force)
+
+    files, notes = _model_files(slot.fn, slot.spec, slot.device, model_format)
+    config = config_text(model_config(slot.spec, model_format, slot.device))
+    if not can_warm_up(slot.spec):
+        notes.append("no model_warmup: a bytes input cannot be generated (add one with input_data_file)")
+    models = repository.models_after(RepositoryModel(name, backend, slot.device.startswith("cuda")))
+    written = repository.write(name, number, files, config, _fleet_files(repository.name, models), notes)
+    return ExportResult(name, number, model_format, repository.path, written, notes)
+
+
+def _model_files(fn: Any, spec: Any, device: str, model_format: str) -> tuple[dict[str, bytes], list[str]]:
+    """The version folder's files, all built in memory (an error here leaves the disk untouched)."""
+    from tritonnb.deploy.capture import FUNCTION_FILE, PortableFunction, captured_function
+    from tritonnb.served_function import calls_by_keyword
+
+    by_keyword = calls_by_keyword(fn, spec.inputs)
+    notes: list[str] = []
+    metadata: dict[str, Any] = {
+        "exported_by": "tritonnb",
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": model_format,
+        "function": getattr(fn, "__qualname__", repr(fn)),
+        "device": device,
+        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+    }
+    if model_format == "torchscript":
+        from tritonnb.deploy.torchscript import MODEL_FILE, traced_model
+
+        files = {MODEL_FILE: traced_model(fn, by_keyword, spec, device)}
+    else:
+        runtime = Runtime.here()
+        metadata.update(torch=runtime.torch, cloudpickle=runtime.cloudpickle)
+        files = {
+            FUNCTION_FILE: captured_function(PortableFunction(fn, spec.inputs, spec.outputs, by_keyword)),
+            "model.py": (pathlib.Path(__file__).parent / "python_backend_model.py").read_bytes(),
+            "source.py": _source_of(fn).encode(),
+        }
+    files["export.json"] = (json.dumps(metadata, indent=2) + "\n").encode()
+    return files, notes
+
+
+def _source_of(fn: Any) -> str:
+    """The function's source, for reading (what runs is in function.pt)."""
+    header = "# The exported function's source, for reading: what runs is function.pt (see model.py).\n\n"
+    try:
+        return header + inspect.getsource(fn)
+    except (OSError, TypeError):
+        return header + f"# the source of {getattr(fn, '__qualname__', fn)!r} is not available\n"
+
+
+def _fleet_files(repository: str, models: list[RepositoryModel]) -> dict[str, str]:
+    """Everything around the models: compose, Dockerfile, local script, README, Kubernetes manifests."""
+    from tritonnb.deploy import fleet, kubernetes
+
+    try:
+        k8s = kubernetes.manifests(repository, models)
+    except ImportError as error:
+        raise ExportError(f"the Kubernetes manifests need the kserve SDK ({error}): pip install kserve") from None
+    return {
+        "docker-compose.yml": fleet.compose_file(repository, models),
+        "Dockerfile": fleet.dockerfile(models, Runtime.here()),
+        ".dockerignore": "kubernetes-*.yaml\n*.new\n",
+        "serve_here.sh": fleet.SERVE_HERE,
+        "README.md": fleet.readme(repository, models),
+        **k8s,
+    }

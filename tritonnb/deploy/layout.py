@@ -1,0 +1,161 @@
+"""The repository folder on disk: its models and versions, and writing one export all at once or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+from tritonnb.deploy.fleet import RepositoryModel
+from tritonnb.deploy.model_config import parse_config
+from tritonnb.errors import ExportError, SpecError
+
+GENERATED = ".tritonnb-generated.json"  # digests of the files around the models as last written
+
+
+class Repository:
+    """A Triton model repository folder (it need not exist yet)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path.expanduser().resolve()
+
+    @property
+    def name(self) -> str:
+        """The folder's name, used for the image and Kubernetes objects."""
+        return self.path.name
+
+    def check_writable(self) -> None:
+        """ExportError unless the folder (or the nearest existing parent that would hold it) can be written."""
+        existing = self.path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ExportError(f"cannot export to {self.path}: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ExportError(f"cannot export to {self.path}: {existing} is not writable")
+
+    def versions(self, name: str) -> list[int]:
+        """The version folders of model ``name``, in order."""
+        folder = self.path / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def check_backend(self, name: str, backend: str) -> None:
+        """ExportError when ``DIR/name`` already holds a model of another backend (one config serves all versions)."""
+        config = self.path / name / "config.pbtxt"
+        if not config.is_file():
+            return
+        existing = parse_config(config.read_text()).backend
+        if existing != backend:
+            raise ExportError(
+                f"{config.parent} holds a {existing} model and one config.pbtxt serves all its versions; "
+                f"export this {backend} one under another name or to another folder"
+            )
+
+    def version_to_write(self, name: str, version: int | None, force: bool) -> int:
+        """The version number to write: ``version``, or the next one; ExportError if it exists and not ``force``."""
+        versions = self.versions(name)
+        if version is None:
+            return (versions[-1] + 1) if versions else 1
+        if version < 1:
+            raise SpecError(f"versions are numbered from 1, got {version}")
+        if version in versions and not force:
+            raise ExportError(
+                f"version {version} of {name!r} exists in {self.path}; force=True (--force) replaces it, "
+                f"or leave the version out to add version {versions[-1] + 1}"
+            )
+        return version
+
+    def models_after(self, exported: RepositoryModel) -> list[RepositoryModel]:
+        """Every model of the repository once ``exported`` is written, by name."""
+        models = {exported.name: exported}
+        for config_path in sorted(self.path.glob("*/config.pbtxt")):
+            name = config_path.parent.name
+            if name not in models:
+                config = parse_config(config_path.read_text())
+                gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
+                models[name] = RepositoryModel(name, config.backend, gpu)
+        return sorted(models.values(), key=lambda m: m.name)
+
+    def write(
+        self,
+        name: str,
+        version: int,
+        files: dict[str, bytes],
+        config: str,
+        around: dict[str, str],
+        notes: list[str],
+    ) -> list[pathlib.Path]:
+        """Write the version folder, the model's config and the files around the models; return what was written.
+
+        All of it goes to a staging folder inside the repository first and is moved into place with renames, so
+        an error leaves the repository as it was. A file around the models that the user changed since the last
+        export is kept, and the new one is written beside it as ``<file>.new`` (said in ``notes``).
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            staging = pathlib.Path(tempfile.mkdtemp(prefix=".tritonnb-export-", dir=self.path))
+        except OSError as error:
+            raise ExportError(f"cannot export to {self.path}: {error}") from None
+        replaced = staging / "replaced"
+        target = self.path / name / str(version)
+        try:
+            _write_tree(staging / "version", files)
+            (staging / "config.pbtxt").write_text(config)
+            around_targets = self._around_targets(around, notes)
+            _write_tree(staging / "around", {rel: text.encode() for rel, text in around.items()})
+            (self.path / name).mkdir(exist_ok=True)
+            if target.exists():
+                target.rename(replaced)
+            (staging / "version").rename(target)
+            os.replace(staging / "config.pbtxt", self.path / name / "config.pbtxt")
+        except OSError as error:
+            if replaced.exists() and not target.exists():
+                replaced.rename(target)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ExportError(f"cannot export {name!r} to {self.path}: {error}") from None
+        written = [target / rel for rel in sorted(files)] + [self.path / name / "config.pbtxt"]
+        digests = self._digests()
+        for rel, destination in around_targets.items():
+            (self.path / destination).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / "around" / rel, self.path / destination)
+            if destination == rel:
+                digests[rel] = _digest((self.path / rel).read_bytes())
+            written.append(self.path / destination)
+        (self.path / "serve_here.sh").chmod(0o755)
+        (self.path / GENERATED).write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(staging, ignore_errors=True)
+        return written
+
+    def _around_targets(self, around: dict[str, str], notes: list[str]) -> dict[str, str]:
+        """Where each file around the models goes: its own path, or ``<path>.new`` when the user changed it."""
+        digests = self._digests()
+        targets = {}
+        for rel in around:
+            current = self.path / rel
+            changed = current.exists() and digests.get(rel) != _digest(current.read_bytes())
+            targets[rel] = f"{rel}.new" if changed else rel
+            if changed:
+                notes.append(f"{rel} was changed by hand since the last export: kept; the new one is {rel}.new")
+        return targets
+
+    def _digests(self) -> dict[str, str]:
+        with contextlib.suppress(OSError, ValueError):
+            return dict(json.loads((self.path / GENERATED).read_text()))
+        return {}
+
+
+def _write_tree(root: pathlib.Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

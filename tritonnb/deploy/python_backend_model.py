@@ -1,0 +1,63 @@
+"""Triton python-backend model for a function exported from a notebook with ``tritonnb.export``.
+
+The function, with everything it used in the notebook (closures, helper functions, constants, the weights of its torch
+modules), is in ``function.pt`` beside this file; ``source.py`` shows its code. Loading it needs torch, numpy and
+cloudpickle, and the Python minor version the notebook ran (``export.json`` says which). tritonnb is not needed.
+
+Requests that Triton batches together run as one call; if that call fails, each request runs again on its own, so a
+bad request fails alone.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+FUNCTION_FILE = "function.pt"
+
+
+class TritonPythonModel:
+    """Runs the exported function on each batch of requests."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.batched = config["max_batch_size"] > 0
+        self.inputs = [spec["name"] for spec in config["input"]]
+        gpu = args["model_instance_kind"] == "GPU"
+        self.device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+        path = pathlib.Path(args["model_repository"]) / args["model_version"] / FUNCTION_FILE
+        self.function = torch.load(path, map_location=self.device, weights_only=False)
+
+    def execute(self, requests: list) -> list:
+        arrays = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
+        if self.batched and len(requests) > 1:
+            try:
+                return self._split(self._run(_merged(arrays)), [len(a[self.inputs[0]]) for a in arrays])
+            except Exception:  # run each request on its own below, so only the bad one fails
+                pass
+        return [self._respond(a) for a in arrays]
+
+    def _run(self, arrays: dict) -> dict:
+        batch = len(arrays[self.inputs[0]]) if self.batched else None
+        return self.function(arrays, batch, self.device)
+
+    def _respond(self, arrays: dict) -> "pb_utils.InferenceResponse":
+        try:
+            outputs = self._run(arrays)
+        except Exception as error:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(error).__name__}: {error}"))
+        return pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in outputs.items()])
+
+    def _split(self, outputs: dict, sizes: list) -> list:
+        responses, start = [], 0
+        for size in sizes:
+            tensors = [pb_utils.Tensor(n, v[start : start + size]) for n, v in outputs.items()]
+            responses.append(pb_utils.InferenceResponse(tensors))
+            start += size
+        return responses
+
+
+def _merged(arrays: list) -> dict:
+    return {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]}

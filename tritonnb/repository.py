@@ -1,0 +1,145 @@
+"""Existing Triton model repositories (``DIR/<model>/config.pbtxt``, ``DIR/<model>/<version>/...``) served beside
+the notebook's models: the folders are checked before tritonserver starts; their models are loaded after."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from tritonnb.errors import SpecError
+from tritonnb.signature import ModelSpec
+
+LAYOUT = "DIR/<model>/config.pbtxt and DIR/<model>/<version>/<model file>"
+_COMMENT = re.compile(r"#[^\n]*")
+_FIELD = {name: re.compile(rf"\b{name}\s*[:\[{{]") for name in ("input", "output", "backend", "platform")}
+
+
+@dataclasses.dataclass
+class RepositoryModel:
+    """A model of a served repository, as Triton last reported it."""
+
+    name: str
+    repository: pathlib.Path
+    state: str = "UNAVAILABLE"  # READY, UNAVAILABLE, LOADING, ...
+    version: str = ""  # the versions Triton serves, e.g. "1" or "1,2"
+    reason: str = ""  # why it is not ready, from Triton (or tritonnb when it was not loaded)
+    spec: ModelSpec | None = None  # as the server reports it once loaded (None: not loaded, or a dtype not handled)
+
+    def as_dict(self) -> dict[str, str]:
+        """Plain data for ``Server.status()``."""
+        return {"state": self.state, "version": self.version, "repository": str(self.repository), "reason": self.reason}
+
+
+def repository_paths(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> tuple[pathlib.Path, ...]:
+    """One repository folder or several, as absolute paths; SpecError for one that is missing or holds no model,
+    or for a model name found in two of them (Triton would refuse to load it)."""
+    if value is None:
+        return ()
+    folders = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+    paths: list[pathlib.Path] = []
+    for folder in folders:
+        path = pathlib.Path(os.path.abspath(pathlib.Path(folder).expanduser()))  # links kept: Triton uses the path
+        if not path.is_dir():
+            raise SpecError(f"model repository {str(folder)!r} is not a folder (expected {LAYOUT})")
+        if not models_in(path):
+            raise SpecError(f"model repository {str(path)!r} holds no model (expected {LAYOUT})")
+        if path not in paths:
+            paths.append(path)
+    _, left_out = find_models(paths)
+    if left_out:
+        raise SpecError(next(iter(left_out.values())))
+    return tuple(paths)
+
+
+def models_in(repository: pathlib.Path) -> list[str]:
+    """The model folders of a repository: subfolders (not hidden) with a ``config.pbtxt`` or a numbered version
+    folder, sorted by name; none if the folder is gone."""
+    try:
+        entries = sorted(repository.iterdir())
+    except OSError:
+        return []
+    return [entry.name for entry in entries if not entry.name.startswith(".") and _is_model(entry)]
+
+
+def _is_model(folder: pathlib.Path) -> bool:
+    if not folder.is_dir():
+        return False
+    if (folder / "config.pbtxt").is_file():
+        return True
+    return any(child.is_dir() and child.name.isdigit() for child in folder.iterdir())
+
+
+def _is_python(folder: pathlib.Path) -> bool:
+    """Whether a model runs on the python backend: its config says so, or a version folder holds a model.py."""
+    try:
+        config = _COMMENT.sub("", (folder / "config.pbtxt").read_text())
+    except OSError:
+        config = ""
+    return bool(re.search(r'\bbackend\s*:\s*"python"', config)) or any(folder.glob("[0-9]*/model.py"))
+
+
+def find_models(repositories: Sequence[pathlib.Path]) -> tuple[dict[str, pathlib.Path], dict[str, str]]:
+    """Every model of the repositories, by name, with its repository; and the models left out, with why: a name
+    that Triton would confuse with one found in an earlier repository (names compare case-insensitively), or a
+    python backend model in a path with whitespace (its stub cannot start there, and the load would hang)."""
+    found: dict[str, pathlib.Path] = {}
+    left_out: dict[str, str] = {}
+    for repository in repositories:
+        for name in models_in(repository):
+            clash = next((n for n in found if n.lower() == name.lower()), None)
+            if clash is not None:
+                left_out[name] = (
+                    f"model {name!r} of {str(repository)!r} clashes with model {clash!r} of {str(found[clash])!r}: "
+                    "Triton cannot serve both; rename one, or serve one of the repositories"
+                )
+            elif re.search(r"\s", str(repository / name)) and _is_python(repository / name):
+                left_out[name] = (
+                    f"model {name!r} of {str(repository)!r} uses the python backend, whose stub cannot start from a "
+                    "path with whitespace: move or link the repository to a path without"
+                )
+            else:
+                found[name] = repository
+    return found, left_out
+
+
+def needs_auto_complete(repositories: Sequence[pathlib.Path]) -> bool:
+    """Whether a model's config leaves out what Triton's auto-complete fills in (inputs, outputs, backend), or is
+    missing: those models only load with auto-complete on, as in a plain tritonserver."""
+    for repository in repositories:
+        for name in models_in(repository):
+            try:
+                text = _COMMENT.sub("", (repository / name / "config.pbtxt").read_text())
+            except OSError:
+                return True
+            has = {field: bool(pattern.search(text)) for field, pattern in _FIELD.items()}
+            if not (has["input"] and has["output"] and (has["backend"] or has["platform"])):
+                return True
+    return False
+
+
+def triton_reason(message: str) -> str:
+    """Triton's message about a model that failed to load, without the import machinery's frames."""
+    lines = [line for line in message.strip().rstrip(";").rstrip().splitlines() if "<frozen " not in line]
+    return "\n".join(lines).strip()
+
+
+def index_states(index: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
+    """Triton's repository index (one entry per model version) as state, versions and reason per model: READY if
+    any version is, the ready versions joined by commas."""
+    entries: dict[str, list[dict[str, Any]]] = {}
+    for entry in index:
+        entries.setdefault(entry["name"], []).append(entry)
+    states = {}
+    for name, versions in entries.items():
+        ready = [str(v.get("version", "")) for v in versions if v.get("state") == "READY"]
+        if ready:
+            states[name] = ("READY", ",".join(sorted(ready, key=lambda v: (len(v), v))), "")
+        else:
+            last = versions[-1]
+            reason = triton_reason(last.get("reason", ""))
+            states[name] = (last.get("state") or "UNAVAILABLE", str(last.get("version", "")), reason)
+    return states
