@@ -250,10 +250,8 @@ def test_versions_are_added_and_never_overwritten_silently(triton, tmp_path):
             tritonnb.export("inc", repo, version=1)
         assert _tree(repo) == before
         result = tritonnb.export("inc", repo, version=1, force=True)
-        assert (
-            result.version == 1
-            and sorted(p.name for p in repo.iterdir() if p.name.startswith(".tritonnb-export")) == []
-        )
+        assert result.version == 1
+        assert not list(tmp_path.rglob("*tritonnb-export*"))  # no staging folder left
         with pytest.raises(ExportError, match="holds a python model"):
             tritonnb.export("inc", repo, model_format="torchscript")
         # a file around the models that the user edited is kept; the new one goes beside it
@@ -295,3 +293,29 @@ def test_bundled_server_is_the_release_the_files_name(triton):
 
     assert triton.version == TRITON_VERSION
     assert triton_image() == "nvcr.io/nvidia/tritonserver:24.10-py3"
+
+
+def test_a_function_that_fails_on_zeros_gets_no_warmup(triton, tmp_path):
+    def needs_signal(x):
+        if not bool((x != 0).any()):
+            raise ValueError("all zeros")
+        return x
+
+    tritonnb.bind(needs_signal, "picky", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
+    try:
+        result = tritonnb.export("picky", tmp_path / "repo")
+        assert any("fails on Triton's zero sample (ValueError: all zeros)" in note for note in result.notes)
+        assert not parse_config((tmp_path / "repo" / "picky" / "config.pbtxt").read_text()).model_warmup
+    finally:
+        tritonnb.unbind("picky")
+
+
+def test_serve_here_says_it_cannot_serve_torchscript(exported):
+    done = subprocess.run(
+        ["bash", str(exported / "torchscript" / "serve_here.sh")],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "has only the python backend" in done.stderr

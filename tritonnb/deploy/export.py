@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from tritonnb.deploy.fleet import RepositoryModel, Runtime
-from tritonnb.errors import ExportError, NoServerError, SpecError, UnknownModelError
+from tritonnb.errors import NoServerError, SpecError, UnknownModelError
 
 FORMATS = ("python", "torchscript")
 
@@ -80,9 +80,15 @@ def export(
     number = repository.version_to_write(name, version, force)
 
     files, notes = _model_files(slot.fn, slot.spec, slot.device, model_format)
-    config = config_text(model_config(slot.spec, model_format, slot.device))
-    if not can_warm_up(slot.spec):
+    warm_up = can_warm_up(slot.spec)
+    if not warm_up:
         notes.append("no model_warmup: a bytes input cannot be generated (add one with input_data_file)")
+    else:
+        failure = _fails_on_warmup_sample(slot.fn, slot.spec, slot.device)
+        if failure:  # Triton fails the model's load when its warm-up fails: better none than a fleet that won't start
+            warm_up = False
+            notes.append(f"no model_warmup: the function fails on Triton's zero sample ({failure})")
+    config = config_text(model_config(slot.spec, model_format, slot.device, warm_up))
     models = repository.models_after(RepositoryModel(name, backend, slot.device.startswith("cuda")))
     written = repository.write(name, number, files, config, _fleet_files(repository.name, models), notes)
     return ExportResult(name, number, model_format, repository.path, written, notes)
@@ -119,6 +125,20 @@ def _model_files(fn: Any, spec: Any, device: str, model_format: str) -> tuple[di
     return files, notes
 
 
+def _fails_on_warmup_sample(fn: Any, spec: Any, device: str) -> str | None:
+    """Why the function fails on the zero warm-up sample Triton would send, or None if it runs."""
+    from tritonnb.deploy.capture import PortableFunction
+    from tritonnb.deploy.model_config import warmup_sample
+    from tritonnb.served_function import calls_by_keyword
+
+    function = PortableFunction(fn, spec.inputs, spec.outputs, calls_by_keyword(fn, spec.inputs))
+    try:
+        function(warmup_sample(spec), 1 if spec.batched else None, device)
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 def _source_of(fn: Any) -> str:
     """The function's source, for reading (what runs is in function.pt)."""
     header = "# The exported function's source, for reading: what runs is function.pt (see model.py).\n\n"
@@ -132,14 +152,11 @@ def _fleet_files(repository: str, models: list[RepositoryModel]) -> dict[str, st
     """Everything around the models: compose, Dockerfile, local script, README, Kubernetes manifests."""
     from tritonnb.deploy import fleet, kubernetes
 
-    try:
-        k8s = kubernetes.manifests(repository, models)
-    except ImportError as error:
-        raise ExportError(f"the Kubernetes manifests need the kserve SDK ({error}): pip install kserve") from None
+    k8s = kubernetes.manifests(repository, models)
     return {
         "docker-compose.yml": fleet.compose_file(repository, models),
         "Dockerfile": fleet.dockerfile(models, Runtime.here()),
-        ".dockerignore": "kubernetes-*.yaml\n*.new\n",
+        ".dockerignore": "kubernetes-*.yaml\n*.new\n.tritonnb-*\n.ipynb_checkpoints\n",
         "serve_here.sh": fleet.SERVE_HERE,
         "README.md": fleet.readme(repository, models),
         **k8s,

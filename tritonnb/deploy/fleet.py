@@ -54,9 +54,16 @@ class Runtime:
         )
 
 
+def resource_name(repository: str) -> str:
+    """A DNS-1035 label from the repository folder's name (Kubernetes objects, the image): a-z, 0-9 and -."""
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "-" for c in repository.lower())
+    cleaned = "-".join(part for part in cleaned.split("-") if part)[:50].strip("-")
+    return cleaned if cleaned[:1].isalpha() else f"triton-{cleaned}".strip("-")
+
+
 def image_name(repository: str) -> str:
     """The image the Dockerfile builds: the stock one with the repository (and Python packages) inside."""
-    return f"{repository.lower()}-triton:latest"
+    return f"{resource_name(repository)}-triton:latest"
 
 
 def dockerfile(models: Sequence[RepositoryModel], runtime: Runtime) -> str:
@@ -91,10 +98,12 @@ def _python_environment(runtime: Runtime) -> list[str]:
         f'"cloudpickle=={runtime.cloudpickle}" \\',
         '    && /opt/model-env/bin/pip install --no-cache-dir --no-deps "nvidia-pytriton==0.7.0" \\',
         f"    && cp {site}/pytriton/tritonserver/python_backend_stubs/{py}/triton_python_backend_stub \\",
-        "          /opt/tritonserver/backends/python/ \\",
-        "    && /opt/model-env/bin/pip uninstall -y nvidia-pytriton",
-        "# the backend's stub finds this venv's packages through the python on PATH",
+        "          /opt/tritonserver/backends/python/",
+        "# the stub links libraries of the wheel (nvidia_pytriton.libs) and this Python's libpython; it finds the",
+        "# venv's packages through the python on PATH",
+        f"ENV LD_LIBRARY_PATH={site}/nvidia_pytriton.libs:$LD_LIBRARY_PATH",
         "ENV PATH=/opt/model-env/bin:$PATH",
+        "RUN ! ldd /opt/tritonserver/backends/python/triton_python_backend_stub | grep 'not found'",
         "",
     ]
 
@@ -149,6 +158,11 @@ for key, value in {
     print(f"{key}={shlex.quote(str(value))}")
 EOF
 )"
+if grep -lqs '^backend: "pytorch"' "$here"/*/config.pbtxt; then
+    echo "serve_here.sh: nvidia-pytriton's tritonserver has only the python backend; serve the torchscript models" \
+         "here with the Triton image (docker compose up)" >&2
+    exit 2
+fi
 # the python backend with the stub built for this Python version (the wheel ships one per version)
 backends="${TMPDIR:-/tmp}/tritonnb-backends-$(id -u)-$version"
 if [ ! -x "$backends/python/triton_python_backend_stub" ]; then

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import tempfile
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -30,17 +31,12 @@ from tritonnb.deploy.fleet import (
     TRITON_VERSION,
     RepositoryModel,
     image_name,
+    resource_name,
     triton_release,
 )
 from tritonnb.errors import ExportError
 
 STORAGE_URI = "pvc://triton-models/{repository}"  # where KServe finds the repository: edit to your bucket or volume
-
-
-def resource_name(repository: str) -> str:
-    """A DNS-1123 name for the repository's objects."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in repository.lower()).strip("-")
-    return cleaned[:50] or "triton"
 
 
 def inference_service(repository: str, models: Sequence[RepositoryModel]) -> Any:
@@ -176,9 +172,19 @@ def from_plain(data: Any, kind: str) -> Any:
 def manifests(repository: str, models: Sequence[RepositoryModel]) -> dict[str, str]:
     """File name -> YAML text, built in a fresh Python (see the module's docstring)."""
     request = json.dumps({"repository": repository, "models": [dataclasses.asdict(m) for m in models]})
-    done = subprocess.run(
-        [sys.executable, "-m", __name__], input=request, capture_output=True, text=True, timeout=120, check=False
-    )
+    try:  # from a neutral folder: a kubernetes/ or yaml.py beside the notebook must not shadow the packages
+        with tempfile.TemporaryDirectory() as neutral:
+            done = subprocess.run(
+                [sys.executable, "-m", __name__],
+                input=request,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                cwd=neutral,
+            )
+    except subprocess.TimeoutExpired:
+        raise ExportError("building the Kubernetes manifests took over 120 s") from None
     if done.returncode != 0:
         raise ExportError(f"building the Kubernetes manifests failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout)

@@ -93,44 +93,69 @@ class Repository:
     ) -> list[pathlib.Path]:
         """Write the version folder, the model's config and the files around the models; return what was written.
 
-        All of it goes to a staging folder inside the repository first and is moved into place with renames, so
-        an error leaves the repository as it was. A file around the models that the user changed since the last
-        export is kept, and the new one is written beside it as ``<file>.new`` (said in ``notes``).
+        Everything is written to a staging folder first and moved into place with renames; an error (or an
+        interrupt) undoes the moves, so the repository is left as it was. The staging folder sits beside the
+        repository, not in it: tritonserver would take a folder in it for a model. A file around the models that
+        the user changed since the last export is kept, and the new one is written beside it as ``<file>.new``.
         """
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            staging = pathlib.Path(tempfile.mkdtemp(prefix=".tritonnb-export-", dir=self.path))
+            staging = self._staging_folder()
         except OSError as error:
             raise ExportError(f"cannot export to {self.path}: {error}") from None
-        replaced = staging / "replaced"
-        target = self.path / name / str(version)
+        model_dir, target = self.path / name, self.path / name / str(version)
+        undo: list[tuple[pathlib.Path, pathlib.Path | None]] = []  # (moved here, from there or None if new)
         try:
             _write_tree(staging / "version", files)
             (staging / "config.pbtxt").write_text(config)
             around_targets = self._around_targets(around, notes)
             _write_tree(staging / "around", {rel: text.encode() for rel, text in around.items()})
-            (self.path / name).mkdir(exist_ok=True)
-            if target.exists():
-                target.rename(replaced)
-            (staging / "version").rename(target)
-            os.replace(staging / "config.pbtxt", self.path / name / "config.pbtxt")
-        except OSError as error:
-            if replaced.exists() and not target.exists():
-                replaced.rename(target)
+            if not model_dir.exists():
+                model_dir.mkdir()
+                undo.append((model_dir, None))
+            for source, destination in [
+                (staging / "version", target),
+                (staging / "config.pbtxt", model_dir / "config.pbtxt"),
+                *((staging / "around" / rel, self.path / dest) for rel, dest in around_targets.items()),
+            ]:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if destination.exists():
+                    kept = staging / "replaced" / str(len(undo))
+                    kept.parent.mkdir(exist_ok=True)
+                    destination.rename(kept)
+                    undo.append((destination, kept))
+                else:
+                    undo.append((destination, None))
+                source.rename(destination)
+            (self.path / "serve_here.sh").chmod(0o755)
+            digests = self._digests()
+            digests.update({rel: _digest(text.encode()) for rel, text in around.items()})  # as generated
+            (self.path / GENERATED).write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
+        except BaseException as error:
+            for moved, previous in reversed(undo):
+                _remove(moved)
+                if previous is not None:
+                    previous.rename(moved)
             shutil.rmtree(staging, ignore_errors=True)
-            raise ExportError(f"cannot export {name!r} to {self.path}: {error}") from None
-        written = [target / rel for rel in sorted(files)] + [self.path / name / "config.pbtxt"]
-        digests = self._digests()
-        for rel, destination in around_targets.items():
-            (self.path / destination).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / "around" / rel, self.path / destination)
-            if destination == rel:
-                digests[rel] = _digest((self.path / rel).read_bytes())
-            written.append(self.path / destination)
-        (self.path / "serve_here.sh").chmod(0o755)
-        (self.path / GENERATED).write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
+            if isinstance(error, OSError):
+                raise ExportError(f"cannot export {name!r} to {self.path}: {error}") from None
+            raise
         shutil.rmtree(staging, ignore_errors=True)
-        return written
+        return (
+            [target / rel for rel in sorted(files)]
+            + [model_dir / "config.pbtxt"]
+            + [self.path / dest for dest in around_targets.values()]
+        )
+
+    def _staging_folder(self) -> pathlib.Path:
+        """A new folder on the repository's file system (so renames are atomic), beside it if its parent allows."""
+        beside = os.stat(self.path.parent).st_dev == os.stat(self.path).st_dev  # not when the folder is a mount
+        for parent in (self.path.parent, self.path) if beside else (self.path,):
+            try:
+                return pathlib.Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tritonnb-export-", dir=parent))
+            except OSError:
+                continue
+        raise OSError(f"no folder to stage the export in, beside or in {self.path}")
 
     def _around_targets(self, around: dict[str, str], notes: list[str]) -> dict[str, str]:
         """Where each file around the models goes: its own path, or ``<path>.new`` when the user changed it."""
@@ -155,6 +180,13 @@ def _write_tree(root: pathlib.Path, files: dict[str, bytes]) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _digest(data: bytes) -> str:

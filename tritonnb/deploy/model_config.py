@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
@@ -24,7 +25,7 @@ TYPE_NAMES = {  # spec dtype -> model-config DataType (the protocol name with TY
 }
 
 
-def model_config(spec: ModelSpec, model_format: str, device: str) -> pb.ModelConfig:
+def model_config(spec: ModelSpec, model_format: str, device: str, warm_up: bool = True) -> pb.ModelConfig:
     """The model config Triton serves ``spec`` with in a repository: backend, batching, instances, warm-up, policy."""
     config = pb.ModelConfig(
         name=spec.name,
@@ -33,7 +34,7 @@ def model_config(spec: ModelSpec, model_format: str, device: str) -> pb.ModelCon
         input=[_tensor(pb.ModelInput, s) for s in spec.inputs],
         output=[_tensor(pb.ModelOutput, s) for s in spec.outputs],
         instance_group=[_instance_group(spec.instances, device)],
-        model_warmup=[_warmup(spec.name, spec.inputs)] if can_warm_up(spec) else [],
+        model_warmup=[_warmup(spec.name, spec.inputs)] if warm_up and can_warm_up(spec) else [],
         version_policy=pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=1)),
     )
     if spec.batched:
@@ -56,17 +57,20 @@ def _tensor(kind: type, spec: TensorSpec) -> pb.ModelInput | pb.ModelOutput:
 
 
 def _instance_group(count: int, device: str) -> pb.ModelInstanceGroup:
-    if device.startswith("cuda"):
-        group = pb.ModelInstanceGroup(kind=pb.ModelInstanceGroup.KIND_GPU, count=count)
-        if ":" in device:
-            group.gpus.append(int(device.partition(":")[2]))
-        return group
+    if device.startswith("cuda"):  # no gpus list: the notebook's GPU index means nothing on another machine
+        return pb.ModelInstanceGroup(kind=pb.ModelInstanceGroup.KIND_GPU, count=count)
     return pb.ModelInstanceGroup(kind=pb.ModelInstanceGroup.KIND_CPU, count=count)
 
 
 def can_warm_up(spec: ModelSpec) -> bool:
     """Whether a warm-up sample can be generated: zeros fit any number input, but not encoded bytes (an image)."""
     return all(s.dtype != "bytes" for s in spec.inputs)
+
+
+def warmup_sample(spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The arrays of the warm-up sample Triton will send (as a batch of one when the model batches)."""
+    shape = [1] if spec.batched else []
+    return {s.name: np.zeros([*shape, *(1 if d == -1 else d for d in s.dims)], s.numpy_dtype) for s in spec.inputs}
 
 
 def _warmup(name: str, inputs: Sequence[TensorSpec]) -> pb.ModelWarmup:

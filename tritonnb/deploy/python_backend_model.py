@@ -27,6 +27,8 @@ class TritonPythonModel:
         self.inputs = [spec["name"] for spec in config["input"]]
         gpu = args["model_instance_kind"] == "GPU"
         self.device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+        if gpu:
+            torch.cuda.set_device(self.device)  # so code that says "cuda" means this instance's GPU
         path = pathlib.Path(args["model_repository"]) / args["model_version"] / FUNCTION_FILE
         self.function = torch.load(path, map_location=self.device, weights_only=False)
 

@@ -31,6 +31,9 @@ def traced_model(fn: Callable, by_keyword: bool, spec: ModelSpec, device: str) -
             f"model {spec.name!r} has bytes inputs or outputs, which TorchScript cannot take; use --format python"
         )
     arrays = sample_inputs(spec.inputs, 2 if spec.batched else None, np.random.default_rng(0))
+    for s in spec.inputs:  # integers as zeros: valid indices for an embedding, where random ones may not be
+        if np.issubdtype(arrays[s.name].dtype, np.integer):
+            arrays[s.name] = np.zeros_like(arrays[s.name])
     example = tuple(to_torch(arrays[s.name], s, device) for s in spec.inputs)
     module = _named_forward(spec)(fn, by_keyword, spec)
     try:
