@@ -12,12 +12,15 @@ import dataclasses
 import inspect
 import json
 import pathlib
-import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tritonnb.deploy.fleet import RepositoryModel, Runtime
 from tritonnb.errors import NoServerError, SpecError, UnknownModelError
+
+if TYPE_CHECKING:
+    from tritonnb.deploy.capture import PortableFunction
+    from tritonnb.signature import ModelSpec
 
 FORMATS = ("python", "torchscript")
 
@@ -62,7 +65,9 @@ def export(
     """
     from tritonnb import session
     from tritonnb.deploy import layout
+    from tritonnb.deploy.capture import PortableFunction
     from tritonnb.deploy.model_config import can_warm_up, config_text, model_config
+    from tritonnb.served_function import calls_by_keyword
 
     if model_format not in FORMATS:
         raise SpecError(f"unknown export format {model_format!r}; use one of {', '.join(FORMATS)}")
@@ -79,59 +84,58 @@ def export(
     repository.check_backend(name, backend)
     number = repository.version_to_write(name, version, force)
 
-    files, notes = _model_files(slot.fn, slot.spec, slot.device, model_format)
+    spec = slot.spec
+    function = PortableFunction(slot.fn, spec.inputs, spec.outputs, calls_by_keyword(slot.fn, spec.inputs))
+    runtime = Runtime.here()
+    files = _model_files(function, slot.spec, slot.device, model_format, runtime)
+    notes: list[str] = []
     warm_up = can_warm_up(slot.spec)
     if not warm_up:
         notes.append("no model_warmup: a bytes input cannot be generated (add one with input_data_file)")
     else:
-        failure = _fails_on_warmup_sample(slot.fn, slot.spec, slot.device)
+        failure = _fails_on_warmup_sample(function, slot.spec, slot.device)
         if failure:  # Triton fails the model's load when its warm-up fails: better none than a fleet that won't start
             warm_up = False
             notes.append(f"no model_warmup: the function fails on Triton's zero sample ({failure})")
     config = config_text(model_config(slot.spec, model_format, slot.device, warm_up))
     models = repository.models_after(RepositoryModel(name, backend, slot.device.startswith("cuda")))
-    written = repository.write(name, number, files, config, _fleet_files(repository.name, models), notes)
+    written = repository.write(name, number, files, config, _fleet_files(repository.name, models, runtime), notes)
     return ExportResult(name, number, model_format, repository.path, written, notes)
 
 
-def _model_files(fn: Any, spec: Any, device: str, model_format: str) -> tuple[dict[str, bytes], list[str]]:
+def _model_files(
+    function: PortableFunction, spec: ModelSpec, device: str, model_format: str, runtime: Runtime
+) -> dict[str, bytes]:
     """The version folder's files, all built in memory (an error here leaves the disk untouched)."""
-    from tritonnb.deploy.capture import FUNCTION_FILE, PortableFunction, captured_function
-    from tritonnb.served_function import calls_by_keyword
-
-    by_keyword = calls_by_keyword(fn, spec.inputs)
-    notes: list[str] = []
     metadata: dict[str, Any] = {
         "exported_by": "tritonnb",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "format": model_format,
-        "function": getattr(fn, "__qualname__", repr(fn)),
+        "function": getattr(function.fn, "__qualname__", repr(function.fn)),
         "device": device,
-        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "python": runtime.python,
     }
     if model_format == "torchscript":
         from tritonnb.deploy.torchscript import MODEL_FILE, traced_model
 
-        files = {MODEL_FILE: traced_model(fn, by_keyword, spec, device)}
+        files = {MODEL_FILE: traced_model(function.fn, function.by_keyword, spec, device)}
     else:
-        runtime = Runtime.here()
+        from tritonnb.deploy.capture import FUNCTION_FILE, captured_function
+
         metadata.update(torch=runtime.torch, cloudpickle=runtime.cloudpickle)
         files = {
-            FUNCTION_FILE: captured_function(PortableFunction(fn, spec.inputs, spec.outputs, by_keyword)),
+            FUNCTION_FILE: captured_function(function),
             "model.py": (pathlib.Path(__file__).parent / "python_backend_model.py").read_bytes(),
-            "source.py": _source_of(fn).encode(),
+            "source.py": _source_of(function.fn).encode(),
         }
     files["export.json"] = (json.dumps(metadata, indent=2) + "\n").encode()
-    return files, notes
+    return files
 
 
-def _fails_on_warmup_sample(fn: Any, spec: Any, device: str) -> str | None:
+def _fails_on_warmup_sample(function: PortableFunction, spec: ModelSpec, device: str) -> str | None:
     """Why the function fails on the zero warm-up sample Triton would send, or None if it runs."""
-    from tritonnb.deploy.capture import PortableFunction
     from tritonnb.deploy.model_config import warmup_sample
-    from tritonnb.served_function import calls_by_keyword
 
-    function = PortableFunction(fn, spec.inputs, spec.outputs, calls_by_keyword(fn, spec.inputs))
     try:
         function(warmup_sample(spec), 1 if spec.batched else None, device)
     except Exception as error:
@@ -148,14 +152,14 @@ def _source_of(fn: Any) -> str:
         return header + f"# the source of {getattr(fn, '__qualname__', fn)!r} is not available\n"
 
 
-def _fleet_files(repository: str, models: list[RepositoryModel]) -> dict[str, str]:
+def _fleet_files(repository: str, models: list[RepositoryModel], runtime: Runtime) -> dict[str, str]:
     """Everything around the models: compose, Dockerfile, local script, README, Kubernetes manifests."""
     from tritonnb.deploy import fleet, kubernetes
 
     k8s = kubernetes.manifests(repository, models)
     return {
         "docker-compose.yml": fleet.compose_file(repository, models),
-        "Dockerfile": fleet.dockerfile(models, Runtime.here()),
+        "Dockerfile": fleet.dockerfile(models, runtime),
         ".dockerignore": "kubernetes-*.yaml\n*.new\n.tritonnb-*\n.ipynb_checkpoints\n",
         "serve_here.sh": fleet.SERVE_HERE,
         "README.md": fleet.readme(repository, models),
