@@ -18,6 +18,6 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "setup: no torch found; installing the CPU build torch==2.13.0"
     "$VENV/bin/pip" install -q torch==2.13.0
 fi
-"$VENV/bin/pip" install -q -e ".[test]"
+"$VENV/bin/pip" install -q -e ".[test,tutorials]"
 # tests, benchmarks and scripts import the development-only helpers in devtools/ (not part of the wheel)
 "$VENV/bin/python" -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'tritonnb_dev.pth').write_text(str(pathlib.Path.cwd()) + '\n')"

@@ -30,3 +30,15 @@ def shell():
     yield ip
     ip.run_line_magic("unload_ext", "tritonnb")
     assert tritonnb.server() is None
+
+
+@pytest.fixture
+def served():
+    """A fresh server of this process serving ``double`` (x:float32[4] -> y:float32[4]); the test may restart or
+    kill it. Stopped afterwards, leaving no process behind."""
+    server = tritonnb.start(**port_ports(free_ports()))
+    tritonnb.bind(lambda x: x * 2, "double", inputs=["x:float32[4]"], outputs=["y:float32[4]"])
+    yield server
+    processes = process_tree(server.pid) if server.state == "READY" else []
+    tritonnb.stop()
+    assert wait_gone(processes) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -32,7 +33,8 @@ CHROMIUM_ARGS = [
 REQUESTS = 25
 
 
-def _notebook(path: pathlib.Path, http: int, grpc: int, metrics: int) -> None:
+def _notebook(path: pathlib.Path, http: int, grpc: int, metrics: int, *more_cells: str) -> None:
+    """Start Triton on these ports, serve ``double``, show the panel, then ``more_cells``."""
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
         nbformat.v4.new_code_cell(
@@ -42,7 +44,7 @@ def _notebook(path: pathlib.Path, http: int, grpc: int, metrics: int) -> None:
             "%%triton_model double --input x:float32[4] --output y:float32[4]\ndef double(x):\n    return x * 2"
         ),
         nbformat.v4.new_code_cell("%triton panel --interval 0.5"),
-        nbformat.v4.new_code_cell("import time\ntime.sleep(45)  # the kernel is busy; the panel must stay live"),
+        *map(nbformat.v4.new_code_cell, more_cells),
     ]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, path)
@@ -51,6 +53,16 @@ def _notebook(path: pathlib.Path, http: int, grpc: int, metrics: int) -> None:
 @pytest.fixture
 def jupyterlab(tmp_path):
     """JupyterLab on a free loopback port, serving ``tmp_path``; stopped (with its kernels) afterwards."""
+    yield from _jupyterlab(tmp_path, "/")
+
+
+@pytest.fixture
+def hub_style_jupyterlab(tmp_path):
+    """JupyterLab under ``/user/alice/`` as JupyterHub serves it, with jupyter-server-proxy (a tritonnb dependency)."""
+    yield from _jupyterlab(tmp_path, "/user/alice/")
+
+
+def _jupyterlab(tmp_path: pathlib.Path, base_url: str):
     port = free_ports(1)[0]
     token = "tritonnb-test"
     env = dict(
@@ -70,12 +82,13 @@ def jupyterlab(tmp_path):
         "--ServerApp.ip=127.0.0.1",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={tmp_path}",
+        f"--ServerApp.base_url={base_url}",
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     log = open(tmp_path / "jupyterlab.log", "w")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}{base_url.rstrip('/')}"
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -127,7 +140,8 @@ def test_panel_is_live_in_jupyterlab_and_shows_a_crash_and_the_recovery(jupyterl
     assert os.path.exists(CHROMIUM), "Debian's chromium is needed: scripts/test.sh installs it (apt-get)"
     base, token, folder = jupyterlab
     http, grpc, metrics = free_ports()
-    _notebook(folder / "panel.ipynb", http, grpc, metrics)
+    busy = "import time\ntime.sleep(45)  # the kernel is busy; the panel must stay live"
+    _notebook(folder / "panel.ipynb", http, grpc, metrics, busy)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -170,3 +184,75 @@ def test_panel_is_live_in_jupyterlab_and_shows_a_crash_and_the_recovery(jupyterl
             assert wait_gone(served) == []
         finally:
             browser.close()
+
+
+FETCH_JSON = """async ([url, body]) => {
+    const response = await fetch(url, body ? {method: "POST", body: body, headers: {"Content-Type": "application/json"}}
+                                           : {});
+    return {status: response.status, body: await response.text()};
+}"""
+
+
+def test_card_and_panel_links_work_through_jupyter_server_proxy_under_a_hub_base_url(hub_style_jupyterlab):
+    """The browser is not on the kernel's machine in a workshop: every URL it is shown must go through Jupyter."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token, folder = hub_style_jupyterlab
+    http, grpc, metrics = free_ports()
+    _notebook(folder / "proxied.ipynb", http, grpc, metrics)
+    proxied = f"/user/alice/proxy/{http}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.goto(f"{base}/lab/tree/proxied.ipynb?token={token}")  # logs in: later requests carry the cookie
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+            _run_all_cells(page)
+
+            expect(page.locator(".jp-Notebook")).to_contain_text(f"from the browser: {proxied}", timeout=90_000)
+            infer = page.locator(".tritonnb-card .tnb-browser-infer")
+            expect(infer).to_have_text(f"{proxied}/v2/models/double/infer", timeout=60_000)
+            links = {
+                kind: page.locator(f'.tritonnb-card a.tnb-open[data-kind="{kind}"]').get_attribute("href")
+                for kind in ("metadata", "config", "health", "metrics")
+            }
+            assert links["metadata"] == f"{proxied}/v2/models/double"
+
+            # from the page's own origin, as a user's click or script would: metadata, config, health, metrics
+            metadata = page.evaluate(FETCH_JSON, [links["metadata"], None])
+            assert metadata["status"] == 200, metadata
+            described = json.loads(metadata["body"])
+            assert described["name"] == "double"
+            assert [(t["name"], t["datatype"], t["shape"]) for t in described["inputs"]] == [("x", "FP32", [-1, 4])]
+            config = page.evaluate(FETCH_JSON, [links["config"], None])
+            assert config["status"] == 200 and json.loads(config["body"])["max_batch_size"] == 32, config
+            assert page.evaluate(FETCH_JSON, [links["health"], None])["status"] == 200
+            scraped = page.evaluate(FETCH_JSON, [links["metrics"], None])
+            assert scraped["status"] == 200 and 'nv_inference_request_success{model="double"' in scraped["body"]
+
+            body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+            answer = page.evaluate(FETCH_JSON, [infer.get_attribute("data-url"), body])
+            assert answer["status"] == 200, answer
+            (output,) = json.loads(answer["body"])["outputs"]
+            assert (output["name"], output["data"]) == ("y", [2, 4, 6, 8])
+
+            panel_url = page.locator(".tritonnb-panel .tnb-browser-url")
+            expect(panel_url).to_contain_text(proxied, timeout=30_000)
+            assert panel_url.get_attribute("href").startswith(proxied)
+            expect(page.locator('.tritonnb-panel tr[data-model="double"] .tnb-success-total')).to_have_text("1")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-hub-base-url.png"))
+        finally:
+            browser.close()
+    served = process_tree(_tritonserver_on(http).pid)
+    _shut_down_kernels(base, token)  # nothing may outlive the kernel
+    assert wait_gone(served) == []
+
+
+def _shut_down_kernels(base: str, token: str) -> None:
+    headers = {"Authorization": f"token {token}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/api/kernels", headers=headers), timeout=10) as answer:
+        kernels = json.loads(answer.read())
+    for kernel in kernels:
+        request = urllib.request.Request(f"{base}/api/kernels/{kernel['id']}", method="DELETE", headers=headers)
+        urllib.request.urlopen(request, timeout=30).close()

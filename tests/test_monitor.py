@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import free_ports, port_ports, process_tree, wait_gone
+from helpers import process_tree, wait_gone
 
 import tritonnb
 from tritonnb.metrics_text import parse_metrics
@@ -19,17 +19,6 @@ from tritonnb.widgets import render
 from tritonnb.widgets.panel import ModelStrip, Panel
 
 SPEC = {"inputs": ["x:float32[4]"], "outputs": ["y:float32[4]"]}
-
-
-@pytest.fixture
-def served():
-    """A fresh server with model ``double`` (each test may restart or kill it)."""
-    server = tritonnb.start(**port_ports(free_ports()))
-    tritonnb.bind(lambda x: x * 2, "double", **SPEC)
-    yield server
-    processes = process_tree(server.pid) if server.state == "READY" else []
-    tritonnb.stop()
-    assert wait_gone(processes) == []
 
 
 def _send(count: int, batch: int = 2) -> None:
@@ -164,13 +153,13 @@ def test_one_poller_serves_many_panels_and_stops_with_the_server(served):
     assert 'data-model="double"' in panels[0].models.value and "READY" in panels[0].health.value
     assert ">5</td>" in panels[1].models.value and "READY" in strip.value
     panels[0].close()
-    panels[1].pause.value = True
+    panels[1].controls.pause.value = True
     assert poller.running
     panels[2].close()
     strip.close()
     time.sleep(1.0)
     assert not poller.running
-    panels[1].pause.value = False
+    panels[1].controls.pause.value = False
     assert poller.running
     tritonnb.stop()
     time.sleep(1.5)

@@ -236,6 +236,18 @@ def test_stop_lets_a_request_in_flight_finish(own_server):
     assert status == 200 and body["outputs"][0]["data"] == [2]
 
 
+def test_a_kernel_client_does_not_hold_stop_up_and_works_again_after_a_restart(own_server):
+    server = tritonnb.start(**port_ports(free_ports()))
+    tritonnb.bind(lambda x: x * 2, "kept", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
+    call = tritonnb.client("kept")  # keeps its HTTP connection open between calls
+    x = np.ones((1, 2), np.float32)
+    assert call(x)["y"].tolist() == [[2, 2]]
+    server.restart()
+    log = server.logs(200)
+    assert "HTTP service connections" not in log, "tritonserver waited for the client's idle connection"
+    assert call(x)["y"].tolist() == [[2, 2]]  # the client opens a new connection
+
+
 def test_stop_leaves_no_shared_memory_or_model_copies_behind(own_server):
     import tempfile
 

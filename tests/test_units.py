@@ -252,7 +252,7 @@ def test_magic_lines_split_like_a_shell():
     args = _parse(TritonMagics.triton_perf, "m --input-data 'my data.npz' --concurrency 1,2")
     assert args.input_data == "my data.npz" and args.concurrency == [1, 2]
     args = _parse(TritonMagics.triton, 'panel --url "http://127.0.0.1:8000"')
-    assert args.url == "http://127.0.0.1:8000"
+    assert args.url == ["http://127.0.0.1:8000"]  # --url repeats: several make a fleet view
 
 
 def test_calls_that_outlive_the_timeout_are_capped_and_counted():

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from tritonnb.model_client import ModelClient
     from tritonnb.session import Server
     from tritonnb.signature import TensorSpec
+    from tritonnb.widgets.fleet import FleetPanel
     from tritonnb.widgets.panel import Panel
 
 __all__ = [
@@ -92,8 +93,12 @@ __version__ = "0.1.0"
 def start(restart_on_crash: bool = True, **options: Any) -> Server:
     """Start the background Triton server, or return the running one.
 
-    Options: ``http_port``, ``grpc_port``, ``metrics_port``, ``public``, ``log_verbose``, ``model_repository`` and
-    any other ``pytriton.triton.TritonConfig`` field. Precedence: argument > ``PYTRITON_TRITON_CONFIG_*`` > default.
+    Options: ``http_port``, ``grpc_port``, ``metrics_port``, ``public``, ``log_verbose``, ``model_repository``,
+    ``public_url`` and any other ``pytriton.triton.TritonConfig`` field. Precedence: argument >
+    ``PYTRITON_TRITON_CONFIG_*`` > default.
+    ``public_url`` (else ``$TRITONNB_PUBLIC_URL``) is where a browser reaches the HTTP port, for port forwarding or a
+    reverse proxy (``{port}`` in it stands for each port); without it, cards and panels link through
+    jupyter-server-proxy when the kernel runs under a Jupyter server (JupyterHub, a remote lab, Binder).
     ``model_repository`` (one folder or a list) serves the models of existing Triton model repositories
     (``DIR/<model>/config.pbtxt``, ``DIR/<model>/<version>/...``) beside the notebook's; each restart loads them
     again. A folder that is missing or holds no model raises before anything starts; a model that fails to load
@@ -179,6 +184,7 @@ def bind(
         result,
         getattr(fn, "__name__", "function"),
         slot.timeout_s,
+        current.browser_route,
     )
 
 
@@ -225,11 +231,29 @@ def export(
 
 
 def panel(
-    url: str | None = None, *, metrics_url: str | None = None, token: str | None = None, interval_s: float = 1.0
-) -> Panel:
+    url: str | None = None,
+    *,
+    urls: Sequence[str] | None = None,
+    metrics_url: str | None = None,
+    token: str | None = None,
+    interval_s: float = 1.0,
+) -> Panel | FleetPanel:
     """A live dashboard of this kernel's server, or of any Triton server at ``url`` (metrics on port + 2 unless
-    ``metrics_url`` is given; ``token`` for its statistics API if it restricts it)."""
+    ``metrics_url`` is given; ``token`` for its statistics API if it restricts it).
+
+    ``urls``: a fleet view instead, one row per server (health, models, req/s, p50, failures), e.g. a teacher
+    watching a room of attendees' servers. Each server is polled once however many panels watch it.
+    """
     from tritonnb.monitor import target_for
+
+    if urls is not None:
+        from tritonnb.widgets.fleet import FleetPanel
+
+        if url is not None or metrics_url is not None:
+            raise SpecError("give either url (and metrics_url) or urls, not both")
+        if not urls or isinstance(urls, str):
+            raise SpecError("urls takes a list of Triton HTTP URLs, at least one")
+        return FleetPanel([target_for(u, None, token, server()) for u in urls], interval_s)
     from tritonnb.widgets.panel import Panel
 
     return Panel(target_for(url, metrics_url, token, server()), interval_s)

@@ -8,6 +8,7 @@ import json
 import shlex
 from typing import TYPE_CHECKING
 
+from tritonnb.browser_route import BrowserRoute
 from tritonnb.signature import ModelSpec, TensorSpec
 
 if TYPE_CHECKING:
@@ -78,11 +79,29 @@ class ModelCard:
     result: BindResult
     function_name: str
     timeout_s: float | None = None
+    route: BrowserRoute = dataclasses.field(default_factory=BrowserRoute)  # how a browser reaches the server
 
     @property
     def infer_url(self) -> str:
-        """The HTTP inference endpoint."""
+        """The HTTP inference endpoint, as the kernel (curl, scripts on this machine) reaches it."""
         return f"{self.http_url}/v2/models/{self.spec.name}/infer"
+
+    @property
+    def browser_infer_url(self) -> str | None:
+        """The inference endpoint as a browser reaches it (through jupyter-server-proxy or ``--public-url``)."""
+        return self.route.infer_url(self.spec.name)
+
+    def browser_links(self) -> dict[str, str]:
+        """What "open in browser" opens: the model's metadata and config, and the server's health (and metrics)."""
+        base = self.route.http or self.http_url  # without a route, the kernel's URL opens on this machine only
+        links = {
+            "metadata": f"{base}/v2/models/{self.spec.name}",
+            "config": f"{base}/v2/models/{self.spec.name}/config",
+            "health": f"{base}/v2/health/ready",
+        }
+        if self.route.metrics:
+            links["metrics"] = self.route.metrics
+        return links
 
     @property
     def curl(self) -> str:
@@ -109,14 +128,21 @@ class ModelCard:
             f"{self.result.action} {self.function_name}() as '{self.spec.name}' in {self.result.seconds * 1000:.0f} ms"
         )
 
+    def _route_note(self) -> str:
+        if self.route.http:
+            return f"browser links go through {self.route.via}"
+        return self.route.note or "links use the kernel's address: they open in a browser on this machine only"
+
     def __repr__(self) -> str:
         tensors = (
             "\n".join(f"  in  {t}" for t in self.spec.inputs)
             + "\n"
             + "\n".join(f"  out {t}" for t in self.spec.outputs)
         )
+        browser = f"  browser {self.browser_infer_url}  ({self.route.via})\n" if self.route.http else ""
         return (
-            f"{self._summary()}\n  HTTP   {self.infer_url}\n  gRPC   {self.grpc_url.removeprefix('grpc://')}\n"
+            f"{self._summary()}\n  HTTP   {self.infer_url}\n{browser}"
+            f"  gRPC   {self.grpc_url.removeprefix('grpc://')}\n"
             f"  device {self.device}; batching {self._batching()}\n  {self._checks()}\n{tensors}\n\n"
             f"curl:\n{self.curl}\n\n"
             f"python:\n{self.python}"
@@ -130,11 +156,22 @@ class ModelCard:
             for kind, group in (("input", self.spec.inputs), ("output", self.spec.outputs))
             for t in group
         )
+        browser = ""
+        if self.browser_infer_url:
+            browser = (
+                f'browser <code class="tnb-browser-infer" data-url="{e(self.browser_infer_url)}">'
+                f"{e(self.browser_infer_url)}</code> &nbsp; "
+            )
+        links = " · ".join(
+            f'<a class="tnb-open" data-kind="{kind}" href="{e(url)}" target="_blank" rel="noopener">{kind}</a>'
+            for kind, url in self.browser_links().items()
+        )
         return (
             f'<div class="tritonnb-card" style="border:1px solid #76b900;border-radius:6px;padding:8px 12px">'
             f"<b>{e(self._summary())}</b>"
-            f"<div>HTTP <code>{e(self.infer_url)}</code> &nbsp; gRPC <code>"
+            f"<div>{browser}kernel <code>{e(self.infer_url)}</code> &nbsp; gRPC <code>"
             f"{e(self.grpc_url.removeprefix('grpc://'))}</code></div>"
+            f'<div>open in browser: {links} &nbsp;<small class="tnb-route">({e(self._route_note())})</small></div>'
             f"<div>device <code>{e(self.device)}</code> &nbsp; batching {e(self._batching())}</div>"
             f"<div>{e(self._checks())}</div>"
             f"<table><tr><th></th><th>name</th><th>dtype</th><th>dims</th></tr>{rows}</table>"

@@ -192,6 +192,13 @@ class TritonMagics(Magics):
         argument("--grpc-port", type=_port, metavar="N", help="gRPC port (default: 8001, or the next free one)"),
         argument("--metrics-port", type=_port, metavar="N", help="metrics port (default: 8002, or the next free one)"),
         argument("--public", action="store_true", help="bind all interfaces, not only 127.0.0.1"),
+        argument(
+            "--public-url",
+            metavar="URL",
+            help="where a browser reaches the HTTP port, for port forwarding or a reverse proxy, e.g. "
+            "http://localhost:18000; {port} in it stands for each port (default: $TRITONNB_PUBLIC_URL, else "
+            "through jupyter-server-proxy when the kernel runs under a Jupyter server)",
+        ),
         argument("--log-verbose", type=_non_negative, metavar="N", help="Triton's log verbosity (0: off)"),
         argument(
             "--model-repository",
@@ -218,10 +225,15 @@ class TritonMagics(Magics):
     )
     @subcommand(
         "panel",
-        "a live dashboard of this server, or of any Triton server",
-        argument("--url", metavar="URL", help="any Triton server's HTTP URL (default: this kernel's)"),
-        argument("--metrics-url", metavar="URL", help="its metrics URL (default: same host, HTTP port + 2)"),
-        argument("--token", metavar="TOKEN", help="access token for its statistics API, if restricted"),
+        "a live dashboard of this server, or of any Triton server; several --url: one row per server",
+        argument(
+            "--url",
+            action="append",
+            metavar="URL",
+            help="any Triton server's HTTP URL (default: this kernel's); repeat it to watch a room of servers",
+        ),
+        argument("--metrics-url", metavar="URL", help="with one --url: its metrics URL (default: HTTP port + 2)"),
+        argument("--token", metavar="TOKEN", help="access token for the statistics API, if restricted"),
         argument(
             "--interval",
             type=_positive_float,
@@ -278,9 +290,16 @@ class TritonMagics(Magics):
                 )
             )
         elif args.command == "panel":
-            if args.url is None:
+            urls = args.url or []
+            if not urls:
                 self._require_server()
-            display(tritonnb.panel(args.url, metrics_url=args.metrics_url, token=args.token, interval_s=args.interval))
+            if len(urls) > 1:
+                if args.metrics_url is not None:
+                    raise UsageError("--metrics-url goes with a single --url: each server's metrics are on port + 2")
+                display(tritonnb.panel(urls=urls, token=args.token, interval_s=args.interval))
+            else:
+                url = urls[0] if urls else None
+                display(tritonnb.panel(url, metrics_url=args.metrics_url, token=args.token, interval_s=args.interval))
 
     @cell_magic
     @_usage_errors
@@ -479,6 +498,11 @@ class TritonMagics(Magics):
             f"Triton {server.version} ready: HTTP {server.http_url}, gRPC {server.grpc_url.removeprefix('grpc://')}"
             f", metrics {server.metrics_url}" + ("" if server.supervisor.enabled else "; restart on crash: off")
         )
+        route = server.browser_route
+        if route.http:
+            print(f"from the browser: {route.http} (through {route.via})")
+        elif route.note:
+            print(f"note: {route.note}")
         for path in server.settings.repositories:
             names = [n for n, m in server.repository_models.items() if m.repository == path and m.state == "READY"]
             print(f"model repository {path}: serving {', '.join(names) or 'no model'}")

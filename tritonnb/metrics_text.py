@@ -1,12 +1,19 @@
-"""Triton's Prometheus ``/metrics`` text, parsed into per-model counters, failures, host and GPU figures."""
+"""Triton's Prometheus ``/metrics`` text, parsed into per-model counters, failures, host and GPU figures.
+
+The median request duration comes from ``nv_inference_request_summary_us{model,version,quantile="0.5"}``, which
+Triton 2.51 exposes only with ``--metrics-config summary_latencies=true`` (tritonnb's own server turns it on). It is
+a sliding window of 60 s (measured): a model with no request in the last minute reads ``NaN``, left out here.
+"""
 
 from __future__ import annotations
 
 import collections
+import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+MEDIAN = "nv_inference_request_summary_us"
 
 
 def parse_metrics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict, list]:
@@ -40,7 +47,10 @@ def parse_metrics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dic
             if sample.name not in (name, f"{name}_total"):
                 continue
             labels, value = sample.labels, sample.value
-            if name == "nv_inference_request_failure" and "model" in labels:
+            if name == MEDIAN and "model" in labels:
+                if labels.get("quantile") == "0.5" and not math.isnan(value):
+                    per_model[labels["model"]]["p50_ms"] = value / 1000
+            elif name == "nv_inference_request_failure" and "model" in labels:
                 failures[labels["model"]][labels.get("reason", "OTHER")] = value
             elif name in model_families and "model" in labels:
                 key = model_families[name]

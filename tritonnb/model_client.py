@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from tritonnb import state
 from tritonnb.errors import InputError
 from tritonnb.signature import DTYPES
 from tritonnb.torch_bridge import host_array
@@ -22,13 +23,29 @@ class ModelClient:
         self.url = url.removeprefix("http://")
         self._local = threading.local()
         self._inputs: list[tuple[str, str]] | None = None
+        self._connections: list[Any] = []  # every thread's tritonclient, so that close() reaches them all
+        self._busy: set[Any] = set()  # those in a call now
+        self._lock = threading.Lock()
+        state.clients.add(self)
 
     def _client(self) -> Any:
         import tritonclient.http as httpclient
 
-        if not hasattr(self._local, "client"):
-            self._local.client = httpclient.InferenceServerClient(self.url)
-        return self._local.client
+        client = getattr(self._local, "client", None)
+        if client is None or client not in self._connections:  # first call in this thread, or after close()
+            client = self._local.client = httpclient.InferenceServerClient(self.url)
+            with self._lock:
+                self._connections.append(client)
+        return client
+
+    def close(self) -> None:
+        """Close the kept-alive connections (tritonserver's stop waits for open ones); one in a call closes when the
+        call returns. The next call opens a new one."""
+        with self._lock:
+            idle = [client for client in self._connections if client not in self._busy]
+            self._connections = []
+        for client in idle:
+            client.close()
 
     def input_names(self) -> list[tuple[str, str]]:
         """The model's inputs as (name, Triton datatype), read once from its metadata."""
@@ -65,5 +82,15 @@ class ModelClient:
             infer_input = httpclient.InferInput(name, list(array.shape), datatype)
             infer_input.set_data_from_numpy(array)
             infer_inputs.append(infer_input)
-        result = self._client().infer(self.name, infer_inputs)
+        client = self._client()
+        with self._lock:
+            self._busy.add(client)
+        try:
+            result = client.infer(self.name, infer_inputs)
+        finally:
+            with self._lock:
+                self._busy.discard(client)
+                closed = client not in self._connections
+            if closed:  # close() came during the call
+                client.close()
         return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}

@@ -32,12 +32,14 @@ COUNTERS = ("success", "failure", "inferences", "executions", *(f"{p}_ns" for p 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """Where to poll: endpoints, an optional access token, and the local server object if tritonnb owns it."""
+    """Where to poll: endpoints, an optional access token, the local server object if tritonnb owns it, and where a
+    browser reaches its HTTP endpoint when known (e.g. ``/user/alice/proxy/8000`` through jupyter-server-proxy)."""
 
     http_url: str
     metrics_url: str
     access_token: str | None = None
     server: Any = None  # tritonnb.session.Server when the server is ours
+    browser_url: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -64,6 +66,7 @@ class ModelMetrics:
     failure_per_s: float | None = None
     failures_per_s_by_reason: dict[str, float] = dataclasses.field(default_factory=dict)
     latency_ms: dict[str, float] | None = None
+    p50_ms: float | None = None  # median request duration over Triton's sliding window; None without summaries
     avg_batch_size: float | None = None
     pending: int | None = None
     history: list[tuple[float, float | None, float | None]] = dataclasses.field(default_factory=list)
@@ -82,6 +85,7 @@ class Snapshot:
     http_url: str
     metrics_url: str
     state: str  # READY, NOT READY, RECOVERING, DOWN or STOPPED
+    browser_url: str | None = None  # the HTTP base URL as the browser reaches it, when known
     reason: str = ""
     recovery: str = ""  # what crash recovery did last (our own server only)
     live: bool = False
@@ -116,7 +120,13 @@ class Monitor:
         now = time.time()
         target = self.target
         server = target.server
-        snapshot = Snapshot(time=now, http_url=target.http_url, metrics_url=target.metrics_url, state="DOWN")
+        snapshot = Snapshot(
+            time=now,
+            http_url=target.http_url,
+            metrics_url=target.metrics_url,
+            state="DOWN",
+            browser_url=target.browser_url,
+        )
         server_state = server.state if server is not None else None  # read once: it may change meanwhile
         if server is not None:
             snapshot.recovery = server.supervisor.summary()
@@ -217,6 +227,7 @@ class Monitor:
         model.failure_total = int(counters["failure"])
         model.failures_by_reason = {r: int(v) for r, v in failures.items() if v}
         model.pending = int(counters["pending"]) if "pending" in counters else None
+        model.p50_ms = counters.get("p50_ms")
         previous = self._previous.get(name)
         self._previous[name] = (now, {**counters, **{f"fail:{r}": v for r, v in failures.items()}})
         if previous is not None:
@@ -250,10 +261,10 @@ def target_for(
     url: str | None = None, metrics_url: str | None = None, token: str | None = None, server: Any = None
 ) -> Target:
     """The server at ``url`` (metrics at ``metrics_url``, else the same host on port + 2), or ``server``."""
-    if url is None or (server is not None and url.rstrip("/") == server.http_url):
+    if url is None or (server is not None and base_url(url) == server.http_url):
         if server is None:
             raise NoServerError("no Triton server runs here; start one, or give the URL of one to watch")
-        return Target(server.http_url, server.metrics_url, None, server)
+        return Target(server.http_url, server.metrics_url, None, server, server.browser_http_url)
     url = base_url(url)
     if metrics_url is None:
         parsed = urllib.parse.urlsplit(url)

@@ -85,6 +85,7 @@ class Poller:
                     time=time.time(),
                     http_url=target.http_url,
                     metrics_url=target.metrics_url,
+                    browser_url=target.browser_url,
                     state="DOWN",
                     reason=f"polling failed: {type(error).__name__}: {error}",
                 )

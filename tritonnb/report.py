@@ -30,6 +30,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"  metrics  {status['metrics_url']}",
         f"  log      {status['log_file']}",
     ]
+    browser = status["browser"]
+    if browser["http"]:
+        lines.insert(4, f"  browser  {browser['http']} ({browser['via']})")
     lines += [f"  repo     {path}" for path in status.get("repositories", [])]
     if status["public"]:
         lines.append("  listening on all interfaces")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -22,6 +23,7 @@ from pytriton.triton import TritonConfig
 from tritonnb import state
 from tritonnb._pytriton import Generation, ServerProcess
 from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
+from tritonnb.browser_route import BrowserRoute, browser_route, given_public_url
 from tritonnb.errors import (
     BindError,
     NoServerError,
@@ -59,8 +61,10 @@ class Server:
     ``load_repositories()`` loads them after the first start, and every restart loads them again.
     """
 
-    def __init__(self, settings: ServerSettings, restart_on_crash: bool = True) -> None:
+    def __init__(self, settings: ServerSettings, restart_on_crash: bool = True, public_url: str | None = None) -> None:
         self.settings = settings
+        self.public_url = public_url  # where a browser reaches the HTTP port, if the user said (see browser_route)
+        self._browser_route: BrowserRoute | None = None
         self.models: dict[str, ModelSlot] = {}
         self.repository_models: dict[str, RepositoryModel] = {}  # loaded from settings.repositories, by name
         remove_leftovers(PYTRITON_HOME, HOME_PREFIX)
@@ -108,6 +112,21 @@ class Server:
     def metrics_url(self) -> str:
         """Prometheus metrics URL."""
         return f"http://{self.settings.url_host('metrics')}:{self.settings.port('metrics')}/metrics"
+
+    @property
+    def browser_route(self) -> BrowserRoute:
+        """How a browser reaches this server (``--public-url``, ``$TRITONNB_PUBLIC_URL`` or jupyter-server-proxy);
+        found on first use, as the ports never change."""
+        if self._browser_route is None:
+            self._browser_route = browser_route(
+                self.settings.port("http"), self.settings.port("metrics"), self.public_url
+            )
+        return self._browser_route
+
+    @property
+    def browser_http_url(self) -> str | None:
+        """The HTTP endpoint's base URL as a browser reaches it (e.g. ``/user/alice/proxy/8000``), or None."""
+        return self.browser_route.http
 
     @property
     def access_token(self) -> str:
@@ -190,6 +209,8 @@ class Server:
 
     def _end_process(self) -> None:
         """End tritonserver and its stubs now."""
+        for client in list(state.clients):  # their idle connections would hold tritonserver's exit up
+            client.close()
         if self._process is not None:
             self._process.stop()
             self._process.remove_shared_memory()  # left behind when tritonserver was killed
@@ -529,6 +550,7 @@ class Server:
             "grpc_url": self.grpc_url,
             "metrics_url": self.metrics_url,
             "public": self.settings.public,
+            "browser": dataclasses.asdict(self.browser_route),
             "log_file": str(self.log.path),
             "restart_on_crash": self.supervisor.enabled,
             "restarts": self.supervisor.restarts,
@@ -599,11 +621,13 @@ def start(restart_on_crash: bool = True, **options: Any) -> Server:
         if options or not restart_on_crash:
             raise ServerStartError(f"a server already runs at {current.http_url}; stop() it first to change options")
         return current
+    public_url = options.pop("public_url", None)
+    given_public_url(public_url)  # a URL no browser could use fails before anything starts
     attempt = 1
     while True:
         settings = resolve_settings(**options)
         try:
-            started = state.server = Server(settings, restart_on_crash=restart_on_crash)
+            started = state.server = Server(settings, restart_on_crash=restart_on_crash, public_url=public_url)
             break
         except PortBusyError:
             if not settings.picked_ports or attempt == START_ATTEMPTS:

@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "grpc_address": LOOPBACK,
     "metrics_address": LOOPBACK,
     "exit_timeout_secs": 5,  # Triton waits this long for in-flight requests on stop (its own default is 30)
+    # latency quantiles (the panels' p50) on /metrics; a metrics_config given as argument or environment replaces it
+    "metrics_config": ("summary_latencies=true",),
 }
 
 

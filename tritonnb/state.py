@@ -10,6 +10,8 @@ A kernel (any Python process) holds:
   the pollers' on purpose: its rates cover the time since the caller's previous ``metrics()`` call, not since the
   last background poll.
 - ``strips``: the live strip under each model's card, by model name; running the cell again replaces it.
+- ``clients``: every ``tritonnb.client(...)`` still referenced. Their kept-alive HTTP connections are closed before
+  tritonserver stops, which would otherwise wait its whole exit timeout for them.
 
 Python logging's own global state is touched in one place too: ``tritonnb.server_log`` puts a single handler on
 PyTriton's and tritonnb's loggers while any server log is open, and gives them back afterwards.
@@ -21,9 +23,11 @@ thread may reach at once.
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tritonnb.model_client import ModelClient
     from tritonnb.monitor import Monitor
     from tritonnb.poller import Poller
     from tritonnb.session import Server
@@ -33,4 +37,5 @@ server: Server | None = None
 pollers: dict[tuple[str, str], Poller] = {}
 monitors: dict[tuple[str, str], Monitor] = {}
 strips: dict[str, ModelStrip] = {}
+clients: weakref.WeakSet[ModelClient] = weakref.WeakSet()
 lock = threading.Lock()

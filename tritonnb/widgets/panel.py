@@ -11,8 +11,7 @@ from tritonnb import state
 from tritonnb.monitor import Snapshot, Target
 from tritonnb.poller import Poller
 from tritonnb.widgets import render
-
-INTERVALS = [("0.5 s", 0.5), ("1 s", 1.0), ("2 s", 2.0), ("5 s", 5.0), ("10 s", 10.0)]
+from tritonnb.widgets.controls import RefreshControls
 
 
 class Panel(widgets.VBox):
@@ -26,13 +25,10 @@ class Panel(widgets.VBox):
         self.host = widgets.HTML()
         self.message = widgets.HTML()
         self.log_view = widgets.HTML()
-        self.interval = widgets.Dropdown(
-            options=INTERVALS, value=_closest(interval_s), description="refresh", layout=widgets.Layout(width="160px")
-        )
-        self.pause = widgets.ToggleButton(description="Pause", icon="pause", tooltip="stop polling")
-        self.refresh = widgets.Button(description="Refresh now", icon="refresh")
         self.show_log = widgets.ToggleButton(description="Log", icon="file-text", tooltip="tail of the server log")
-        controls = [self.interval, self.pause, self.refresh]
+        self._poller = Poller.for_target(target)
+        self.controls = RefreshControls([(self._poller, self._on_snapshot)], interval_s)
+        controls = self.controls.buttons
         if target.server is not None:
             self.restart = widgets.Button(
                 description="Restart server", icon="repeat", tooltip="restart tritonserver and bind every model again"
@@ -43,24 +39,10 @@ class Panel(widgets.VBox):
             [self.health, self.models, self.plots, self.host, widgets.HBox(controls), self.message, self.log_view]
         )
         self.add_class("tritonnb-panel")
-        self._poller = Poller.for_target(target)
-        self._handle: int | None = None
-        self.interval.observe(self._on_interval, names="value")
-        self.pause.observe(self._on_pause, names="value")
         self.show_log.observe(lambda _: self._update_log(), names="value")
-        self.refresh.on_click(lambda _: self._poller.refresh())
-        self._subscribe()
 
     def __repr__(self) -> str:
         return f"tritonnb panel of {self.target.http_url} (live in a notebook front end)"
-
-    def _subscribe(self) -> None:
-        self._handle = self._poller.subscribe(self._on_snapshot, self.interval.value)
-
-    def _unsubscribe(self) -> None:
-        if self._handle is not None:
-            self._poller.unsubscribe(self._handle)
-            self._handle = None
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         # runs on the poller thread: only widget values change here, nothing is printed
@@ -69,8 +51,6 @@ class Panel(widgets.VBox):
         self.plots.value = render.plots_html(snapshot)
         self.host.value = render.host_html(snapshot)
         self._update_log()
-        if snapshot.state == "STOPPED":
-            self._handle = None
 
     def _update_log(self) -> None:
         server = self.target.server
@@ -78,18 +58,6 @@ class Panel(widgets.VBox):
             self.log_view.value = f'<pre style="max-height:16em;overflow:auto">{html.escape(server.logs(30))}</pre>'
         else:
             self.log_view.value = ""
-
-    def _on_interval(self, change: dict[str, Any]) -> None:
-        if self._handle is not None:
-            self._poller.set_interval(self._handle, change["new"])
-
-    def _on_pause(self, change: dict[str, Any]) -> None:
-        if change["new"]:
-            self._unsubscribe()
-            self.pause.description, self.pause.icon = "Resume", "play"
-        else:
-            self._subscribe()
-            self.pause.description, self.pause.icon = "Pause", "pause"
 
     def _on_restart(self, _: Any) -> None:
         server = self.target.server
@@ -103,7 +71,7 @@ class Panel(widgets.VBox):
 
     def close(self) -> None:
         """Stop polling for this panel and close its widgets."""
-        self._unsubscribe()
+        self.controls.unsubscribe()
         super().close()
 
 
@@ -134,7 +102,3 @@ class ModelStrip(widgets.HTML):
         if state.strips.get(self.model_name) is self:
             del state.strips[self.model_name]
         super().close()
-
-
-def _closest(interval_s: float) -> float:
-    return min((value for _, value in INTERVALS), key=lambda v: abs(v - interval_s))

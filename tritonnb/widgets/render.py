@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import html
+from collections.abc import Sequence
 
 from tritonnb.monitor import ModelMetrics, Snapshot
 
@@ -44,9 +46,11 @@ def health_html(snapshot: Snapshot) -> str:
         f"live <code>{snapshot.live}</code> ready <code>{snapshot.ready}</code>",
         f"version <code>{html.escape(snapshot.version or '–')}</code>",
         f"uptime <code>{_duration(snapshot.uptime_s)}</code>",
-        f"HTTP <code>{html.escape(snapshot.http_url)}</code>",
-        f"metrics <code>{html.escape(snapshot.metrics_url)}</code>",
+        f"HTTP (kernel) <code>{html.escape(snapshot.http_url)}</code>",
     ]
+    if snapshot.browser_url:
+        parts.append(f"HTTP (browser) {_browser_link(snapshot.browser_url)}")
+    parts.append(f"metrics <code>{html.escape(snapshot.metrics_url)}</code>")
     out = '<div class="tnb-health">' + " &nbsp;·&nbsp; ".join(parts) + "</div>"
     if snapshot.reason:
         out += f'<div class="tnb-reason" style="color:#c62828">{html.escape(snapshot.reason)}</div>'
@@ -55,6 +59,28 @@ def health_html(snapshot: Snapshot) -> str:
     if snapshot.log_tail:
         out += f'<pre class="tnb-log-tail" style="max-height:12em;overflow:auto">{html.escape(snapshot.log_tail)}</pre>'
     return out
+
+
+def _browser_link(browser_url: str) -> str:
+    """The server's HTTP base URL as the browser reaches it, opening its readiness check in a new tab."""
+    url = html.escape(browser_url)
+    return (
+        f'<a class="tnb-browser-url" href="{url}/v2/health/ready" target="_blank" title="open in a new tab">{url}</a>'
+    )
+
+
+def _p50(model: ModelMetrics) -> str:
+    """The median request time; without Triton's summaries, the window's average, marked as such."""
+    if model.p50_ms is not None:
+        return (
+            f'<span title="median request time over the last minute (a sliding window)">{_num(model.p50_ms, 2)}</span>'
+        )
+    if model.total_latency_ms is not None:
+        return (
+            f'<span title="no quantiles from this server (tritonserver --metrics-config summary_latencies=true): '
+            f'average of the last window">avg {_num(model.total_latency_ms, 2)}</span>'
+        )
+    return "–"
 
 
 def _latency(model: ModelMetrics) -> str:
@@ -87,7 +113,8 @@ def models_html(snapshot: Snapshot) -> str:
     head = (
         "<tr><th>model</th><th>ver</th><th>state</th><th>device</th><th>inputs → outputs</th><th>batching</th>"
         "<th>req/s</th><th>requests</th><th>fail/s</th><th>failures</th>"
-        "<th>latency ms <small>(queue / in / infer / out)</small></th><th>avg batch</th><th>pending</th></tr>"
+        "<th>p50 ms</th><th>latency ms <small>(queue / in / infer / out)</small></th><th>avg batch</th>"
+        "<th>pending</th></tr>"
     )
     rows = []
     for name, m in snapshot.models.items():
@@ -99,7 +126,8 @@ def models_html(snapshot: Snapshot) -> str:
             f"<td><small>{html.escape(m.batching or '–')}</small></td>"
             f'<td class="tnb-success-rate">{_num(m.success_per_s)}</td>'
             f'<td class="tnb-success-total">{m.success_total}</td>'
-            f"<td>{_num(m.failure_per_s)}</td><td>{_failures(m)}</td><td>{_latency(m)}</td>"
+            f"<td>{_num(m.failure_per_s)}</td><td>{_failures(m)}</td>"
+            f'<td class="tnb-p50">{_p50(m)}</td><td>{_latency(m)}</td>'
             f"<td>{_num(m.avg_batch_size, 2)}</td><td>{'–' if m.pending is None else m.pending}</td></tr>"
         )
     return f'<table class="tnb-models" style="border-collapse:collapse;font-size:90%">{head}{"".join(rows)}</table>'
@@ -180,4 +208,63 @@ def strip_html(name: str, snapshot: Snapshot | None) -> str:
         f'<span class="tnb-strip" data-model="{html.escape(name)}">{_badge(state, "tnb-model-state")} '
         f"&nbsp;{rate} req/s &nbsp;·&nbsp; {latency} ms &nbsp;·&nbsp; "
         f"{model.success_total if model else 0} requests{recovery}</span>"
+    )
+
+
+def _total(values: list[float | None]) -> float | None:
+    """The sum of the figures that are known; None when none is."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _busiest(models: Sequence[ModelMetrics]) -> ModelMetrics | None:
+    """The model with the most requests per second (then in total) among those with a latency figure."""
+    timed = [m for m in models if m.p50_ms is not None or m.total_latency_ms is not None]
+    return max(timed, key=lambda m: (m.success_per_s or 0.0, m.success_total), default=None)
+
+
+def fleet_row_html(url: str, snapshot: Snapshot | None) -> str:
+    """One server of a fleet: URL, state (and why when not READY), models, req/s, requests, p50, failures.
+
+    The p50 is the busiest model's (named when the server has several): one figure a teacher can compare across
+    rows, and the one most of that server's requests saw; a mix of several models' medians would be no median."""
+    row = f'<tr data-server="{html.escape(url)}"><td><code>{html.escape(url)}</code>'
+    if snapshot is None:
+        return f'{row}</td><td colspan="6"><i>waiting for the first sample…</i></td></tr>'
+    if snapshot.browser_url:
+        row += f"<br><small>browser {_browser_link(snapshot.browser_url)}</small>"
+    row += f"</td><td>{_badge(snapshot.state, 'tnb-server-state')}"
+    if snapshot.reason:
+        row += f'<br><small class="tnb-fleet-reason" style="color:#c62828">{html.escape(snapshot.reason)}</small>'
+    models = list(snapshot.models.values())
+    names = ", ".join(
+        html.escape(m.name) + ("" if m.state == "READY" else f" <small>({m.state})</small>") for m in models
+    )
+    busiest = _busiest(models)
+    p50 = "–" if busiest is None else _p50(busiest)
+    if busiest is not None and len(models) > 1:
+        p50 += f" <small>({html.escape(busiest.name)})</small>"
+    return (
+        f'{row}</td><td><span class="tnb-fleet-models">{len(models)}</span>{": " if models else ""}{names}</td>'
+        f'<td class="tnb-fleet-rate">{_num(_total([m.success_per_s for m in models]))}</td>'
+        f'<td class="tnb-fleet-requests">{sum(m.success_total for m in models)}</td>'
+        f'<td class="tnb-fleet-p50">{p50}</td>'
+        f'<td class="tnb-fleet-failures">{sum(m.failure_total for m in models)} '
+        f"<small>({_num(_total([m.failure_per_s for m in models]))}/s)</small></td></tr>"
+    )
+
+
+def fleet_html(rows: Sequence[tuple[str, Snapshot | None]]) -> str:
+    """A table of servers, one row per (URL, latest snapshot or None), under a count of the servers by state (the most
+    common state first)."""
+    states = collections.Counter(snapshot.state if snapshot else "WAITING" for _, snapshot in rows)
+    counts = ", ".join(f"{n} {state}" for state, n in states.most_common())
+    head = (
+        "<tr><th>server</th><th>state</th><th>models</th><th>req/s</th><th>requests</th>"
+        "<th>p50 ms</th><th>failures <small>(/s)</small></th></tr>"
+    )
+    body = "".join(fleet_row_html(url, snapshot) for url, snapshot in rows)
+    return (
+        f'<div class="tnb-fleet-summary"><b>Fleet</b> {len(rows)} servers: {counts}</div>'
+        f'<table class="tnb-fleet" style="border-collapse:collapse;font-size:90%">{head}{body}</table>'
     )

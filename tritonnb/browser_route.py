@@ -1,0 +1,133 @@
+"""Where a browser reaches this kernel's server: a URL the user gave, or the Jupyter server's proxy.
+
+In a workshop the browser is rarely on the kernel's machine (JupyterHub, a remote lab, Binder, a forwarded port), so
+``http://127.0.0.1:8000`` is right for curl inside the kernel and a dead link in the browser. In order:
+
+1. ``%triton start --public-url URL`` / ``tritonnb.start(public_url=URL)``;
+2. the ``TRITONNB_PUBLIC_URL`` environment variable;
+3. jupyter-server-proxy on the Jupyter server that started this kernel: ``{base_url}proxy/{port}``, with the base URL
+   of that server (found by the ``JPY_PARENT_PID`` its kernels get), else ``JUPYTERHUB_SERVICE_PREFIX``.
+
+A URL with ``{port}`` in it stands for every port (``https://gpu-box.example/proxy/{port}``); without it, it is the
+HTTP endpoint's own URL (``http://localhost:18000`` for ``ssh -L 18000:localhost:8000``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from tritonnb.errors import SpecError
+
+PUBLIC_URL_ENV = "TRITONNB_PUBLIC_URL"
+PROBE_TIMEOUT_S = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BrowserRoute:
+    """How a browser reaches the server: ``http`` is the HTTP endpoint's base URL as the browser sees it (an absolute
+    URL, or a path on the page's own origin), ``metrics`` the metrics URL if reachable, ``via`` how it was found."""
+
+    http: str | None = None
+    metrics: str | None = None
+    via: str = ""
+    note: str = ""  # why there is no route, when there is a reason worth telling
+
+    def infer_url(self, model: str) -> str | None:
+        """The browser's URL of a model's inference endpoint."""
+        return f"{self.http}/v2/models/{model}/infer" if self.http else None
+
+
+def check_public_url(url: str, source: str) -> str:
+    """``url`` without a trailing slash, or SpecError naming ``source`` when it cannot be a browser's URL."""
+    text = url.strip().rstrip("/")
+    parsed = urllib.parse.urlsplit(text.replace("{port}", "1"))
+    absolute = parsed.scheme in ("http", "https") and bool(parsed.netloc)
+    if not (absolute or (text.startswith("/") and not parsed.netloc)) or parsed.query or parsed.fragment:
+        raise SpecError(
+            f"{source} {url!r} is not a browser URL: give http(s)://host[:port][/path] or a path like /user/me/proxy/"
+            "{port}, without query or fragment; {port} stands for each port"
+        )
+    leftover = text.replace("{port}", "")
+    if "{" in leftover or "}" in leftover:
+        raise SpecError(f"{source} {url!r}: the only placeholder is {{port}}")
+    return text
+
+
+def given_public_url(public_url: str | None = None) -> tuple[str, str] | None:
+    """The checked public URL and where it came from (the argument, else the environment), or None."""
+    for url, source in ((public_url, "--public-url"), (os.environ.get(PUBLIC_URL_ENV), f"${PUBLIC_URL_ENV}")):
+        if url:
+            return check_public_url(url, source), source
+    return None
+
+
+def browser_route(http_port: int, metrics_port: int, public_url: str | None = None) -> BrowserRoute:
+    """The route a browser takes to these ports (see the module docstring for the order)."""
+    given = given_public_url(public_url)
+    if given is not None:
+        return _given(*given, http_port, metrics_port)
+    return _through_jupyter(http_port, metrics_port)
+
+
+def _given(url: str, source: str, http_port: int, metrics_port: int) -> BrowserRoute:
+    if "{port}" not in url:
+        return BrowserRoute(http=url, via=source)
+    return BrowserRoute(
+        http=url.replace("{port}", str(http_port)),
+        metrics=url.replace("{port}", str(metrics_port)) + "/metrics",
+        via=source,
+    )
+
+
+def _through_jupyter(http_port: int, metrics_port: int) -> BrowserRoute:
+    server = jupyter_server_of_this_kernel()
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+    if server is None and not prefix:
+        return BrowserRoute()  # a terminal, a script, or a kernel whose Jupyter server we cannot see
+    stripped = (server or {}).get("base_url", prefix or "/").strip("/")
+    base_url = f"/{stripped}/" if stripped else "/"
+    if server is not None and not _proxy_answers(server, http_port):
+        return BrowserRoute(
+            note=f"the Jupyter server at {server.get('url', base_url)} has no jupyter-server-proxy: install it in that "
+            "server's environment and restart it, or give --public-url, for links that work in a remote browser"
+        )
+    return BrowserRoute(
+        http=f"{base_url}proxy/{http_port}",
+        metrics=f"{base_url}proxy/{metrics_port}/metrics",
+        via=f"jupyter-server-proxy under {base_url}",
+    )
+
+
+def jupyter_server_of_this_kernel() -> dict[str, Any] | None:
+    """The running Jupyter server that started this kernel (its ``jpserver-*.json`` info), or None."""
+    parent = os.environ.get("JPY_PARENT_PID")
+    if not parent:
+        return None
+    try:
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:  # the kernel's environment has no Jupyter server package
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        for info in list_running_servers():
+            if str(info.get("pid")) == parent:
+                return info
+    return None
+
+
+def _proxy_answers(server: dict[str, Any], port: int) -> bool:
+    """Whether ``{base_url}proxy/{port}/`` is a route of that Jupyter server (404 means no jupyter-server-proxy)."""
+    url = f"{server['url'].rstrip('/')}/proxy/{port}/v2/health/live"
+    headers = {"Authorization": f"token {server['token']}"} if server.get("token") else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=PROBE_TIMEOUT_S):
+            return True
+    except urllib.error.HTTPError as error:
+        return error.code != 404  # 403 or a login redirect: the route exists, only our credentials differ
+    except OSError:  # the Jupyter server does not answer: assume its proxy is there, as on JupyterHub
+        return True
