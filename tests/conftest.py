@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from binder_build import BinderBuild
 from helpers import free_ports, port_ports, process_tree, wait_gone, wait_ports_free
 
 import tritonnb
@@ -42,3 +43,15 @@ def served():
     processes = process_tree(server.pid) if server.state == "READY" else []
     tritonnb.stop()
     assert wait_gone(processes) == []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def binder_build(request, tmp_path_factory):
+    """The Binder test's environment takes minutes of pip: when that test is collected, its build starts with the
+    session and goes on in the background while other tests run. Removed at the end."""
+    if not any(item.path.name == "test_notebooks.py" for item in request.session.items):
+        yield None
+        return
+    build = BinderBuild(tmp_path_factory.mktemp("binder")).start()
+    yield build
+    build.remove()

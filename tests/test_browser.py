@@ -197,6 +197,7 @@ def test_card_and_panel_links_work_through_jupyter_server_proxy_under_a_hub_base
     """The browser is not on the kernel's machine in a workshop: every URL it is shown must go through Jupyter."""
     from playwright.sync_api import expect, sync_playwright
 
+    assert os.path.exists(CHROMIUM), "Debian's chromium is needed: scripts/test.sh installs it (apt-get)"
     base, token, folder = hub_style_jupyterlab
     http, grpc, metrics = free_ports()
     _notebook(folder / "proxied.ipynb", http, grpc, metrics)

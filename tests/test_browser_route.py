@@ -17,7 +17,7 @@ from helpers import free_ports, port_ports, process_tree, wait_gone
 from IPython.core.error import UsageError
 
 import tritonnb
-from tritonnb.browser_route import PUBLIC_URL_ENV, browser_route
+from tritonnb.browser_route import PUBLIC_URL_ENV, browser_route, given_public_url
 
 
 @pytest.fixture
@@ -29,10 +29,10 @@ def clean_environment(monkeypatch):
 
 
 def test_a_public_url_is_the_http_endpoint_and_a_port_template_covers_every_port(clean_environment):
-    forwarded = browser_route(8000, 8002, "http://localhost:18000/")
+    forwarded = browser_route(8000, 8002, given_public_url("http://localhost:18000/"))
     assert (forwarded.http, forwarded.metrics, forwarded.via) == ("http://localhost:18000", None, "--public-url")
     assert forwarded.infer_url("m") == "http://localhost:18000/v2/models/m/infer"
-    proxied = browser_route(8000, 8002, "https://gpu-box.example/proxy/{port}")
+    proxied = browser_route(8000, 8002, given_public_url("https://gpu-box.example/proxy/{port}"))
     assert proxied.http == "https://gpu-box.example/proxy/8000"
     assert proxied.metrics == "https://gpu-box.example/proxy/8002/metrics"
 
@@ -43,9 +43,9 @@ def test_the_argument_beats_the_environment_variable_which_beats_the_hub_prefix(
     assert (hub.http, hub.metrics) == ("/user/bob/proxy/8000", "/user/bob/proxy/8002/metrics")
     assert hub.via == "jupyter-server-proxy under /user/bob/"
     clean_environment.setenv(PUBLIC_URL_ENV, "http://gpu-box:9000")
-    assert browser_route(8000, 8002).http == "http://gpu-box:9000"
-    assert browser_route(8000, 8002).via == f"${PUBLIC_URL_ENV}"
-    assert browser_route(8000, 8002, "http://other:1").http == "http://other:1"
+    from_environment = browser_route(8000, 8002, given_public_url())
+    assert (from_environment.http, from_environment.via) == ("http://gpu-box:9000", f"${PUBLIC_URL_ENV}")
+    assert browser_route(8000, 8002, given_public_url("http://other:1")).http == "http://other:1"
 
 
 def test_without_jupyter_or_a_url_there_is_no_browser_route(clean_environment):
@@ -55,11 +55,22 @@ def test_without_jupyter_or_a_url_there_is_no_browser_route(clean_environment):
 
 @pytest.mark.parametrize(
     "url",
-    ["localhost:18000", "ftp://box/", "http://box/?a=1", "http://box/#top", "http://box/{host}", "no/leading/slash"],
+    [
+        "localhost:18000",
+        "ftp://box/",
+        "http://box/?a=1",
+        "http://box/#top",
+        "http://box/{host}",
+        "no/leading/slash",
+        "http://box:99999",
+        "http://box:abc",
+        "http://b ox/",
+        "//elsewhere.example/",
+    ],
 )
 def test_a_url_no_browser_could_use_is_refused_with_its_source_named(clean_environment, url):
     with pytest.raises(tritonnb.SpecError, match="--public-url"):
-        browser_route(8000, 8002, url)
+        given_public_url(url)
     clean_environment.setenv(PUBLIC_URL_ENV, url)
     with pytest.raises(tritonnb.SpecError, match=PUBLIC_URL_ENV):
         tritonnb.start(**port_ports(free_ports()))  # refused before anything starts
@@ -78,7 +89,7 @@ def test_the_card_status_and_start_message_show_the_browser_url_beside_the_kerne
             shell.run_line_magic(
                 "triton",
                 f"start --http-port {http} --grpc-port {grpc} --metrics-port {metrics} "
-                "--public-url https://gpu-box.example/u/{port}",
+                "--public-url https://gpu-box.example/u/{{port}}",  # doubled: IPython expands {x} in magic lines
             )
         assert f"from the browser: https://gpu-box.example/u/{http} (through --public-url)" in printed.getvalue()
         card = tritonnb.bind(lambda x: x + 1, "inc", inputs=["x:float32[2]"], outputs=["y:float32[2]"])
@@ -130,12 +141,14 @@ def _jupyter_server(tmp_path, base_url: str, proxy: bool):
     (tmp_path / "config" / "jupyter_server_config.json").write_text(json.dumps(extensions))
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        processes = []
         try:
             deadline = time.monotonic() + 60
             while not list((tmp_path / "rt").glob(f"jpserver-{server.pid}.json")):
                 assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
                 time.sleep(0.2)
             urllib.request.urlopen(f"http://127.0.0.1:{port}{base_url}api/status?token=route-test", timeout=10).close()
+            processes = process_tree(server.pid)
             yield server, env["JUPYTER_RUNTIME_DIR"]
         finally:
             server.send_signal(signal.SIGTERM)
@@ -143,7 +156,7 @@ def _jupyter_server(tmp_path, base_url: str, proxy: bool):
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    assert wait_gone(process_tree(server.pid) if server.poll() is None else []) == []
+    assert wait_gone(processes) == []
 
 
 @pytest.mark.parametrize("proxy", [True, False], ids=["with-proxy", "without-proxy"])

@@ -1,154 +1,43 @@
-"""The Binder test: build the environment that binder/ describes, as Binder does, and run every tutorial in it.
+"""The Binder test: the environment that binder/ describes, built as Binder builds it (tests/binder_build.py), runs
+every tutorial.
 
-A clean virtual environment (no system site-packages) gets exactly ``pip install -r binder/requirements.txt``, run
-from a copy of the repository made of its git-tracked and untracked-but-not-ignored files (so no .venv, build/ or
-egg-info comes along, and the build cannot write into the checkout), then ``binder/postBuild``. Each notebook then
-runs through ``binder/start`` as ``jupyter nbconvert --execute``, with that environment first on PATH and HOME in a
-temporary folder. Every process a run starts carries a marker in its environment, so the leftover check sees only
-this run's processes, never another test's or person's tritonserver.
+Each notebook runs through ``binder/start`` as ``jupyter nbconvert --execute``, with that environment first on PATH and
+HOME in a temporary folder. Every process a run starts carries a marker in its environment, so the leftover check sees
+only this run's processes, never another test's or person's tritonserver.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import http.server
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
 
 import nbformat
 import psutil
 import pytest
+from binder_build import MARK, Binder, BinderBuild
 from helpers import free_ports
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 QUICKSTART_URL = "/lab/tree/notebooks/01_quickstart.ipynb"  # what binder/postBuild makes the default page
-MARK = "TRITONNB_TEST_RUN"
-# the first test also builds the environment (about 2-3 minutes on 2 cores); a notebook's cells have 300 s each
+# the first test may wait for the environment's build (2-3 minutes on 2 cores); a notebook's cells have 300 s each
 pytestmark = pytest.mark.timeout(1500)
 
 
-@dataclasses.dataclass
-class Binder:
-    """The built environment: the repository copy it was built from, the environment, and the session's HOME."""
-
-    repo: pathlib.Path
-    env: pathlib.Path
-    home: pathlib.Path
-
-    def session_environ(self, run_id: str) -> dict[str, str]:
-        """A Binder session's environment: this environment's bin first, HOME and Jupyter's folders in tmp, nothing of
-        the development environment (its .venv, PYTHONPATH, Jupyter or PyTriton settings), and the run's marker."""
-        inherited = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("PYTHON", "VIRTUAL_ENV", "JUPYTER", "IPYTHON", "PYTRITON", "TRITONNB", "XDG_"))
-        }
-        path = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p and not _inside(p, ROOT)]
-        return {
-            **inherited,
-            "PATH": os.pathsep.join([str(self.env / "bin"), *path]),
-            "HOME": str(self.home),
-            "JUPYTER_CONFIG_DIR": str(self.home / ".jupyter"),
-            MARK: run_id,
-        }
-
-
-def _inside(path: str, folder: pathlib.Path) -> bool:
-    return pathlib.Path(path).resolve().is_relative_to(folder)
-
-
-def _run(step: str, command: list[str], **kwargs) -> str:
-    """Run a build step; fail with the end of its output if it fails."""
-    done = subprocess.run(command, capture_output=True, text=True, **kwargs)
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        pytest.fail(f"{step} failed (exit {done.returncode}):\n{output[-5000:]}")
-    return output
-
-
-def _copy_repository(target: pathlib.Path) -> None:
-    """The files git would commit (tracked, and untracked ones it does not ignore), as they are in the work tree."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    for name in filter(None, listed.split(b"\0")):
-        source = ROOT / os.fsdecode(name)
-        if not source.is_file() and not source.is_symlink():
-            continue  # deleted in the work tree
-        destination = target / os.fsdecode(name)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, destination, follow_symlinks=False)  # keeps postBuild's and start's executable bit
-
-
 @pytest.fixture(scope="module")
-def binder(tmp_path_factory) -> Iterator[Binder]:
-    """binder/requirements.txt and binder/postBuild, run as repo2docker runs them, in a fresh environment (removed
-    afterwards: it takes about 1.5 GB; the notebooks' logs and executed copies stay in their tests' tmp_path)."""
-    runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
-    here = f"python-{sys.version_info.major}.{sys.version_info.minor}"
-    if runtime != here:
-        pytest.fail(f"binder/runtime.txt asks for {runtime}; this test builds with {here} ({sys.executable})")
-    base = tmp_path_factory.mktemp("binder")
-    built = Binder(repo=base / "repo", env=base / "env", home=base / "home")
-    built.home.mkdir()
-    times = {}
-    started = time.perf_counter()
-    _copy_repository(built.repo)
-    times["copy"] = time.perf_counter() - started
-    _run("python -m venv", [sys.executable, "-m", "venv", str(built.env)])  # no --system-site-packages
-    times["venv"] = time.perf_counter() - started - sum(times.values())
-    # exactly what repo2docker runs, from the repository root; pip keeps this machine's HOME (its configuration
-    # says where the local CPU torch wheel is); nothing else of the development environment leaks in
-    pip_environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    pip_environ["PATH"] = os.pathsep.join([str(built.env / "bin"), os.environ.get("PATH", os.defpath)])
-    _run(
-        "pip install -r binder/requirements.txt",
-        [str(built.env / "bin" / "python"), "-m", "pip", "install", "-r", "binder/requirements.txt"],
-        cwd=built.repo,
-        env=pip_environ,
-        timeout=1200,
-    )
-    times["pip install"] = time.perf_counter() - started - sum(times.values())
-    postbuild = _run(
-        "binder/postBuild", [str(built.repo / "binder" / "postBuild")], cwd=built.repo, env=built.session_environ("")
-    )
-    times["postBuild"] = time.perf_counter() - started - sum(times.values())
-    print(
-        f"\nBinder environment built in {time.perf_counter() - started:.1f} s ("
-        + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in times.items())
-        + ")\n"
-        + postbuild.strip()
-    )
-    # tritonnb is the installed package (not the copy's source folder, not an editable install)
-    found = _run(
-        "import tritonnb",
-        [
-            str(built.env / "bin" / "python"),
-            "-c",
-            "import importlib.util; print(importlib.util.find_spec('tritonnb').origin)",
-        ],
-        cwd=built.home,
-        env=built.session_environ(""),
-    ).strip()
-    assert _inside(found, built.env), found
-    yield built
-    shutil.rmtree(built.env, ignore_errors=True)
-    shutil.rmtree(built.repo, ignore_errors=True)
+def binder(binder_build: BinderBuild | None) -> Binder:
+    """The Binder environment, its slow pip install started with the session (see conftest.binder_build)."""
+    assert binder_build is not None, "conftest starts the build when this module's tests are collected"
+    return binder_build.finish()
 
 
 def _marked(run_id: str, rss: list[int] | None = None) -> dict[int, str]:

@@ -45,13 +45,19 @@ class BrowserRoute:
 
 def check_public_url(url: str, source: str) -> str:
     """``url`` without a trailing slash, or SpecError naming ``source`` when it cannot be a browser's URL."""
-    text = url.strip().rstrip("/")
+    text = url.strip().rstrip("/").replace("{{port}}", "{port}")  # {{port}}: how a magic line keeps it from IPython
     parsed = urllib.parse.urlsplit(text.replace("{port}", "1"))
-    absolute = parsed.scheme in ("http", "https") and bool(parsed.netloc)
-    if not (absolute or (text.startswith("/") and not parsed.netloc)) or parsed.query or parsed.fragment:
+    try:
+        parsed.port  # noqa: B018 (a port out of range or not a number raises here)
+    except ValueError:
+        absolute = False
+    else:
+        absolute = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+    on_this_origin = text.startswith("/") and not text.startswith("//")
+    if not (absolute or on_this_origin) or any(c.isspace() or c in "?#" for c in text):
         raise SpecError(
             f"{source} {url!r} is not a browser URL: give http(s)://host[:port][/path] or a path like /user/me/proxy/"
-            "{port}, without query or fragment; {port} stands for each port"
+            "{port}, without spaces, query or fragment; {port} stands for each port"
         )
     leftover = text.replace("{port}", "")
     if "{" in leftover or "}" in leftover:
@@ -60,16 +66,16 @@ def check_public_url(url: str, source: str) -> str:
 
 
 def given_public_url(public_url: str | None = None) -> tuple[str, str] | None:
-    """The checked public URL and where it came from (the argument, else the environment), or None."""
+    """The checked public URL and where it came from (the argument, else ``$TRITONNB_PUBLIC_URL``), or None; read
+    once, when the server starts."""
     for url, source in ((public_url, "--public-url"), (os.environ.get(PUBLIC_URL_ENV), f"${PUBLIC_URL_ENV}")):
         if url:
             return check_public_url(url, source), source
     return None
 
 
-def browser_route(http_port: int, metrics_port: int, public_url: str | None = None) -> BrowserRoute:
-    """The route a browser takes to these ports (see the module docstring for the order)."""
-    given = given_public_url(public_url)
+def browser_route(http_port: int, metrics_port: int, given: tuple[str, str] | None = None) -> BrowserRoute:
+    """The route a browser takes to these ports: the ``given_public_url``, else through the Jupyter server."""
     if given is not None:
         return _given(*given, http_port, metrics_port)
     return _through_jupyter(http_port, metrics_port)
@@ -120,14 +126,22 @@ def jupyter_server_of_this_kernel() -> dict[str, Any] | None:
     return None
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a redirect (to a login page) is an answer of its own here
+
+
 def _proxy_answers(server: dict[str, Any], port: int) -> bool:
     """Whether ``{base_url}proxy/{port}/`` is a route of that Jupyter server (404 means no jupyter-server-proxy)."""
     url = f"{server['url'].rstrip('/')}/proxy/{port}/v2/health/live"
-    headers = {"Authorization": f"token {server['token']}"} if server.get("token") else {}
+    token = server.get("token") or os.environ.get("JUPYTERHUB_API_TOKEN")
+    headers = {"Authorization": f"token {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=PROBE_TIMEOUT_S):
+        with urllib.request.build_opener(_NoRedirects).open(
+            urllib.request.Request(url, headers=headers), timeout=PROBE_TIMEOUT_S
+        ):
             return True
     except urllib.error.HTTPError as error:
-        return error.code != 404  # 403 or a login redirect: the route exists, only our credentials differ
+        return error.code != 404  # 403, or a redirect to a login page: the route exists, our credentials differ
     except OSError:  # the Jupyter server does not answer: assume its proxy is there, as on JupyterHub
         return True

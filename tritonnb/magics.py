@@ -196,8 +196,9 @@ class TritonMagics(Magics):
             "--public-url",
             metavar="URL",
             help="where a browser reaches the HTTP port, for port forwarding or a reverse proxy, e.g. "
-            "http://localhost:18000; {port} in it stands for each port (default: $TRITONNB_PUBLIC_URL, else "
-            "through jupyter-server-proxy when the kernel runs under a Jupyter server)",
+            "http://localhost:18000; {{port}} in it stands for each port (doubled braces: IPython expands {x} in "
+            "magic lines) (default: $TRITONNB_PUBLIC_URL, else through jupyter-server-proxy when the kernel runs "
+            "under a Jupyter server)",
         ),
         argument("--log-verbose", type=_non_negative, metavar="N", help="Triton's log verbosity (0: off)"),
         argument(

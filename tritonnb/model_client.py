@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,36 +24,51 @@ class ModelClient:
     def __init__(self, name: str, url: str) -> None:
         self.name = name
         self.url = url.removeprefix("http://")
-        self._local = threading.local()
+        self._local = threading.local()  # one tritonclient per thread (they are not thread-safe)
         self._inputs: list[tuple[str, str]] | None = None
-        self._connections: list[Any] = []  # every thread's tritonclient, so that close() reaches them all
-        self._busy: set[Any] = set()  # those in a call now
         self._lock = threading.Lock()
-        state.clients.add(self)
+        self._generation = 0  # close() starts a new one: older connections are not used again
+        self._open: weakref.WeakSet[Any] = weakref.WeakSet()  # every thread's; gone with its thread
+        self._busy: set[Any] = set()  # those in a call now
+        with state.lock:
+            state.clients.add(self)
 
-    def _client(self) -> Any:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """This thread's tritonclient, held busy for one call; a ``close()`` meanwhile closes it when the call ends."""
         import tritonclient.http as httpclient
 
-        client = getattr(self._local, "client", None)
-        if client is None or client not in self._connections:  # first call in this thread, or after close()
-            client = self._local.client = httpclient.InferenceServerClient(self.url)
+        with self._lock:
+            client = getattr(self._local, "client", None)
+            if client is None or self._local.generation != self._generation:
+                client = self._local.client = httpclient.InferenceServerClient(self.url)
+                self._local.generation = self._generation
+                self._open.add(client)
+            self._busy.add(client)
+        try:
+            yield client
+        finally:
             with self._lock:
-                self._connections.append(client)
-        return client
+                self._busy.discard(client)
+                stale = self._local.generation != self._generation
+            if stale:
+                client.close()
 
     def close(self) -> None:
         """Close the kept-alive connections (tritonserver's stop waits for open ones); one in a call closes when the
         call returns. The next call opens a new one."""
         with self._lock:
-            idle = [client for client in self._connections if client not in self._busy]
-            self._connections = []
+            self._generation += 1
+            idle = [client for client in self._open if client not in self._busy]
+            self._open = weakref.WeakSet()
         for client in idle:
             client.close()
 
     def input_names(self) -> list[tuple[str, str]]:
         """The model's inputs as (name, Triton datatype), read once from its metadata."""
         if self._inputs is None:
-            metadata = self._client().get_model_metadata(self.name)
+            with self._connection() as client:
+                metadata = client.get_model_metadata(self.name)
             self._inputs = [(i["name"], i["datatype"]) for i in metadata["inputs"]]
         return self._inputs
 
@@ -82,15 +100,6 @@ class ModelClient:
             infer_input = httpclient.InferInput(name, list(array.shape), datatype)
             infer_input.set_data_from_numpy(array)
             infer_inputs.append(infer_input)
-        client = self._client()
-        with self._lock:
-            self._busy.add(client)
-        try:
+        with self._connection() as client:
             result = client.infer(self.name, infer_inputs)
-        finally:
-            with self._lock:
-                self._busy.discard(client)
-                closed = client not in self._connections
-            if closed:  # close() came during the call
-                client.close()
         return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}

@@ -273,7 +273,10 @@ def target_for(
         except ValueError as error:  # a port out of range, or not a number
             raise SpecError(f"bad URL {url!r}: {error}") from None
         if port is None:
-            raise SpecError(f"cannot derive the metrics URL from {url!r}: give it with --metrics-url")
+            raise SpecError(
+                f"cannot derive the metrics URL from {url!r}: give the URL with its port (metrics are on port + 2), "
+                "or, for one server, its metrics URL (--metrics-url)"
+            )
         host = f"[{parsed.hostname}]" if ":" in (parsed.hostname or "") else parsed.hostname
         metrics_url = f"{parsed.scheme}://{host}:{port + 2}/metrics"
     return Target(url, metrics_url, token)

@@ -28,11 +28,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"  HTTP     {status['http_url']}",
         f"  gRPC     {status['grpc_url'].removeprefix('grpc://')}",
         f"  metrics  {status['metrics_url']}",
+        *_browser_line(status["browser"]),
         f"  log      {status['log_file']}",
     ]
-    browser = status["browser"]
-    if browser["http"]:
-        lines.insert(4, f"  browser  {browser['http']} ({browser['via']})")
     lines += [f"  repo     {path}" for path in status.get("repositories", [])]
     if status["public"]:
         lines.append("  listening on all interfaces")
@@ -47,3 +45,8 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append("models:")
     lines += ["  " + line for line in format_models(status).splitlines()]
     return "\n".join(lines)
+
+
+def _browser_line(route: dict[str, Any]) -> list[str]:
+    """Where a browser reaches the server, when it is not on this machine."""
+    return [f"  browser  {route['http']} ({route['via']})"] if route["http"] else []

@@ -61,9 +61,11 @@ class Server:
     ``load_repositories()`` loads them after the first start, and every restart loads them again.
     """
 
-    def __init__(self, settings: ServerSettings, restart_on_crash: bool = True, public_url: str | None = None) -> None:
+    def __init__(
+        self, settings: ServerSettings, restart_on_crash: bool = True, public_url: tuple[str, str] | None = None
+    ) -> None:
         self.settings = settings
-        self.public_url = public_url  # where a browser reaches the HTTP port, if the user said (see browser_route)
+        self.public_url = public_url  # (URL, where it came from): where a browser reaches the HTTP port, if given
         self._browser_route: BrowserRoute | None = None
         self.models: dict[str, ModelSlot] = {}
         self.repository_models: dict[str, RepositoryModel] = {}  # loaded from settings.repositories, by name
@@ -209,8 +211,11 @@ class Server:
 
     def _end_process(self) -> None:
         """End tritonserver and its stubs now."""
-        for client in list(state.clients):  # their idle connections would hold tritonserver's exit up
-            client.close()
+        with state.lock:
+            clients = list(state.clients)
+        for client in clients:  # their idle connections would hold tritonserver's exit up
+            with contextlib.suppress(Exception):  # nothing may keep tritonserver from being stopped
+                client.close()
         if self._process is not None:
             self._process.stop()
             self._process.remove_shared_memory()  # left behind when tritonserver was killed
@@ -621,8 +626,7 @@ def start(restart_on_crash: bool = True, **options: Any) -> Server:
         if options or not restart_on_crash:
             raise ServerStartError(f"a server already runs at {current.http_url}; stop() it first to change options")
         return current
-    public_url = options.pop("public_url", None)
-    given_public_url(public_url)  # a URL no browser could use fails before anything starts
+    public_url = given_public_url(options.pop("public_url", None))  # a bad one fails before anything starts
     attempt = 1
     while True:
         settings = resolve_settings(**options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 
 import ipywidgets as widgets
 
@@ -11,6 +12,8 @@ from tritonnb.monitor import Snapshot, Target
 from tritonnb.poller import Poller
 from tritonnb.widgets import render
 from tritonnb.widgets.controls import RefreshControls
+
+RENDER_GAP_S = 0.25
 
 
 class FleetPanel(widgets.VBox):
@@ -24,6 +27,7 @@ class FleetPanel(widgets.VBox):
         self.table = widgets.HTML(render.fleet_html([(t.http_url, None) for t in self.targets]))
         self._latest: list[Snapshot | None] = [None] * len(self.targets)
         self._lock = threading.Lock()  # each poller calls back from its own thread
+        self._rendered_at = 0.0
         self._pollers = [Poller.for_target(target) for target in self.targets]
         feeds = [(poller, functools.partial(self._on_snapshot, index)) for index, poller in enumerate(self._pollers)]
         self.controls = RefreshControls(feeds, interval_s)
@@ -34,9 +38,16 @@ class FleetPanel(widgets.VBox):
         return f"tritonnb fleet panel of {len(self.targets)} servers (live in a notebook front end)"
 
     def _on_snapshot(self, index: int, snapshot: Snapshot) -> None:
-        # runs on that server's poller thread: the table is re-rendered from every server's latest snapshot
+        # runs on that server's poller thread: the table is re-rendered from every server's latest snapshot, at most
+        # every RENDER_GAP_S (a room of servers would otherwise send it many times a second), but at once when a
+        # server's state changes, so that no DOWN or STOPPED waits for another server's next sample
         with self._lock:
-            self._latest[index] = snapshot
+            previous, self._latest[index] = self._latest[index], snapshot
+            changed = previous is None or previous.state != snapshot.state
+            now = time.monotonic()
+            if not changed and now - self._rendered_at < RENDER_GAP_S:
+                return
+            self._rendered_at = now
             self.table.value = render.fleet_html(
                 [(target.http_url, latest) for target, latest in zip(self.targets, self._latest)]
             )
