@@ -107,6 +107,24 @@ def test_kernel_end_leaves_no_process_and_frees_ports(kernel, how):
     print(f"{how}: tritonserver and stubs gone {gone_after:.1f} s after the kernel ended")
 
 
+def test_kernel_shutdown_with_a_client_connected_leaves_no_stub_behind(kernel):
+    """An open HTTP connection (a browser tab, a script's client) makes tritonserver's graceful exit wait its whole
+    exit timeout; Jupyter kills a kernel that takes over 5 s to shut down, and the stubs were then left running."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", kernel.http, timeout=10)
+    try:
+        connection.request("GET", "/v2/health/ready")  # HTTP/1.1: the connection stays open afterwards
+        assert connection.getresponse().read() == b""
+        started = time.monotonic()
+        kernel.manager.shutdown_kernel(now=False)
+        print(f"kernel shut down in {time.monotonic() - started:.1f} s")
+        assert wait_gone(kernel.served, timeout=20) == [], "processes outlived the kernel's shutdown"
+    finally:
+        connection.close()
+    assert wait_ports_free(kernel.ports) == []
+
+
 def test_tritonserver_restarted_after_a_crash_still_ends_with_the_kernel(kernel):
     from helpers import process_tree as tree
 

@@ -78,6 +78,8 @@ def _libc() -> ctypes.CDLL:
 class _DetachedTritonServer(TritonServer):
     """tritonserver in a session of its own, output to a sink, libpython of this interpreter first, fast stop."""
 
+    graceful_stop = True  # ServerProcess.stop(graceful=False) turns it off for one stop
+
     def __init__(
         self,
         *,
@@ -131,6 +133,7 @@ class _DetachedTritonServer(TritonServer):
 
     def stop(self) -> None:
         """SIGINT; once Triton says no inference is in flight, end its whole process group (stubs included).
+        With ``graceful_stop`` off, it is ended at once, without waiting for requests in flight.
 
         Triton's own exit would then unload every model and poll once a second, which took 3-4 s for nothing. What
         the unload would have removed goes here instead: the stubs' shared memory, and the temporary folders Triton
@@ -140,7 +143,7 @@ class _DetachedTritonServer(TritonServer):
         if command is None:
             return
         self._stop_requested = True
-        if self.is_alive():
+        if self.graceful_stop and self.is_alive():
             command.process.signal(signal.SIGINT)
             self.stopped_gracefully = self._nothing_in_flight.wait(self._exit_timeout_s + 1)
         members = process_group(command.pid)  # tritonserver leads its own process group
@@ -262,6 +265,12 @@ class ServerProcess(Triton):
             on_unexpected_exit=self._on_unexpected_exit,
             extra_args=self._extra_args,
         )
+
+    def stop(self, graceful: bool = True) -> bool:
+        """PyTriton's stop; ``graceful=False`` ends tritonserver without waiting for requests in flight."""
+        if self._triton_server is not None:
+            self._triton_server.graceful_stop = graceful
+        return super().stop()
 
     def launch(self) -> None:
         """Start tritonserver in the background; the caller waits for readiness."""

@@ -46,7 +46,7 @@ from tritonnb.torch_bridge import resolve_device
 STARTUP_TIMEOUT_S = 120.0
 START_ATTEMPTS = 3  # a port picked as free can be taken before tritonserver binds it (a second kernel starting)
 HEAL_RETRY_S = 10.0  # after a model failed to load again, wait this long before the next try
-EXIT_WAIT_S = 30.0  # at interpreter exit, how long a stop waits for a recovery in progress
+EXIT_WAIT_S = 2.0  # at interpreter exit, how long a stop waits for a recovery in progress (Jupyter allows 5 s)
 HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
 GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 
@@ -209,15 +209,15 @@ class Server:
         except InferenceServerException:
             return False
 
-    def _end_process(self) -> None:
-        """End tritonserver and its stubs now."""
+    def _end_process(self, graceful: bool = True) -> None:
+        """End tritonserver and its stubs now (after the requests in flight, when ``graceful``)."""
         with state.lock:
             clients = list(state.clients)
         for client in clients:  # their idle connections would hold tritonserver's exit up
             with contextlib.suppress(Exception):  # nothing may keep tritonserver from being stopped
                 client.close()
         if self._process is not None:
-            self._process.stop()
+            self._process.stop(graceful)
             self._process.remove_shared_memory()  # left behind when tritonserver was killed
 
     def _take_generations(self) -> list[Generation]:
@@ -247,7 +247,10 @@ class Server:
         return self._finishing is None or not self._finishing.is_alive()
 
     def _stop_at_exit(self) -> None:
-        """At interpreter exit no thread may start; the models' threads are daemons and end with the process."""
+        """At interpreter exit no thread may start; the models' threads are daemons and end with the process.
+
+        Nothing waits for requests in flight here: the functions that would answer them die with this process, and
+        Jupyter kills a kernel that takes over 5 s to shut down, which would leave tritonserver's stubs behind."""
         self._stop(in_background=False)
 
     def _stop(self, in_background: bool) -> float:
@@ -263,7 +266,7 @@ class Server:
             self._stopped = True
             atexit.unregister(self._stop_at_exit)
             try:
-                self._end_process()
+                self._end_process(graceful=in_background)
             finally:
                 self.supervisor.close()
                 generations = self._take_generations()
