@@ -185,7 +185,7 @@ def test_fleet_and_panel_of_one_server_share_its_poller_and_show_its_p50(served)
     panel = tritonnb.panel(interval_s=0.5)
     try:
         assert isinstance(panel, Panel) and len(fleet.targets) == 1  # one row per server
-        assert fleet.targets[0] == panel.target and fleet.targets[0].browser_url == served.browser_http_url
+        assert fleet.targets[0] == panel.target and fleet.targets[0].browser_url == served.browser_route.http
         assert fleet._pollers == [panel._poller] and state.pollers[panel.target.key] is panel._poller
         call = tritonnb.client("double")
         for _ in range(5):

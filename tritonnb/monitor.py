@@ -97,6 +97,18 @@ class Snapshot:
     host: dict[str, Any] = dataclasses.field(default_factory=dict)
     gpus: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
+    @classmethod
+    def of(cls, target: Target, state: str, now: float, reason: str = "") -> Snapshot:
+        """A snapshot of ``target`` with only its endpoints, state and reason filled in."""
+        return cls(
+            time=now,
+            http_url=target.http_url,
+            metrics_url=target.metrics_url,
+            state=state,
+            browser_url=target.browser_url,
+            reason=reason,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """Plain dicts and lists, e.g. for ``json.dumps``."""
         data = dataclasses.asdict(self)
@@ -120,13 +132,7 @@ class Monitor:
         now = time.time()
         target = self.target
         server = target.server
-        snapshot = Snapshot(
-            time=now,
-            http_url=target.http_url,
-            metrics_url=target.metrics_url,
-            state="DOWN",
-            browser_url=target.browser_url,
-        )
+        snapshot = Snapshot.of(target, "DOWN", now)
         server_state = server.state if server is not None else None  # read once: it may change meanwhile
         if server is not None:
             snapshot.recovery = server.supervisor.summary()
@@ -264,7 +270,7 @@ def target_for(
     if url is None or (server is not None and base_url(url) == server.http_url):
         if server is None:
             raise NoServerError("no Triton server runs here; start one, or give the URL of one to watch")
-        return Target(server.http_url, server.metrics_url, None, server, server.browser_http_url)
+        return Target(server.http_url, server.metrics_url, None, server, server.browser_route.http)
     url = base_url(url)
     if metrics_url is None:
         parsed = urllib.parse.urlsplit(url)

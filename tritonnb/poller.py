@@ -80,15 +80,8 @@ class Poller:
             try:
                 snapshot = self.monitor.poll()
             except Exception as error:  # whatever happens, the panels get told and polling goes on
-                target = self.monitor.target
-                snapshot = Snapshot(
-                    time=time.time(),
-                    http_url=target.http_url,
-                    metrics_url=target.metrics_url,
-                    browser_url=target.browser_url,
-                    state="DOWN",
-                    reason=f"polling failed: {type(error).__name__}: {error}",
-                )
+                reason = f"polling failed: {type(error).__name__}: {error}"
+                snapshot = Snapshot.of(self.monitor.target, "DOWN", time.time(), reason)
             for callback, _ in subscribers:
                 try:
                     callback(snapshot)

@@ -126,11 +126,6 @@ class Server:
         return self._browser_route
 
     @property
-    def browser_http_url(self) -> str | None:
-        """The HTTP endpoint's base URL as a browser reaches it (e.g. ``/user/alice/proxy/8000``), or None."""
-        return self.browser_route.http
-
-    @property
     def access_token(self) -> str:
         """The token that Triton's repository, statistics, trace and logging endpoints require."""
         assert self._process is not None
