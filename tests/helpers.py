@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pathlib
+import shutil
 import socket
 import time
 import urllib.error
@@ -12,6 +14,18 @@ from typing import Any
 import psutil
 
 from devtools.ports import free_loopback_ports
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's, installed by scripts/test.sh
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+ARTIFACTS = pathlib.Path(__file__).parent.parent / "artifacts"  # screenshots for people to look at
 
 
 def free_ports(count: int = 3) -> list[int]:

@@ -6,7 +6,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,19 +16,8 @@ import nbformat
 import numpy as np
 import psutil
 import pytest
-from helpers import free_ports, process_tree, wait_gone
+from helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, free_ports, process_tree, wait_gone
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = pathlib.Path(__file__).parent.parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 REQUESTS = 25
 
 
@@ -134,6 +122,31 @@ def _run_all_cells(page) -> None:
     raise AssertionError("JupyterLab did not start running the cells")
 
 
+CHART_CELLS = (
+    "%%triton_model triple --input x:float32[4] --output y:float32[4] --max-batch-size 8\n"
+    "def triple(x):\n    return x * 3",
+    "%triton_perf triple --concurrency 1,2 --duration 0.5 --max-latency-ms 50",
+    "%triton_tune triple --max-batch-sizes 0,8 --delays-us 0 --instances 1 --concurrency 2 --duration 0.5 "
+    "--max-latency-ms 50",
+)
+
+
+def _check_charts(page) -> None:
+    """The load test's and the sweep's charts are images the browser decoded, at their on-screen width; screenshots
+    of both go to ``artifacts/``."""
+    from playwright.sync_api import expect
+
+    for result, width, name in (
+        (".tnb-perf-result", 760, "perf-chart.png"),
+        (".tnb-tune-result", 760, "tune-chart.png"),
+    ):
+        image = page.locator(f"{result} img.tnb-chart")
+        expect(image).to_be_visible(timeout=60_000)
+        assert image.evaluate("img => img.complete && img.naturalWidth") == 2 * width  # the PNG is drawn at 2x
+        assert image.evaluate("img => Math.round(img.getBoundingClientRect().width)") <= width
+        page.locator(result).screenshot(path=str(ARTIFACTS / name))
+
+
 def test_panel_is_live_in_jupyterlab_and_shows_a_crash_and_the_recovery(jupyterlab):
     from playwright.sync_api import expect, sync_playwright
 
@@ -141,7 +154,7 @@ def test_panel_is_live_in_jupyterlab_and_shows_a_crash_and_the_recovery(jupyterl
     base, token, folder = jupyterlab
     http, grpc, metrics = free_ports()
     busy = "import time\ntime.sleep(45)  # the kernel is busy; the panel must stay live"
-    _notebook(folder / "panel.ipynb", http, grpc, metrics, busy)
+    _notebook(folder / "panel.ipynb", http, grpc, metrics, *CHART_CELLS, busy)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -164,9 +177,16 @@ def test_panel_is_live_in_jupyterlab_and_shows_a_crash_and_the_recovery(jupyterl
             for _ in range(REQUESTS):  # sent from outside the kernel, while a cell keeps it busy
                 assert client.infer("double", [x]).as_numpy("y").tolist() == [[2, 2, 2, 2]]
             expect(row.locator(".tnb-success-total")).to_have_text(str(REQUESTS), timeout=15_000)
-            busy_prompt = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".jp-InputPrompt")
+            busy_prompt = page.locator(".jp-Notebook .jp-Cell").nth(3 + len(CHART_CELLS)).locator(".jp-InputPrompt")
             expect(busy_prompt).to_contain_text("*")  # the sleep cell still runs: the panel updated meanwhile
-            expect(page.locator('.tnb-plot[data-model="double"] polyline').first).to_be_attached()
+            _check_charts(page)
+            chart = page.locator(".tritonnb-panel img.tnb-live-chart")
+            before = chart.get_attribute("src")
+            for _ in range(REQUESTS):
+                client.infer("double", [x])
+            expect(chart).not_to_have_attribute("src", before, timeout=10_000)  # a new image while the cell runs
+            expect(busy_prompt).to_contain_text("*")
+            assert chart.evaluate("img => img.complete && img.naturalWidth") == 864
             page.locator(".tritonnb-panel").screenshot(path=str(ARTIFACTS / "panel-ready.png"))
 
             tritonserver = _tritonserver_on(http)

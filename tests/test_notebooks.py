@@ -13,6 +13,7 @@ import http.server
 import os
 import pathlib
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -24,11 +25,14 @@ import nbformat
 import psutil
 import pytest
 from binder_build import MARK, Binder, BinderBuild
-from helpers import free_ports
+from helpers import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, free_ports
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 QUICKSTART_URL = "/lab/tree/notebooks/01_quickstart.ipynb"  # what binder/postBuild makes the default page
+# charts a notebook's static HTML must show: 02 a still of the panel's chart; 03 the load test's, the sweep's and
+# the before/after comparison
+STATIC_CHARTS = {"02_live_panels.ipynb": 1, "03_perf_and_tuning.ipynb": 3}
 # the first test may wait for the environment's build (2-3 minutes on 2 cores); a notebook's cells have 300 s each
 pytestmark = pytest.mark.timeout(1500)
 
@@ -211,3 +215,35 @@ def test_notebook_runs_on_binder(binder, name, tmp_path):
     # the marker reached the servers (else the leftover check below would be blind), and none of them is left
     assert any(seen.startswith("tritonserver:") for seen in result["seen"].values()), result["seen"]
     assert result["leftover"] == {}, f"still running after {name} ended: {result['leftover']}"
+    if name in STATIC_CHARTS:
+        _check_static_html(tmp_path / name, STATIC_CHARTS[name])
+
+
+def _check_static_html(executed: pathlib.Path, charts: int) -> None:
+    """The executed notebook's static HTML (nbconvert), opened in Chromium with no network, shows its charts: each one
+    an image the browser decoded. A screenshot of the page goes to ``artifacts/``."""
+    from playwright.sync_api import sync_playwright
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nbconvert", "--to", "html", str(executed)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    page_file = executed.with_suffix(".html")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.route("http*://**", lambda route: route.abort())  # offline, like a reader with no internet
+            page.goto(page_file.as_uri(), wait_until="domcontentloaded")
+            page.wait_for_function("() => [...document.images].every(image => image.complete)", timeout=30_000)
+            images = page.locator(".jp-OutputArea-output img").evaluate_all(
+                "images => images.map(image => [image.alt, image.naturalWidth, image.getBoundingClientRect().width])"
+            )
+            assert len(images) == charts, images
+            assert all(natural > 0 and shown > 300 for _, natural, shown in images), images
+            ARTIFACTS.mkdir(exist_ok=True)
+            first = page.locator(".jp-OutputArea-output img").first
+            first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / f"static-{executed.stem}.png"), full_page=True)
+        finally:
+            browser.close()

@@ -85,7 +85,8 @@ def test_perf_result_and_perf_analyzer_command(triton):
     assert "--concurrency-range 1:3:1" in result.perf_analyzer
     assert f"triton-access-token:{triton.access_token}" in result.perf_analyzer
     assert "--shape x:4" in result.perf_analyzer
-    assert "tnb-perf-plot" in result._repr_html_() and "p99_ms" in repr(result)
+    page = result._repr_html_()
+    assert 'class="tnb-chart"' in page and "c=3" in result.chart().description and "p99_ms" in repr(result)
     data = {"x": np.full((1, 4), 3, np.float32)}
     assert run_perf(triton, "plain", [1], 0.3, input_data=data, warmup_s=0).rows[0]["errors"] == 0
     sample = np.full(4, 3, np.float32)  # no batch dim: one is added because the model batches
@@ -182,6 +183,8 @@ def test_tuner_changes_the_served_configuration(triton):
         best["instances"],
     )
     assert "tnb-tune-result" in result._repr_html_()
+    legend = [text.get_text() for text in result.chart().figure.axes[0].get_legend().get_texts()]
+    assert f"chosen #{result.best + 1} " in " ".join(legend) and "Pareto front" in legend
 
     unfit = tune(
         triton,
@@ -242,8 +245,9 @@ def test_perf_and_tune_magics(shell, triton):
         "def magicperf(x):\n    return x - 1\n",
     )
     with capture_output() as out:
-        result = shell.run_line_magic("triton_perf", "magicperf --concurrency 1,2 --duration 0.5")
-    assert [r["concurrency"] for r in result.rows] == [1, 2]
+        result = shell.run_line_magic("triton_perf", "magicperf --concurrency 1,2 --duration 0.5 --max-latency-ms 250")
+    assert [r["concurrency"] for r in result.rows] == [1, 2] and result.max_latency_ms == 250
+    assert "budget: p95 ≤ 250 ms" in [t.get_text() for t in result.chart().figure.axes[0].get_legend().get_texts()]
     assert "load test 2 of 2" in out.stdout  # progress, one line per level outside a kernel
     shell.user_ns["probe"] = np.ones((1, 4), np.float32)
     result = shell.run_line_magic("triton_perf", "magicperf --concurrency 1 --duration 0.3 --input-data probe")

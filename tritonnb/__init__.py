@@ -18,7 +18,8 @@ How a ``%%triton_model`` cell flows through the modules (each layer only calls t
 6. ``_pytriton``: the only module touching PyTriton's private names; ``signature`` and ``errors`` are the plain
    data and exceptions every layer shares.
 
-Load tests (``perf``, ``loadgen``, ``tune``) sit beside ``bind`` and use the same server object; a model tritonnb did
+Load tests (``perf``, ``loadgen``, ``tune``) sit beside ``bind`` and use the same server object (their charts:
+``charts``, matplotlib; the live panel's chart: ``widgets.live_chart``); a model tritonnb did
 not bind (from a model repository the server serves, see ``repository``, or on any Triton server) gets its spec from
 the server that serves it (``remote_spec``).
 """

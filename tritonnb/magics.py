@@ -174,6 +174,10 @@ INPUT_DATA = argument(
     "--input-data", metavar="VAR_OR_NPZ", help="a variable (dict of arrays by input name, or one array) or an .npz file"
 )
 
+MAX_LATENCY = argument(
+    "--max-latency-ms", type=_positive_float, metavar="X", help="p95 latency budget in ms, a line on the chart"
+)
+
 
 @magics_class
 class TritonMagics(Magics):
@@ -394,6 +398,7 @@ class TritonMagics(Magics):
     )
     @argument("--url", metavar="URL", help="any Triton server's HTTP URL (default: this kernel's server)")
     @argument("--token", metavar="TOKEN", help="with --url: access token for its statistics API, if restricted")
+    @MAX_LATENCY
     def triton_perf(self, line: str) -> Any:
         """Closed-loop load test of a served model, or of a model of any Triton server: throughput, latency
         percentiles and Triton's own split."""
@@ -417,6 +422,7 @@ class TritonMagics(Magics):
             engine=args.engine,
             url=args.url,
             token=args.token,
+            max_latency_ms=args.max_latency_ms,
         )
 
     @line_magic
@@ -424,7 +430,7 @@ class TritonMagics(Magics):
     @magic_arguments()
     @_with_defaults()
     @argument("name", help="a served model")
-    @argument("--max-latency-ms", type=_positive_float, metavar="X", help="p95 latency budget (default: none)")
+    @MAX_LATENCY
     @argument("--concurrency", type=_positive_list, default=[8], metavar="C,C,...", help="load levels per config")
     @argument("--duration", type=_positive_float, default=2.0, metavar="S", help="seconds per configuration")
     @argument("--max-batch-sizes", type=_int_list, default=[0, 8, 32], metavar="N,N,...", help="0 is no batching")

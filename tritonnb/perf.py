@@ -15,7 +15,7 @@ import sys
 import tempfile
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from tritonnb.metrics_text import PHASES
 from tritonnb.remote_spec import remote_spec
 from tritonnb.signature import ModelSpec, sample_inputs
 from tritonnb.statistics import fetch_stats
+
+if TYPE_CHECKING:
+    from tritonnb.charts import Chart
 
 ROW_KEYS = (
     "concurrency",
@@ -60,6 +63,7 @@ class PerfResult:
     perf_analyzer: str
     error_samples: list[str] = dataclasses.field(default_factory=list)
     engine: str = "builtin"
+    max_latency_ms: float | None = None  # a p95 budget, drawn as a line on the chart
 
     def __repr__(self) -> str:
         from tritonnb.widgets.perf_view import rows_text
@@ -73,6 +77,42 @@ class PerfResult:
         from tritonnb.widgets.perf_view import perf_html
 
         return perf_html(self)
+
+    def chart(self) -> Chart:
+        """Throughput against p50 and p95 latency, one point per concurrency level (see ``plot`` for several runs)."""
+        return plot(self)
+
+    def to_dataframe(self) -> Any:
+        """The rows as a pandas DataFrame (pandas is imported here, and only here)."""
+        return rows_dataframe(self.rows, ROW_KEYS)
+
+
+def plot(*runs: PerfResult, labels: Sequence[str] | None = None, max_latency_ms: float | None = None) -> Chart:
+    """One chart of several load tests, e.g. before and after a hot swap or a tuning step: one colour per run,
+    named by ``labels`` (default: the model names). The latency budget defaults to the runs' own when they share one.
+    """
+    from tritonnb.charts import perf_chart
+
+    if not runs:
+        raise SpecError("plot() needs at least one load test result (what %triton_perf or run_perf returned)")
+    strangers = [type(run).__name__ for run in runs if not isinstance(run, PerfResult)]
+    if strangers:
+        raise SpecError(f"plot() draws load test results (PerfResult), not {', '.join(strangers)}")
+    if max_latency_ms is None and len({run.max_latency_ms for run in runs}) == 1:
+        max_latency_ms = runs[0].max_latency_ms
+    try:
+        return perf_chart(runs, labels, max_latency_ms)
+    except ValueError as error:
+        raise SpecError(str(error)) from None
+
+
+def rows_dataframe(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:
+    """Rows of results as a pandas DataFrame with ``keys`` as its columns."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("to_dataframe() needs pandas: pip install pandas") from None
+    return pandas.DataFrame(list(rows), columns=list(keys))
 
 
 def input_arrays(spec: ModelSpec, data: Any = None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -342,6 +382,7 @@ def run_perf(
     *,
     url: str | None = None,
     token: str | None = None,
+    max_latency_ms: float | None = None,
 ) -> PerfResult:
     """Load-test model ``name`` of ``server`` at each concurrency level; the clients run in a separate process.
 
@@ -351,6 +392,7 @@ def run_perf(
     With ``url``, the model is any Triton server's (``server`` may be None): its inputs, outputs and batching are
     read from that server, and ``token`` is sent to its statistics API if it restricts it (else Triton's
     server-side columns stay empty). A model of a served model repository is read from the server in the same way.
+    ``max_latency_ms``: a p95 budget, drawn as a line on the result's chart.
     """
     if url is not None and server is not None and base_url(url) == server.http_url:
         url = token = None  # this kernel's own server: its bindings, and its token
@@ -381,7 +423,7 @@ def run_perf(
     finally:
         runner.close()
     command = perf_analyzer_command(endpoint.http_url, spec, arrays, levels, duration_s, endpoint.token)
-    return PerfResult(name, duration_s, rows, command, samples[:5], engine)
+    return PerfResult(name, duration_s, rows, command, samples[:5], engine, max_latency_ms)
 
 
 def model_spec(server: Any, name: str, url: str | None = None, token: str | None = None) -> ModelSpec:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tritonnb.errors import SpecError, UnknownModelError
-from tritonnb.perf import Progress, run_perf
+from tritonnb.perf import Progress, rows_dataframe, run_perf
+
+if TYPE_CHECKING:
+    from tritonnb.charts import Chart
 
 TUNE_KEYS = (
     "max_batch_size",
@@ -57,18 +60,22 @@ class TuneResult:
     def _repr_html_(self) -> str:
         import html
 
-        from tritonnb.widgets.perf_view import rows_html, scatter_svg
+        from tritonnb.widgets.perf_view import rows_html
 
-        points = [
-            (r["throughput"], r["p95_ms"], f"b{r['max_batch_size']}/d{r['batch_delay_us']}/i{r['instances']}")
-            for r in self.rows
-            if r["p95_ms"] is not None
-        ]
         return (
             f"<div class='tnb-tune-result'><b>{html.escape(self._summary())}</b>"
-            f"{rows_html(self.rows, TUNE_KEYS, self.best)}"
-            f"{scatter_svg(points, 'throughput (requests/s)', 'p95 latency (ms)')}</div>"
+            f"{rows_html(self.rows, TUNE_KEYS, self.best, numbered=True)}{self.chart().html()}</div>"
         )
+
+    def chart(self) -> Chart:
+        """Every configuration as a point (throughput against p95), the Pareto front and the chosen one."""
+        from tritonnb.charts import tune_chart
+
+        return tune_chart(self)
+
+    def to_dataframe(self) -> Any:
+        """The rows as a pandas DataFrame (pandas is imported here, and only here)."""
+        return rows_dataframe(self.rows, TUNE_KEYS)
 
 
 def configurations(max_batch_sizes: Sequence[int], delays_us: Sequence[int], instances: Sequence[int]) -> list[tuple]:

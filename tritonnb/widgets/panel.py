@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
@@ -12,21 +12,27 @@ from tritonnb.monitor import Snapshot, Target
 from tritonnb.poller import Poller
 from tritonnb.widgets import render
 from tritonnb.widgets.controls import RefreshControls
+from tritonnb.widgets.live_chart import LiveChart
+
+if TYPE_CHECKING:
+    from tritonnb.charts import Chart
 
 
 class Panel(widgets.VBox):
-    """Health, models, live metrics with plots, host figures and controls for one Triton server."""
+    """Health, models, live metrics with a chart, host figures and controls for one Triton server."""
 
     def __init__(self, target: Target, interval_s: float = 1.0) -> None:
         self.target = target
         self.health = widgets.HTML()
         self.models = widgets.HTML()
-        self.plots = widgets.HTML()
+        self.plot = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.plot.add_class("tnb-live-chart")
         self.host = widgets.HTML()
         self.message = widgets.HTML()
         self.log_view = widgets.HTML()
         self.show_log = widgets.ToggleButton(description="Log", icon="file-text", tooltip="tail of the server log")
         self._poller = Poller.for_target(target)
+        self.live_chart = LiveChart.for_poller(self._poller)
         self.controls = RefreshControls([(self._poller, self._on_snapshot)], interval_s)
         controls = self.controls.buttons
         if target.server is not None:
@@ -36,7 +42,7 @@ class Panel(widgets.VBox):
             self.restart.on_click(self._on_restart)
             controls += [self.show_log, self.restart]
         super().__init__(
-            [self.health, self.models, self.plots, self.host, widgets.HBox(controls), self.message, self.log_view]
+            [self.health, self.models, self.plot, self.host, widgets.HBox(controls), self.message, self.log_view]
         )
         self.add_class("tritonnb-panel")
         self.show_log.observe(lambda _: self._update_log(), names="value")
@@ -48,9 +54,14 @@ class Panel(widgets.VBox):
         # runs on the poller thread: only widget values change here, nothing is printed
         self.health.value = render.health_html(snapshot)
         self.models.value = render.models_html(snapshot)
-        self.plots.value = render.plots_html(snapshot)
+        self.plot.value = self.live_chart.update(snapshot)
         self.host.value = render.host_html(snapshot)
         self._update_log()
+
+    def chart(self) -> Chart:
+        """The live chart as it is now, as a still image: it stays in a saved notebook and its static HTML, where the
+        live panel (a widget) needs a running kernel."""
+        return self.live_chart.still()
 
     def _update_log(self) -> None:
         server = self.target.server

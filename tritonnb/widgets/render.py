@@ -130,43 +130,13 @@ def models_html(snapshot: Snapshot) -> str:
             f'<td class="tnb-p50">{_p50(m)}</td><td>{_latency(m)}</td>'
             f"<td>{_num(m.avg_batch_size, 2)}</td><td>{'–' if m.pending is None else m.pending}</td></tr>"
         )
-    return f'<table class="tnb-models" style="border-collapse:collapse;font-size:90%">{head}{"".join(rows)}</table>'
+    table = f'<table class="tnb-models" style="border-collapse:collapse;font-size:90%">{head}{"".join(rows)}</table>'
+    return scrolling(table)
 
 
-def _polyline(
-    points: list[tuple[float, float]], t0: float, span: float, top: float, width: int, height: int, colour: str
-) -> str:
-    if not points:
-        return ""
-    coords = " ".join(f"{(t - t0) / span * width:.1f},{height - v / top * (height - 4) - 2:.1f}" for t, v in points)
-    return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>'
-
-
-def sparkline_svg(model: ModelMetrics, width: int = 280, height: int = 56) -> str:
-    """Request rate (green) and latency (blue) over the history window, as inline SVG."""
-    history = model.history
-    rates = [(t, r) for t, r, _ in history if r is not None]
-    latencies = [(t, lat) for t, _, lat in history if lat is not None]
-    if not history:
-        return ""
-    t0 = history[0][0]
-    span = max(history[-1][0] - t0, 1.0)
-    top_rate = max([r for _, r in rates] + [1e-9])
-    top_latency = max([lat for _, lat in latencies] + [1e-9])
-    return (
-        f'<div class="tnb-plot" data-model="{html.escape(model.name)}" style="display:inline-block;margin-right:12px">'
-        f"<small><b>{html.escape(model.name)}</b> last {_duration(span)}: "
-        f'<span style="color:#2e7d32">req/s ≤ {_num(top_rate)}</span>, '
-        f'<span style="color:#1565c0">latency ≤ {_num(top_latency, 2)} ms</span></small><br>'
-        f'<svg width="{width}" height="{height}" style="background:#fafafa;border:1px solid #ddd">'
-        f"{_polyline(rates, t0, span, top_rate, width, height, '#2e7d32')}"
-        f"{_polyline(latencies, t0, span, top_latency, width, height, '#1565c0')}</svg></div>"
-    )
-
-
-def plots_html(snapshot: Snapshot) -> str:
-    """A sparkline per model."""
-    return "".join(sparkline_svg(m) for m in snapshot.models.values())
+def scrolling(table: str) -> str:
+    """A table in a box that scrolls sideways when the cell is narrower than the table, so nothing is cut off."""
+    return f'<div class="tnb-table-scroll" style="max-width:100%;overflow-x:auto">{table}</div>'
 
 
 def _usage(figures: dict, utilization_key: str) -> list[str]:
@@ -264,7 +234,6 @@ def fleet_html(rows: Sequence[tuple[str, Snapshot | None]]) -> str:
         "<th>p50 ms</th><th>failures <small>(/s)</small></th></tr>"
     )
     body = "".join(fleet_row_html(url, snapshot) for url, snapshot in rows)
-    return (
-        f'<div class="tnb-fleet-summary"><b>Fleet</b> {len(rows)} servers: {counts}</div>'
+    return f'<div class="tnb-fleet-summary"><b>Fleet</b> {len(rows)} servers: {counts}</div>' + scrolling(
         f'<table class="tnb-fleet" style="border-collapse:collapse;font-size:90%">{head}{body}</table>'
     )

@@ -1,0 +1,209 @@
+"""Charts of load tests, tuning sweeps and the live panel: real matplotlib figures, checked by what they draw."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+
+import pytest
+from PIL import Image
+
+from tritonnb.charts import pareto_front, perf_chart, tune_chart
+from tritonnb.errors import SpecError
+from tritonnb.monitor import ModelMetrics, Snapshot
+from tritonnb.perf import ROW_KEYS, PerfResult, plot
+from tritonnb.tune import TUNE_KEYS, TuneResult
+from tritonnb.widgets.live_chart import LiveChart, nice_ceiling
+
+
+def _row(concurrency: int, throughput: float, p50: float | None, p95: float | None, errors: int = 0) -> dict:
+    return {
+        "concurrency": concurrency,
+        "throughput": throughput,
+        "p50_ms": p50,
+        "p90_ms": p95,
+        "p95_ms": p95,
+        "p99_ms": p95,
+        "errors": errors,
+        "requests": 100 + errors,
+    }
+
+
+def _run(model: str, rows: list[dict], budget: float | None = None) -> PerfResult:
+    return PerfResult(model, 1.0, rows, "perf_analyzer ...", [], "builtin", budget)
+
+
+def _sweep(count: int = 12, seed: int = 0) -> list[dict]:
+    """A tuning sweep whose points crowd together (many configurations within a few % of each other)."""
+    rng = random.Random(seed)
+    rows = []
+    for batch, delay, instances in itertools.islice(itertools.product((0, 8, 32), (0, 500, 1000), (1, 2)), count):
+        row = _row(8, 1000 + rng.uniform(-20, 20), 4.0, 5.0 + rng.uniform(-0.2, 0.2))
+        row.update(max_batch_size=batch, batch_delay_us=delay, instances=instances, fits=row["p95_ms"] <= 5.0)
+        rows.append(row)
+    return rows
+
+
+def _tick_labels(axis) -> list[str]:
+    return [label.get_text() for label in axis.get_ticklabels() if label.get_text()]
+
+
+def _visible_boxes(chart, texts):
+    renderer = chart.figure.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in texts if t.get_visible()]
+
+
+def test_perf_chart_has_numbered_axes_a_budget_line_and_points_in_concurrency_order():
+    rows = [_row(4, 900, 3.0, 4.0), _row(1, 300, 1.0, 1.5), _row(2, 600, 2.0, 2.5, errors=3)]  # not in order
+    chart = perf_chart([_run("double", rows)], max_latency_ms=3.5)
+    axes = chart.figure.axes[0]
+    chart.figure.canvas.draw()
+    assert _tick_labels(axes.xaxis) and _tick_labels(axes.yaxis)
+    assert all(label.replace(",", "").replace(".", "").isdigit() for label in _tick_labels(axes.yaxis))
+    assert axes.get_xlabel() == "throughput (requests/s)" and axes.get_ylabel() == "latency (ms)"
+    p95_line = next(line for line in axes.get_lines() if line.get_label() == "double p95")
+    assert list(p95_line.get_xdata()) == [300, 600, 900]  # joined by concurrency, not in the rows' order
+    budget = [line for line in axes.get_lines() if list(line.get_ydata()) == [3.5, 3.5]]
+    assert len(budget) == 1
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == ["double p95", "double p50", "had errors", "budget: p95 ≤ 3.5 ms"]
+    labels = sorted(t.get_text() for t in axes.texts)
+    assert labels == ["c=1", "c=2", "c=4"]
+    png = chart.png()
+    assert Image.open(io.BytesIO(png)).size == (1520, 840)  # twice the on-screen size
+    assert "c=1 300.0 req/s p95 1.50 ms" in chart.description
+    bundle, metadata = chart._repr_mimebundle_()
+    assert bundle["image/png"].startswith(b"\x89PNG") and metadata["image/png"] == {"width": 760, "height": 420}
+
+
+def test_a_budget_far_above_the_points_is_named_but_does_not_squash_them():
+    chart = perf_chart([_run("double", [_row(1, 300, 1.0, 1.5), _row(2, 500, 2.0, 4.0)])], max_latency_ms=1000)
+    axes = chart.figure.axes[0]
+    assert axes.get_legend().get_texts()[-1].get_text() == "budget: p95 ≤ 1000 ms, far above"
+    assert axes.get_ylim()[1] < 5 and not [line for line in axes.get_lines() if list(line.get_ydata()) == [1000, 1000]]
+
+
+def test_a_run_with_errors_shows_them_and_a_level_where_everything_failed_is_named():
+    rows = [_row(1, 300, 1.0, 1.5), _row(2, 0.0, None, None, errors=40)]
+    chart = perf_chart([_run("flaky", rows)])
+    assert "no successful request: flaky c=2: 40 errors" in chart.figure.get_supxlabel()
+    html = _run("flaky", rows)._repr_html_()
+    assert "40 requests failed" in html and 'class="tnb-chart"' in html and "<svg" not in html
+
+
+def test_several_runs_share_one_chart_with_a_legend():
+    before = _run("double", [_row(1, 300, 1.0, 1.5), _row(2, 500, 2.0, 2.6)], budget=5)
+    after = _run("double", [_row(1, 800, 0.5, 0.7), _row(2, 1500, 0.6, 0.9)], budget=5)
+    chart = plot(before, after, labels=["before", "after"])
+    legend = [text.get_text() for text in chart.figure.axes[0].get_legend().get_texts()]
+    assert legend[:4] == ["before p95", "before p50", "after p95", "after p50"]
+    assert legend[-1] == "budget: p95 ≤ 5 ms"  # the runs' shared budget
+    unnamed = plot(before, after)
+    assert unnamed.figure.axes[0].get_legend().get_texts()[0].get_text() == "double (run 1) p95"
+    with pytest.raises(SpecError, match="one label per run"):
+        plot(before, labels=["a", "b"])
+    with pytest.raises(SpecError, match="not TuneResult"):
+        plot(TuneResult("m", _sweep(2), None, None, False))
+    with pytest.raises(SpecError, match="at least one"):
+        plot()
+
+
+def test_pareto_front_keeps_only_configurations_nothing_beats():
+    rows = [
+        {"throughput": 100, "p95_ms": 1.0, "errors": 0},
+        {"throughput": 200, "p95_ms": 2.0, "errors": 0},
+        {"throughput": 150, "p95_ms": 3.0, "errors": 0},  # beaten by the second
+        {"throughput": 300, "p95_ms": 1.5, "errors": 4},  # errors: never on the front
+        {"throughput": 250, "p95_ms": None, "errors": 9},
+        {"throughput": 260, "p95_ms": 2.5, "errors": 0},
+    ]
+    assert pareto_front(rows) == [0, 1, 5]
+
+
+def test_tune_chart_marks_the_budget_the_front_and_the_choice_and_no_labels_overlap():
+    rows = _sweep(12)
+    fitting = [i for i, row in enumerate(rows) if row["fits"]]
+    best = max(fitting, key=lambda i: rows[i]["throughput"])
+    result = TuneResult("double", rows, best, 5.0, False)
+    chart = tune_chart(result)
+    axes = chart.figure.axes[0]
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend[0] == "meets the budget" and "misses it" in legend and "Pareto front" in legend
+    assert any(text.startswith(f"chosen #{best + 1} ") for text in legend)
+    assert "budget: p95 ≤ 5 ms" in legend
+    assert all(f"#{i + 1} " in " ".join(legend) for i in pareto_front(rows))
+    boxes = _visible_boxes(chart, axes.texts)
+    assert 1 <= len(boxes) < len(rows)  # crowded: some numbers had to go, and the table still names every row
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    html = result._repr_html_()
+    assert "<th>#</th>" in html and "overflow-x:auto" in html and 'class="tnb-chart"' in html
+
+
+def test_results_convert_to_dataframes():
+    perf = _run("double", [_row(1, 300, 1.0, 1.5)])
+    frame = perf.to_dataframe()
+    assert list(frame.columns) == list(ROW_KEYS) and frame.loc[0, "throughput"] == 300
+    tuned = TuneResult("double", _sweep(3), 0, None, False)
+    assert list(tuned.to_dataframe().columns) == list(TUNE_KEYS) and len(tuned.to_dataframe()) == 3
+    assert isinstance(perf.rows, list) and isinstance(perf.rows[0], dict)  # the data itself stays plain
+
+
+def _snapshot(now: float, rate: float = 10.0, models=("double", "triple"), seconds: int = 100) -> Snapshot:
+    """A READY server whose models have ``seconds`` of history, one sample a second, up to ``now``."""
+    histories = {
+        name: [(now - seconds + s, rate + k, 0.5 + k * 0.1) for s in range(seconds)] for k, name in enumerate(models)
+    }
+    snapshot = Snapshot(time=now, http_url="http://h:1", metrics_url="http://h:3/metrics", state="READY")
+    snapshot.models = {name: ModelMetrics(name=name, history=history) for name, history in histories.items()}
+    return snapshot
+
+
+def test_live_chart_blits_lines_and_redraws_axes_only_when_they_change():
+    chart = LiveChart()
+    first = chart.update(_snapshot(1000.0))
+    assert Image.open(io.BytesIO(first)).size == (864, 240)
+    for second in range(1, 6):  # steady data: only the lines move
+        png = chart.update(_snapshot(1000.0 + second, rate=10.0 + second / 2))
+    assert chart.full_draws == 1 and png != first
+    rate_axes = chart._figure.axes[0]
+    assert rate_axes.get_xlim() == (-120.0, 0.0)  # 100 s of history: the axis spans two minutes
+    assert {"-2 min", "-90 s", "-60 s", "-30 s", "now"} <= set(_tick_labels(rate_axes.xaxis))
+    assert rate_axes.get_ylim() == (0.0, 20.0)  # a nice ceiling over 11 req/s
+    chart.update(_snapshot(1006.0, rate=50.0))  # a scale step: axes drawn again
+    assert chart.full_draws == 2 and rate_axes.get_ylim() == (0.0, 100.0)
+    chart.update(_snapshot(1007.0, models=("double",)))  # a model gone
+    assert chart.full_draws == 3 and list(chart.histories) == ["double"]
+    assert [text.get_text() for text in chart._figure.legends[0].get_texts()] == ["double"]
+    chart.update(_snapshot(1008.0, models=("double",), seconds=200))  # the history outgrew two minutes
+    assert chart.full_draws == 4 and rate_axes.get_xlim() == (-300.0, 0.0)
+    assert {"-5 min", "-4 min", "-3 min", "-2 min", "-1 min", "now"} <= set(_tick_labels(rate_axes.xaxis))
+
+
+def test_live_chart_keeps_the_last_data_and_says_the_server_is_down():
+    chart = LiveChart()
+    chart.update(_snapshot(1000.0))
+    gone = Snapshot(time=1030.0, http_url="http://h:1", metrics_url="http://h:3/metrics", state="DOWN")
+    png = chart.update(gone)  # a remote server that stopped answering: no models in the snapshot
+    assert set(chart.histories) == {"double", "triple"} and chart.note.startswith("DOWN: last data ")
+    assert chart._note_text.get_text() == chart.note and Image.open(io.BytesIO(png)).size == (864, 240)
+    still = chart.still()
+    lines = [line for line in still.figure.axes[0].get_lines() if len(line.get_xdata())]
+    assert len(lines) == 2 and not any(line.get_animated() for line in lines)
+    assert "DOWN" in still.description and still.png().startswith(b"\x89PNG")
+    chart.update(_snapshot(1040.0))
+    assert chart.note == ""
+
+
+def test_nice_ceilings():
+    assert [nice_ceiling(v) for v in (0, 0.7, 1, 1.2, 2.2, 3, 7, 11, 230)] == [
+        0.001,
+        1,
+        1,
+        2,
+        2.5,
+        5,
+        10,
+        20,
+        250,
+    ]
