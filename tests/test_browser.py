@@ -186,7 +186,7 @@ def test_panel_is_live_in_jupyterlab_and_shows_a_crash_and_the_recovery(jupyterl
                 client.infer("double", [x])
             expect(chart).not_to_have_attribute("src", before, timeout=10_000)  # a new image while the cell runs
             expect(busy_prompt).to_contain_text("*")
-            assert chart.evaluate("img => img.complete && img.naturalWidth") == 864
+            assert chart.evaluate("img => img.complete && img.naturalWidth") == 900
             page.locator(".tritonnb-panel").screenshot(path=str(ARTIFACTS / "panel-ready.png"))
 
             tritonserver = _tritonserver_on(http)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import io
 import itertools
 import random
+import threading
 
 import pytest
 from PIL import Image
 
-from tritonnb.charts import pareto_front, perf_chart, tune_chart
+from tritonnb.charts import COLOURS, perf_chart, tune_chart
 from tritonnb.errors import SpecError
 from tritonnb.monitor import ModelMetrics, Snapshot
 from tritonnb.perf import ROW_KEYS, PerfResult, plot
-from tritonnb.tune import TUNE_KEYS, TuneResult
+from tritonnb.tune import TUNE_KEYS, TuneResult, pareto_front
 from tritonnb.widgets.live_chart import LiveChart, nice_ceiling
 
 
@@ -68,8 +69,9 @@ def test_perf_chart_has_numbered_axes_a_budget_line_and_points_in_concurrency_or
     assert len(budget) == 1
     legend = [text.get_text() for text in axes.get_legend().get_texts()]
     assert legend == ["double p95", "double p50", "had errors", "budget: p95 ≤ 3.5 ms"]
-    labels = sorted(t.get_text() for t in axes.texts)
-    assert labels == ["c=1", "c=2", "c=4"]
+    assert sorted(t.get_text() for t in axes.texts if t.get_visible()) == ["c=1", "c=2", "c=4"]  # room for each
+    cross = next(line for line in axes.get_lines() if line.get_marker() == "x")
+    assert (list(cross.get_xdata()), list(cross.get_ydata())) == ([600], [2.5])  # on the level that had errors
     png = chart.png()
     assert Image.open(io.BytesIO(png)).size == (1520, 840)  # twice the on-screen size
     assert "c=1 300.0 req/s p95 1.50 ms" in chart.description
@@ -103,6 +105,8 @@ def test_several_runs_share_one_chart_with_a_legend():
     assert unnamed.figure.axes[0].get_legend().get_texts()[0].get_text() == "double (run 1) p95"
     with pytest.raises(SpecError, match="one label per run"):
         plot(before, labels=["a", "b"])
+    with pytest.raises(SpecError, match="one label per run"):
+        plot(before, after, labels="ab")
     with pytest.raises(SpecError, match="not TuneResult"):
         plot(TuneResult("m", _sweep(2), None, None, False))
     with pytest.raises(SpecError, match="at least one"):
@@ -132,12 +136,13 @@ def test_tune_chart_marks_the_budget_the_front_and_the_choice_and_no_labels_over
     assert legend[0] == "meets the budget" and "misses it" in legend and "Pareto front" in legend
     assert any(text.startswith(f"chosen #{best + 1} ") for text in legend)
     assert "budget: p95 ≤ 5 ms" in legend
-    assert all(f"#{i + 1} " in " ".join(legend) for i in pareto_front(rows))
+    assert result.front == pareto_front(rows) and all(f"#{i + 1} " in " ".join(legend) for i in result.front)
     boxes = _visible_boxes(chart, axes.texts)
     assert 1 <= len(boxes) < len(rows)  # crowded: some numbers had to go, and the table still names every row
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     html = result._repr_html_()
-    assert "<th>#</th>" in html and "overflow-x:auto" in html and 'class="tnb-chart"' in html
+    assert "<th>#</th>" in html and "<th>front</th>" in html and html.count("<td>✓</td>") == len(result.front)
+    assert "overflow-x:auto" in html and 'class="tnb-chart"' in html
 
 
 def test_results_convert_to_dataframes():
@@ -162,21 +167,25 @@ def _snapshot(now: float, rate: float = 10.0, models=("double", "triple"), secon
 def test_live_chart_blits_lines_and_redraws_axes_only_when_they_change():
     chart = LiveChart()
     first = chart.update(_snapshot(1000.0))
-    assert Image.open(io.BytesIO(first)).size == (864, 240)
+    image = Image.open(io.BytesIO(first)).convert("RGB")
+    assert image.size == (900, 250)
+    assert _pixels_near(image, COLOURS[0]) > 100 and _pixels_near(image, COLOURS[1]) > 100  # both lines drawn
     for second in range(1, 6):  # steady data: only the lines move
         png = chart.update(_snapshot(1000.0 + second, rate=10.0 + second / 2))
     assert chart.full_draws == 1 and png != first
     rate_axes = chart._figure.axes[0]
     assert rate_axes.get_xlim() == (-120.0, 0.0)  # 100 s of history: the axis spans two minutes
-    assert {"-2 min", "-90 s", "-60 s", "-30 s", "now"} <= set(_tick_labels(rate_axes.xaxis))
+    assert {"-120 s", "-90 s", "-60 s", "-30 s", "now"} <= set(_tick_labels(rate_axes.xaxis))
     assert rate_axes.get_ylim() == (0.0, 20.0)  # a nice ceiling over 11 req/s
     chart.update(_snapshot(1006.0, rate=50.0))  # a scale step: axes drawn again
     assert chart.full_draws == 2 and rate_axes.get_ylim() == (0.0, 100.0)
-    chart.update(_snapshot(1007.0, models=("double",)))  # a model gone
-    assert chart.full_draws == 3 and list(chart.histories) == ["double"]
+    chart.update(_snapshot(1007.0, models=("triple",)))  # a model gone: the other one keeps its colour
+    assert chart.full_draws == 3 and list(chart.histories) == ["triple"]
+    assert chart._lines["triple"][0].get_color() == COLOURS[1]
+    chart.update(_snapshot(1007.5, models=("double",)))
     assert [text.get_text() for text in chart._figure.legends[0].get_texts()] == ["double"]
     chart.update(_snapshot(1008.0, models=("double",), seconds=200))  # the history outgrew two minutes
-    assert chart.full_draws == 4 and rate_axes.get_xlim() == (-300.0, 0.0)
+    assert chart.full_draws == 5 and rate_axes.get_xlim() == (-300.0, 0.0)
     assert {"-5 min", "-4 min", "-3 min", "-2 min", "-1 min", "now"} <= set(_tick_labels(rate_axes.xaxis))
 
 
@@ -186,18 +195,72 @@ def test_live_chart_keeps_the_last_data_and_says_the_server_is_down():
     gone = Snapshot(time=1030.0, http_url="http://h:1", metrics_url="http://h:3/metrics", state="DOWN")
     png = chart.update(gone)  # a remote server that stopped answering: no models in the snapshot
     assert set(chart.histories) == {"double", "triple"} and chart.note.startswith("DOWN: last data ")
-    assert chart._note_text.get_text() == chart.note and Image.open(io.BytesIO(png)).size == (864, 240)
+    assert chart._note_text.get_text() == chart.note and Image.open(io.BytesIO(png)).size == (900, 250)
+    gone.time = 1400.0  # long after: the last data stays in view, ending at "now" (the last sample)
+    chart.update(gone)
     still = chart.still()
-    lines = [line for line in still.figure.axes[0].get_lines() if len(line.get_xdata())]
+    axes = still.figure.axes[0]
+    lines = [line for line in axes.get_lines() if len(line.get_xdata())]
     assert len(lines) == 2 and not any(line.get_animated() for line in lines)
+    low, high = axes.get_xlim()
+    assert all(low <= x <= high for line in lines for x in line.get_xdata())
+    assert max(x for line in lines for x in line.get_xdata()) == 0
     assert "DOWN" in still.description and still.png().startswith(b"\x89PNG")
     chart.update(_snapshot(1040.0))
     assert chart.note == ""
 
 
+def test_live_chart_survives_odd_values_and_many_models():
+    chart = LiveChart()
+    snapshot = _snapshot(1000.0, models=tuple(f"m{i}" for i in range(12)))
+    snapshot.models["m0"].history[-1] = (1000.0, float("nan"), float("inf"))
+    snapshot.models["m1"].history = []
+    assert chart.update(snapshot).startswith(b"\x89PNG")
+    legend = [text.get_text() for text in chart._figure.legends[0].get_texts()]
+    assert len(legend) == 6 and legend[-1] == "+7 more"
+    idle = LiveChart()
+    idle.update(_snapshot(1000.0, rate=0.0, models=("idle",)))
+    assert idle._figure.axes[0].get_ylim() == (0.0, 1.0)
+
+
+def test_live_chart_takes_stills_while_the_refresh_thread_draws():
+    chart = LiveChart()
+    chart.update(_snapshot(1000.0))
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def refresh() -> None:
+        try:
+            for second in range(1, 200):
+                assert chart.update(_snapshot(1000.0 + second, rate=10.0 + second % 40)).startswith(b"\x89PNG")
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=refresh)
+    thread.start()
+    stills = 0
+    while not done.is_set():
+        assert chart.still().png().startswith(b"\x89PNG")
+        stills += 1
+    thread.join()
+    assert failures == [] and stills >= 1
+
+
+def _pixels_near(image: Image.Image, colour: str, tolerance: int = 40) -> int:
+    """How many pixels are within ``tolerance`` (per channel) of a ``#rrggbb`` colour."""
+    target = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return sum(
+        count
+        for count, rgb in image.getcolors(maxcolors=1_000_000)
+        if all(abs(a - b) <= tolerance for a, b in zip(rgb, target))
+    )
+
+
 def test_nice_ceilings():
     assert [nice_ceiling(v) for v in (0, 0.7, 1, 1.2, 2.2, 3, 7, 11, 230)] == [
-        0.001,
+        1,
         1,
         1,
         2,

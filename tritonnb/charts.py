@@ -22,6 +22,7 @@ SCREEN_DPI = 100  # the figure's size on the page: inches x this many pixels
 IMAGE_DPI = 200  # the PNG holds twice that, so it stays sharp on high-density screens
 BUDGET_ROOM = 3.0  # a budget more than this many times the highest point is named, not drawn
 MAX_NAMED_FRONT = 8  # Pareto points named in the tuning chart's legend; the table names every point
+MAX_NAMED_FAILURES = 4  # runs without a point named under a chart
 
 
 class Chart:
@@ -117,14 +118,17 @@ def _legend_beside(axes: Any, handles: list[Any]) -> None:
 
 
 def _failure_note(figure: Figure, failed: Sequence[str]) -> None:
-    """A red line under the chart naming the runs that have no point because every request failed."""
-    figure.supxlabel("no successful request: " + "; ".join(failed), color=ERROR_COLOUR, fontsize=8, x=0.01, ha="left")
+    """A red line under the chart naming the runs that have no point because every request failed (the first few;
+    the table has them all)."""
+    named = "; ".join(failed[:MAX_NAMED_FAILURES]) + (
+        f"; and {len(failed) - MAX_NAMED_FAILURES} more" if len(failed) > MAX_NAMED_FAILURES else ""
+    )
+    figure.supxlabel(f"no successful request: {named}", color=ERROR_COLOUR, fontsize=8, x=0.01, ha="left")
 
 
 def _run_names(runs: Sequence[Any], labels: Sequence[str] | None) -> list[str]:
+    """The given labels, or the runs' model names (numbered when the same model appears twice)."""
     if labels is not None:
-        if len(labels) != len(runs):
-            raise ValueError(f"{len(labels)} labels for {len(runs)} runs: give one label per run")
         return [str(label) for label in labels]
     names = [run.model for run in runs]
     return [f"{name} (run {i + 1})" if names.count(name) > 1 else name for i, name in enumerate(names)]
@@ -143,7 +147,7 @@ def perf_chart(runs: Sequence[Any], labels: Sequence[str] | None = None, max_lat
     top, right = 0.0, 0.0
     erroring = False
     for index, (run, name) in enumerate(zip(runs, names)):
-        colour = COLOURS[index % len(COLOURS)]
+        colour, dashes = COLOURS[index % len(COLOURS)], index >= len(COLOURS)  # past the palette: dotted p95 too
         rows = sorted(run.rows, key=lambda row: row["concurrency"])
         timed = [row for row in rows if row["p95_ms"] is not None]
         failed_levels += [
@@ -151,7 +155,7 @@ def perf_chart(runs: Sequence[Any], labels: Sequence[str] | None = None, max_lat
         ]
         x = [row["throughput"] for row in timed]
         p95 = [row["p95_ms"] for row in timed]
-        (line,) = axes.plot(x, p95, "-o", color=colour, markersize=5, label=f"{name} p95")
+        (line,) = axes.plot(x, p95, ":o" if dashes else "-o", color=colour, markersize=5, label=f"{name} p95")
         axes.plot(x, [row["p50_ms"] for row in timed], "--s", color=colour, markersize=4, alpha=0.75)
         handles += [line, Line2D([], [], color=colour, linestyle="--", marker="s", markersize=4, label=f"{name} p50")]
         top, right = max([top, *p95]), max([right, *x])
@@ -198,20 +202,11 @@ def perf_chart(runs: Sequence[Any], labels: Sequence[str] | None = None, max_lat
     return Chart(figure, description)
 
 
-def pareto_front(rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Indexes of the rows no other error-free row beats on both throughput and p95, by throughput."""
-    candidates = [i for i, row in enumerate(rows) if row["p95_ms"] is not None and not row["errors"]]
-    candidates.sort(key=lambda i: (-rows[i]["throughput"], rows[i]["p95_ms"]))
-    front: list[int] = []
-    for i in candidates:
-        if not front or rows[i]["p95_ms"] < rows[front[-1]]["p95_ms"]:
-            front.append(i)
-    return sorted(front, key=lambda i: rows[i]["throughput"])
-
-
-def config_name(row: dict[str, Any]) -> str:
-    """A tuning configuration in short: batch size, queue delay, instances."""
-    return f"b{row['max_batch_size']}/d{row['batch_delay_us']}/i{row['instances']}"
+def config_name(row: dict[str, Any], with_concurrency: bool = False) -> str:
+    """A tuning configuration in short: batch size, queue delay, instances (and the load level, when a sweep ran
+    several)."""
+    name = f"b{row['max_batch_size']}/d{row['batch_delay_us']}/i{row['instances']}"
+    return f"{name} c={row['concurrency']}" if with_concurrency else name
 
 
 def tune_chart(result: Any) -> Chart:
@@ -225,7 +220,12 @@ def tune_chart(result: Any) -> Chart:
     fits = [i for i in timed if rows[i]["fits"]]
     misses = [i for i in timed if not rows[i]["fits"]]
     errors = [i for i in timed if rows[i]["errors"]]
-    front = pareto_front(rows)
+    front = result.front
+    several_levels = len({row["concurrency"] for row in rows}) > 1
+
+    def name(row: dict[str, Any]) -> str:
+        return config_name(row, several_levels)
+
     fit_label = "meets the budget" if budget is not None else "no errors"
 
     def xy(indexes: Sequence[int]) -> tuple[list[float], list[float]]:
@@ -244,7 +244,10 @@ def tune_chart(result: Any) -> Chart:
         ring = {"markersize": 12, "markerfacecolor": "none", "linewidth": 1.2}
         handles.append(axes.plot(*xy(front), "-o", color="#1565c0", label="Pareto front", **ring)[0])
         for i in front[-MAX_NAMED_FRONT:]:
-            handles.append(Line2D([], [], linestyle="", label=f"#{i + 1} {config_name(rows[i])}"))
+            handles.append(Line2D([], [], linestyle="", label=f"#{i + 1} {name(rows[i])}"))
+        if len(front) > MAX_NAMED_FRONT:
+            more = len(front) - MAX_NAMED_FRONT
+            handles.append(Line2D([], [], linestyle="", label=f"+{more} more on the front (see the table)"))
     if result.best is not None:
         best = rows[result.best]
         handles.append(
@@ -255,7 +258,7 @@ def tune_chart(result: Any) -> Chart:
                 color="#f9a825",
                 markeredgecolor="black",
                 markersize=16,
-                label=f"chosen #{result.best + 1} {config_name(best)}: {best['throughput']:,.0f} req/s, "
+                label=f"chosen #{result.best + 1} {name(best)}: {best['throughput']:,.0f} req/s, "
                 f"p95 {best['p95_ms']:.2f} ms",
             )[0]
         )
@@ -280,6 +283,6 @@ def tune_chart(result: Any) -> Chart:
     if untimed:
         _failure_note(figure, untimed)
     hide_overlapping(figure, numbers)
-    chosen = f"chosen #{result.best + 1} {config_name(rows[result.best])}" if result.best is not None else "none fits"
-    front_names = ", ".join(f"#{i + 1} {config_name(rows[i])}" for i in front)
+    chosen = f"chosen #{result.best + 1} {name(rows[result.best])}" if result.best is not None else "none fits"
+    front_names = ", ".join(f"#{i + 1} {name(rows[i])}" for i in front)
     return Chart(figure, f"tuning {result.model}: {len(rows)} runs; Pareto front {front_names or 'empty'}; {chosen}")

@@ -98,12 +98,11 @@ def plot(*runs: PerfResult, labels: Sequence[str] | None = None, max_latency_ms:
     strangers = [type(run).__name__ for run in runs if not isinstance(run, PerfResult)]
     if strangers:
         raise SpecError(f"plot() draws load test results (PerfResult), not {', '.join(strangers)}")
+    if labels is not None and (isinstance(labels, str) or len(labels) != len(runs)):
+        raise SpecError(f"labels must be a list with one label per run ({len(runs)}), got {labels!r}")
     if max_latency_ms is None and len({run.max_latency_ms for run in runs}) == 1:
         max_latency_ms = runs[0].max_latency_ms
-    try:
-        return perf_chart(runs, labels, max_latency_ms)
-    except ValueError as error:
-        raise SpecError(str(error)) from None
+    return perf_chart(runs, labels, max_latency_ms)
 
 
 def rows_dataframe(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:

@@ -45,6 +45,11 @@ class TuneResult:
         row = self.rows[self.best]
         return {k: row[k] for k in ("max_batch_size", "batch_delay_us", "instances")}
 
+    @property
+    def front(self) -> list[int]:
+        """Indexes of the Pareto front: the rows no other error-free row beats on both throughput and p95."""
+        return pareto_front(self.rows)
+
     def _summary(self) -> str:
         budget = f"p95 ≤ {self.max_latency_ms:g} ms" if self.max_latency_ms is not None else "no latency budget"
         if self.best is None:
@@ -62,9 +67,11 @@ class TuneResult:
 
         from tritonnb.widgets.perf_view import rows_html
 
+        front = set(self.front)
+        shown = [{**row, "front": "✓" if i in front else ""} for i, row in enumerate(self.rows)]
         return (
             f"<div class='tnb-tune-result'><b>{html.escape(self._summary())}</b>"
-            f"{rows_html(self.rows, TUNE_KEYS, self.best, numbered=True)}{self.chart().html()}</div>"
+            f"{rows_html(shown, (*TUNE_KEYS, 'front'), self.best, numbered=True)}{self.chart().html()}</div>"
         )
 
     def chart(self) -> Chart:
@@ -76,6 +83,17 @@ class TuneResult:
     def to_dataframe(self) -> Any:
         """The rows as a pandas DataFrame (pandas is imported here, and only here)."""
         return rows_dataframe(self.rows, TUNE_KEYS)
+
+
+def pareto_front(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Indexes of the rows no other error-free row beats on both throughput and p95, by throughput."""
+    candidates = [i for i, row in enumerate(rows) if row["p95_ms"] is not None and not row["errors"]]
+    candidates.sort(key=lambda i: (-rows[i]["throughput"], rows[i]["p95_ms"]))
+    front: list[int] = []
+    for i in candidates:
+        if not front or rows[i]["p95_ms"] < rows[front[-1]]["p95_ms"]:
+            front.append(i)
+    return sorted(front, key=lambda i: rows[i]["throughput"])
 
 
 def configurations(max_batch_sizes: Sequence[int], delays_us: Sequence[int], instances: Sequence[int]) -> list[tuple]:

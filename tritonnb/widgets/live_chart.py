@@ -3,8 +3,9 @@
 A full drawing costs about 100 ms of CPU; a panel at 1 Hz cannot pay that every second. So the axes, ticks, legend
 and state line are drawn only when they change (the models, a scale step, the server's state) and kept as a
 background; each update restores it and draws only the lines on it (blitting, a few ms), then encodes the PNG.
-The time axis counts back from the latest sample ("now"), so it does not move between updates; it spans the
-last minute, then two, then five as the history grows.
+The time axis counts back from the latest sample ("now"; for a server that is away, its last sample, so the last
+data stays in view), so it does not move between updates; it spans the last minute, then two, then five as the
+history grows. Each model keeps its colour for as long as the chart shows it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import time
 import weakref
 from typing import Any
 
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MultipleLocator
 from PIL import Image
 
 from tritonnb.charts import COLOURS, ERROR_COLOUR, Chart, new_figure
 from tritonnb.monitor import HISTORY_S, Snapshot
 
-LIVE_DPI = 96  # the panel shows the PNG at its own size
+MAX_LEGEND = 6  # models named in the legend; more are summed up as "+N more"
 SHRINK_BELOW = 0.35  # a scale comes down once the data fills less than this share of it
 History = list[tuple[float, float | None, float | None]]
 _SHARED: weakref.WeakKeyDictionary[Any, LiveChart] = weakref.WeakKeyDictionary()
@@ -30,8 +32,9 @@ _SHARED_LOCK = threading.Lock()
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^k at or above ``value`` (at least 0.001)."""
-    value = max(value, 1e-3)
+    """The smallest of 1, 2, 2.5, 5 x 10^k at or above ``value``, and at least 1 (an idle model's axis reads 0 to 1,
+    not a range of invented precision)."""
+    value = max(value, 1.0)
     power = 10 ** math.floor(math.log10(value))
     return next(step * power for step in (1, 2, 2.5, 5, 10) if step * power >= value * (1 - 1e-9))
 
@@ -45,7 +48,7 @@ def _time_ago(span: float) -> FuncFormatter:
     def label(seconds: float, _: Any = None) -> str:
         if abs(seconds) < 1:
             return "now"
-        return f"{seconds:.0f} s" if span <= 120 and seconds > -120 else f"{seconds / 60:.0f} min"
+        return f"{seconds:.0f} s" if span <= 120 else f"{seconds / 60:.0f} min"
 
     return FuncFormatter(label)
 
@@ -61,13 +64,14 @@ class LiveChart:
         self._lock = threading.Lock()
         self._size = (width_in, height_in)
         self._figure = new_figure(width_in, height_in, layout=None)  # fixed: the background stays valid
-        self._figure.set_dpi(LIVE_DPI)
         self._figure.subplots_adjust(left=0.06, right=0.975, bottom=0.14, top=0.8, wspace=0.16)
         self._rate, self._latency = self._figure.subplots(1, 2)
         self._note_text = self._figure.text(0.01, 0.93, "", fontsize=9, color=ERROR_COLOUR, fontweight="bold")
         self._lines: dict[str, tuple[Any, Any]] = {}
         self._scales = (0.0, 0.0)
         self._span = 0.0
+        self._now = 0.0  # where the time axis ends: the latest snapshot's time, or the last sample of a server away
+        self._colours: dict[str, str] = {}
         self._background: Any = None
         self._drawn: tuple[Snapshot | None, bytes] = (None, b"")
 
@@ -88,18 +92,22 @@ class LiveChart:
                 return self._drawn[1]
             if snapshot.models or snapshot.state == "READY":
                 self.histories = {name: list(model.history) for name, model in snapshot.models.items()}
-            self.note = "" if snapshot.state == "READY" else f"{snapshot.state}: last data {self._last_sample()}"
-            self._drawn = (snapshot, self._blit(snapshot.time))
+            last = max((history[-1][0] for history in self.histories.values() if history), default=None)
+            away = snapshot.state != "READY"
+            self._now = last if away and last is not None else snapshot.time
+            when = "none" if last is None else time.strftime("%H:%M:%S", time.localtime(last))
+            self.note = f"{snapshot.state}: last data {when}" if away else ""
+            self._drawn = (snapshot, self._blit())
             return self._drawn[1]
 
     def still(self) -> Chart:
         """The chart as it is now, drawn whole on a figure of its own: an image that stays in a saved notebook."""
         with self._lock:
             copy = LiveChart(self.window_s, *self._size)
-            copy.histories, copy.note = dict(self.histories), self.note
-        now = time.time()
-        copy._draw_background(copy._scales_for(), copy._span_for(now))
-        copy._set_lines(now)
+            copy.histories, copy.note, copy._now = dict(self.histories), self.note, self._now
+            copy._colours = dict(self._colours)
+        copy._draw_background(copy._scales_for(), copy._span_for())
+        copy._set_lines()
         for line in (line for pair in copy._lines.values() for line in pair):
             line.set_animated(False)
         models = ", ".join(copy.histories) or "no models"
@@ -107,28 +115,23 @@ class LiveChart:
         minutes = copy._span / 60
         return Chart(copy._figure, f"request rate and latency over the last {minutes:g} min: {models}{note}")
 
-    def _last_sample(self) -> str:
-        last = max((history[-1][0] for history in self.histories.values() if history), default=None)
-        return "none" if last is None else time.strftime("%H:%M:%S", time.localtime(last))
-
-    def _span_for(self, now: float) -> float:
+    def _span_for(self) -> float:
         """The time axis: the shortest span that holds the history, up to the window."""
-        oldest = min((history[0][0] for history in self.histories.values() if history), default=now)
-        return next((span for span in SPANS_S if span >= now - oldest and span < self.window_s), self.window_s)
+        oldest = min((history[0][0] for history in self.histories.values() if history), default=self._now)
+        return next((s for s in SPANS_S if s >= self._now - oldest and s < self.window_s), self.window_s)
 
-    def _blit(self, now: float) -> bytes:
-        scales = self._scales_for()
+    def _blit(self) -> bytes:
+        scales, span = self._scales_for(), self._span_for()
         if (
             self._background is None
-            or scales != self._scales
-            or self._span_for(now) != self._span
+            or (scales, span) != (self._scales, self._span)
             or list(self._lines) != list(self.histories)
             or self._note_text.get_text() != self.note
         ):
-            self._draw_background(scales, self._span_for(now))
+            self._draw_background(scales, span)
         canvas = self._figure.canvas
         canvas.restore_region(self._background)
-        self._set_lines(now)
+        self._set_lines()
         for rate_line, latency_line in self._lines.values():
             self._rate.draw_artist(rate_line)
             self._latency.draw_artist(latency_line)
@@ -141,7 +144,8 @@ class LiveChart:
         """The two y scales: each grows to a nice ceiling of the data, and shrinks only once the data is far below."""
         scales = []
         for column, current in zip((1, 2), self._scales):
-            top = max((point[column] or 0.0 for history in self.histories.values() for point in history), default=0.0)
+            values = (point[column] for history in self.histories.values() for point in history)
+            top = max((v for v in values if v is not None and math.isfinite(v)), default=0.0)
             if current == 0.0 or top > current or top < current * SHRINK_BELOW:
                 current = nice_ceiling(top * 1.05)
             scales.append(current)
@@ -153,8 +157,9 @@ class LiveChart:
         for line in (line for pair in self._lines.values() for line in pair):
             line.remove()
         self._lines = {}
-        for index, name in enumerate(self.histories):
-            colour = COLOURS[index % len(COLOURS)]
+        self._colours = {name: colour for name, colour in self._colours.items() if name in self.histories}
+        for name in self.histories:
+            colour = self._colours.setdefault(name, _free_colour(self._colours.values()))
             self._lines[name] = (
                 self._rate.plot([], [], color=colour, linewidth=1.4, label=name, animated=True)[0],
                 self._latency.plot([], [], color=colour, linewidth=1.4, animated=True)[0],
@@ -173,27 +178,31 @@ class LiveChart:
         for legend in list(figure.legends):
             legend.remove()
         if self._lines:
-            figure.legend(
-                handles=[rate for rate, _ in self._lines.values()],
-                loc="upper right",
-                fontsize=8,
-                frameon=False,
-                ncols=min(len(self._lines), 6),
-            )
+            handles = [rate for rate, _ in self._lines.values()]
+            if len(handles) > MAX_LEGEND:
+                more = Line2D([], [], linestyle="", label=f"+{len(handles) - MAX_LEGEND + 1} more")
+                handles = [*handles[: MAX_LEGEND - 1], more]
+            figure.legend(handles=handles, loc="upper right", fontsize=8, frameon=False, ncols=len(handles))
         self._note_text.set_text(self.note)
         figure.canvas.draw()
         self._background = figure.canvas.copy_from_bbox(figure.bbox)
         self._scales, self._span = scales, span
         self.full_draws += 1
 
-    def _set_lines(self, now: float) -> None:
+    def _set_lines(self) -> None:
         for name, (rate_line, latency_line) in self._lines.items():
             history = self.histories.get(name, [])
-            rate_line.set_data(*_series(history, 1, now))
-            latency_line.set_data(*_series(history, 2, now))
+            rate_line.set_data(*_series(history, 1, self._now))
+            latency_line.set_data(*_series(history, 2, self._now))
+
+
+def _free_colour(taken: Any) -> str:
+    """The first colour no model on the chart has; past the palette, the least used one."""
+    taken = list(taken)
+    return min(COLOURS, key=lambda colour: (taken.count(colour), COLOURS.index(colour)))
 
 
 def _series(history: History, column: int, now: float) -> tuple[list[float], list[float]]:
-    """Seconds before ``now`` and the values of one column, gaps (None) left out."""
-    points = [(point[0] - now, point[column]) for point in history if point[column] is not None]
+    """Seconds before ``now`` and the values of one column; gaps (None, NaN) left out."""
+    points = [(p[0] - now, p[column]) for p in history if p[column] is not None and math.isfinite(p[column])]
     return [x for x, _ in points], [y for _, y in points]

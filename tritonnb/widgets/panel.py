@@ -25,8 +25,8 @@ class Panel(widgets.VBox):
         self.target = target
         self.health = widgets.HTML()
         self.models = widgets.HTML()
-        self.plot = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.plot.add_class("tnb-live-chart")
+        self.chart_image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.chart_image.add_class("tnb-live-chart")
         self.host = widgets.HTML()
         self.message = widgets.HTML()
         self.log_view = widgets.HTML()
@@ -42,7 +42,7 @@ class Panel(widgets.VBox):
             self.restart.on_click(self._on_restart)
             controls += [self.show_log, self.restart]
         super().__init__(
-            [self.health, self.models, self.plot, self.host, widgets.HBox(controls), self.message, self.log_view]
+            [self.health, self.models, self.chart_image, self.host, widgets.HBox(controls), self.message, self.log_view]
         )
         self.add_class("tritonnb-panel")
         self.show_log.observe(lambda _: self._update_log(), names="value")
@@ -54,7 +54,7 @@ class Panel(widgets.VBox):
         # runs on the poller thread: only widget values change here, nothing is printed
         self.health.value = render.health_html(snapshot)
         self.models.value = render.models_html(snapshot)
-        self.plot.value = self.live_chart.update(snapshot)
+        self.chart_image.value = self.live_chart.update(snapshot)
         self.host.value = render.host_html(snapshot)
         self._update_log()
 

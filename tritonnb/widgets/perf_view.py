@@ -43,7 +43,6 @@ def rows_html(
 
 def perf_html(result: Any) -> str:
     """A load test: table, throughput-latency chart, the perf_analyzer command line, error samples."""
-    from tritonnb.charts import perf_chart
     from tritonnb.perf import ROW_KEYS
 
     errors = "".join(f"<li><code>{html.escape(e)}</code></li>" for e in result.error_samples)
@@ -58,7 +57,7 @@ def perf_html(result: Any) -> str:
             if failed or errors
             else ""
         )
-        + f"{perf_chart([result], max_latency_ms=result.max_latency_ms).html()}"
+        + f"{result.chart().html()}"
         f"<details><summary>reproduce with perf_analyzer</summary><pre>{html.escape(result.perf_analyzer)}</pre>"
         "</details></div>"
     )
