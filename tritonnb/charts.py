@@ -20,7 +20,7 @@ BUDGET_COLOUR = "#c62828"
 ERROR_COLOUR = "#c62828"
 SCREEN_DPI = 100  # the figure's size on the page: inches x this many pixels
 IMAGE_DPI = 200  # the PNG holds twice that, so it stays sharp on high-density screens
-BUDGET_ROOM = 3.0  # a budget more than this many times the highest point is named, not drawn
+BUDGET_ROOM = 4.0  # a budget more than this many times the highest point is named, not drawn
 MAX_NAMED_FRONT = 8  # Pareto points named in the tuning chart's legend; the table names every point
 MAX_NAMED_FAILURES = 4  # runs without a point named under a chart
 
