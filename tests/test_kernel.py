@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import time
 from types import SimpleNamespace
@@ -122,6 +123,43 @@ def test_kernel_shutdown_with_a_client_connected_leaves_no_stub_behind(kernel):
         assert wait_gone(kernel.served, timeout=20) == [], "processes outlived the kernel's shutdown"
     finally:
         connection.close()
+    assert wait_ports_free(kernel.ports) == []
+
+
+def _server_home(kernel) -> pathlib.Path:
+    out, _ = run_in_kernel(kernel.client, "print(tritonnb.server().home)")
+    home = pathlib.Path(out.strip().splitlines()[-1])
+    assert home.is_dir()
+    return home
+
+
+def test_a_kernel_shutdown_stops_the_server_before_the_kernel_tears_down(kernel, tmp_path):
+    """Jupyter sends SIGTERM to a kernel still running 2.5 s after its shutdown request, and a kernel with torch
+    loaded takes 1-3 s to tear down: the shutdown request itself stops the server, before any atexit handler runs."""
+    home = _server_home(kernel)
+    seen = tmp_path / "state-at-exit.txt"
+    code = (
+        "import atexit\nserver = tritonnb.server()\n"
+        f"atexit.register(lambda: open({str(seen)!r}, 'w').write(server.state))"
+    )
+    run_in_kernel(kernel.client, code)  # registered after the server's own: atexit would run it first
+    kernel.manager.shutdown_kernel(now=False)
+    assert seen.read_text() == "STOPPED"
+    assert wait_gone(kernel.served, timeout=20) == [] and not home.exists()
+
+
+def test_sigterm_to_the_kernel_stops_the_server_and_leaves_nothing(kernel):
+    """SIGTERM (Jupyter's second step, docker stop, systemd) skips atexit: tritonnb's handler stops the server, then
+    the kernel ends as SIGTERM ends a process."""
+    home = _server_home(kernel)
+    os.kill(kernel.pids["kernel"], signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while kernel.manager.is_alive():
+        assert time.monotonic() < deadline, "the kernel outlived SIGTERM"
+        time.sleep(0.1)
+    assert kernel.manager.provisioner.process.returncode == -signal.SIGTERM
+    assert wait_gone(kernel.served, timeout=20) == [], "processes outlived the kernel"
+    assert not home.exists(), f"{home} outlived the kernel"
     assert wait_ports_free(kernel.ports) == []
 
 

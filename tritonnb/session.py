@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import json
@@ -20,7 +19,7 @@ from typing import Any
 from pytriton.constants import PYTRITON_HOME
 from pytriton.triton import TritonConfig
 
-from tritonnb import state
+from tritonnb import process_exit, state
 from tritonnb._pytriton import Generation, ServerProcess
 from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
 from tritonnb.browser_route import BrowserRoute, browser_route, given_public_url
@@ -82,7 +81,7 @@ class Server:
         self._stopped = False
         self._finishing: threading.Thread | None = None
         self._lifecycle = threading.RLock()  # one of start, bind, unbind, restart, recovery or stop at a time
-        atexit.register(self._stop_at_exit)
+        process_exit.register(self._stop_at_exit)
         self.supervisor = Supervisor(
             self._recover,
             self._is_down,
@@ -242,10 +241,11 @@ class Server:
         return self._finishing is None or not self._finishing.is_alive()
 
     def _stop_at_exit(self) -> None:
-        """At interpreter exit no thread may start; the models' threads are daemons and end with the process.
+        """When this process ends (see ``process_exit``): no thread may start; the models' threads are daemons and
+        end with the process.
 
         Nothing waits for requests in flight here: the functions that would answer them die with this process, and
-        Jupyter kills a kernel that takes over 5 s to shut down, which would leave tritonserver's stubs behind."""
+        Jupyter sends SIGTERM to a kernel still running 2.5 s after its shutdown request."""
         self._stop(in_background=False)
 
     def _stop(self, in_background: bool) -> float:
@@ -259,7 +259,7 @@ class Server:
             if self._stopped:
                 return 0.0
             self._stopped = True
-            atexit.unregister(self._stop_at_exit)
+            process_exit.unregister(self._stop_at_exit)
             try:
                 self._end_process(graceful=in_background)
             finally:
