@@ -97,11 +97,10 @@ def _budget(axes: Any, max_latency_ms: float | None, data_top: float) -> tuple[l
     if max_latency_ms is None:
         return [], data_top
     label = f"budget: p95 ≤ {max_latency_ms:g} ms"
+    style = {"color": BUDGET_COLOUR, "linestyle": ":", "linewidth": 1.5}
     if data_top > 0 and max_latency_ms > data_top * BUDGET_ROOM:
-        style = {"color": BUDGET_COLOUR, "linestyle": ":", "linewidth": 1.5}
         return [Line2D([], [], **style, label=f"{label}, far above")], data_top
-    line = axes.axhline(max_latency_ms, color=BUDGET_COLOUR, linestyle=":", linewidth=1.5, label=label)
-    return [line], max(data_top, max_latency_ms)
+    return [axes.axhline(max_latency_ms, **style, label=label)], max(data_top, max_latency_ms)
 
 
 def _axes_from_zero(axes: Any, x_top: float, y_top: float) -> None:
@@ -262,7 +261,8 @@ def tune_chart(result: Any) -> Chart:
                 f"p95 {best['p95_ms']:.2f} ms",
             )[0]
         )
-    budget_handles, top = _budget(axes, budget, max([0.0, *xy(timed)[1]]))
+    timed_x, timed_y = xy(timed)
+    budget_handles, top = _budget(axes, budget, max([0.0, *timed_y]))
     handles += budget_handles
     numbers = [
         axes.annotate(
@@ -275,7 +275,7 @@ def tune_chart(result: Any) -> Chart:
         )
         for i in sorted(timed, key=lambda i: (i not in front, i))  # the front's numbers win a clash
     ]
-    _axes_from_zero(axes, max([0.0, *xy(timed)[0]]), top)
+    _axes_from_zero(axes, max([0.0, *timed_x]), top)
     axes.set_ylabel("p95 latency (ms)")
     axes.set_title(f"tuning {result.model}: {len(rows)} runs, # as in the table", fontsize=11, loc="left")
     _legend_beside(axes, handles)

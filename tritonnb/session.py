@@ -45,7 +45,7 @@ from tritonnb.torch_bridge import resolve_device
 STARTUP_TIMEOUT_S = 120.0
 START_ATTEMPTS = 3  # a port picked as free can be taken before tritonserver binds it (a second kernel starting)
 HEAL_RETRY_S = 10.0  # after a model failed to load again, wait this long before the next try
-EXIT_WAIT_S = 2.0  # at interpreter exit, how long a stop waits for a recovery in progress (Jupyter allows 5 s)
+EXIT_WAIT_S = 2.0  # when the process ends, how long a stop waits for a recovery in progress (Jupyter: 2.5 s)
 HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
 GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 

@@ -106,10 +106,8 @@ class LiveChart:
             copy = LiveChart(self.window_s, *self._size)
             copy.histories, copy.note, copy._now = dict(self.histories), self.note, self._now
             copy._colours = dict(self._colours)
-        copy._draw_background(copy._scales_for(), copy._span_for())
+        copy._lay_out(copy._scales_for(), copy._span_for(), animated=False)  # drawn whole when shown or saved
         copy._set_lines()
-        for line in (line for pair in copy._lines.values() for line in pair):
-            line.set_animated(False)
         models = ", ".join(copy.histories) or "no models"
         note = f" ({copy.note})" if copy.note else ""
         minutes = copy._span / 60
@@ -152,7 +150,15 @@ class LiveChart:
         return scales[0], scales[1]
 
     def _draw_background(self, scales: tuple[float, float], span: float) -> None:
-        """Axes, ticks, legend and note, with one (not yet drawn) line per model and axes."""
+        """Lay the chart out with its lines left undrawn, draw it, and keep the picture to blit the lines on."""
+        self._lay_out(scales, span, animated=True)
+        self._figure.canvas.draw()
+        self._background = self._figure.canvas.copy_from_bbox(self._figure.bbox)
+        self.full_draws += 1
+
+    def _lay_out(self, scales: tuple[float, float], span: float, animated: bool) -> None:
+        """Axes, ticks, legend and note, with one line per model and axes (``animated``: left out of a full
+        drawing, to be blitted)."""
         figure = self._figure
         for line in (line for pair in self._lines.values() for line in pair):
             line.remove()
@@ -161,8 +167,8 @@ class LiveChart:
         for name in self.histories:
             colour = self._colours.setdefault(name, _free_colour(self._colours.values()))
             self._lines[name] = (
-                self._rate.plot([], [], color=colour, linewidth=1.4, label=name, animated=True)[0],
-                self._latency.plot([], [], color=colour, linewidth=1.4, animated=True)[0],
+                self._rate.plot([], [], color=colour, linewidth=1.4, label=name, animated=animated)[0],
+                self._latency.plot([], [], color=colour, linewidth=1.4, animated=animated)[0],
             )
         for axes, title, scale in (
             (self._rate, "requests/s", scales[0]),
@@ -184,10 +190,7 @@ class LiveChart:
                 handles = [*handles[: MAX_LEGEND - 1], more]
             figure.legend(handles=handles, loc="upper right", fontsize=8, frameon=False, ncols=len(handles))
         self._note_text.set_text(self.note)
-        figure.canvas.draw()
-        self._background = figure.canvas.copy_from_bbox(figure.bbox)
         self._scales, self._span = scales, span
-        self.full_draws += 1
 
     def _set_lines(self) -> None:
         for name, (rate_line, latency_line) in self._lines.items():
