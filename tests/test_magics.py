@@ -178,6 +178,7 @@ MAGIC_FLAGS = {
         "--instances",
         "--device",
         "--warmup",
+        "--stream",
         "--timeout-s",
     ],
     "triton": [
@@ -267,3 +268,30 @@ def test_cell_starts_the_server_when_none_runs(shell, monkeypatch):
     _serve(shell, "auto --input x:float32[1] --output y:float32[1]", CELL)
     assert tritonnb.server().http_url == f"http://127.0.0.1:{http}"
     assert infer_json(f"http://127.0.0.1:{http}", "auto", [fp32("x", [1, 1], [1])])[1]["outputs"][0]["data"] == [5]
+
+
+STREAM_CELL = """
+import time
+
+def tokens(x):
+    for i in range(3):
+        time.sleep(0.01)
+        yield x + i
+"""
+
+
+def test_a_generator_cell_is_served_as_a_stream_and_its_snippets_stream(started):
+    card = _serve(started, "tokens", STREAM_CELL)
+    text = card.data["text/plain"]
+    assert "batching off (a stream" in text and "/v2/models/tokens/generate_stream" in text
+    curl = text.split("curl:\n", 1)[1].split("\n\n", 1)[0]
+    events = subprocess.run(curl, shell=True, capture_output=True, text=True, check=True).stdout
+    assert [line for line in events.splitlines() if line.startswith("data:")] == [
+        f'data: {{"model_name":"tokens","model_version":"1","output":{v}}}' for v in ("1.0", "2.0", "3.0")
+    ]
+    python = text.split("python:\n", 1)[1]
+    ran = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split() == ["output", "[1.]", "output", "[2.]", "output", "[3.]"]
+    forced = _serve(started, "listed --stream", "def listed(x):\n    return iter([x, x])\n")
+    assert "a stream" in forced.data["text/plain"]

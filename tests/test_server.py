@@ -18,7 +18,9 @@ import time
 import numpy as np
 import psutil
 import pytest
+import tritonclient.grpc as grpcclient
 from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone, wait_ports_free
+from tritonclient.utils import InferenceServerException
 
 import tritonnb
 from tritonnb.errors import PortBusyError
@@ -334,3 +336,32 @@ def test_stop_under_load_returns_and_no_request_hangs(own_server, shell):
     print(f"stop under load: {outcomes.count('ok')} answered, {outcomes.count('error')} errors, none hung")
     assert tritonnb.server() is None
     assert wait_gone(processes) == [] and wait_ports_free(ports) == []
+
+
+def test_stop_ends_open_client_streams_with_an_error(own_server):
+    server = tritonnb.start(**port_ports(free_ports()))
+
+    def forever(x):
+        while True:
+            time.sleep(0.05)
+            yield x
+
+    tritonnb.bind(forever, "forever")
+    stream = tritonnb.client("forever").stream([1.0])
+    next(stream)  # a cell that failed here would leave this stream open
+    raw = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+    raw_errors: list = []
+    raw.start_stream(callback=lambda result, error: raw_errors.append(error))  # never stopped by its owner
+    processes = process_tree(server.pid)
+    took = tritonnb.stop()
+    assert server.wait_stopped()
+    assert wait_gone(processes) == []
+    with pytest.raises(InferenceServerException):
+        for _ in stream:  # responses already on their way may come first; then the error
+            pass
+    deadline = time.monotonic() + 10
+    while not raw_errors and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert raw_errors and raw_errors[-1] is not None  # the stream nobody stopped ended with an error too
+    raw.close()
+    print(f"stop took {took:.2f} s with two open client streams")

@@ -141,12 +141,13 @@ def bind(
     *,
     inputs: Sequence[TensorSpec | str] | None = None,
     outputs: Sequence[TensorSpec | str] | None = None,
-    max_batch_size: int = 32,
+    max_batch_size: int | None = None,
     batch_delay_us: int = 0,
     instances: int = 1,
     device: str | None = None,
     warmup: int = 0,
     timeout_s: float | None = None,
+    stream: bool | None = None,
 ) -> ModelCard:
     """Serve ``fn`` as Triton model ``name`` (starting the server if needed); binding a name again hot-swaps it.
 
@@ -159,7 +160,12 @@ def bind(
     Every result is checked against the declared outputs (dtype, per-sample dims, batch size): a mismatch fails that
     request with a message naming the output, and the other requests of its batch still get their results. With
     ``timeout_s``, a request whose call takes longer gets an error; the call itself runs on (threads cannot be
-    killed), so the default is no timeout.
+    killed), so the default is no timeout. ``max_batch_size`` defaults to 32 (0: no batching).
+
+    A generator function (``yield``, sync or async) is served as a stream: a decoupled model that sends each ``yield``
+    as one response, as soon as it is yielded, and ends the stream when the generator returns (``stream=True`` also
+    serves a function that returns an iterator). A stream is not batched; a client that goes away closes its
+    generator; a swap reaches new streams while running ones finish on the function they started with.
     """
     from tritonnb.card import ModelCard
 
@@ -175,6 +181,7 @@ def bind(
         device=device,
         warmup=warmup,
         timeout_s=timeout_s,
+        stream=stream,
     )
     slot = current.models[name]
     return ModelCard(
@@ -207,7 +214,7 @@ def client(name: str) -> ModelClient:
     if name not in current.models and name not in current.repository_models:
         served = sorted([*current.models, *current.repository_models])
         raise UnknownModelError(f"no model named {name!r} is served; served: {served or 'none'}")
-    return ModelClient(name, current.http_url)
+    return ModelClient(name, current.http_url, current.grpc_url)
 
 
 def export(

@@ -449,7 +449,87 @@ ERROR_RESPONSE_PATCHES = (
         "    if response.data is not None:\n",
     ),
 )
-PROXY_PATCHES = {"communication.py": HANDSHAKE_PATCHES, "model.py": ERROR_RESPONSE_PATCHES}
+
+# Streams (decoupled models). Triton marks a request cancelled when its gRPC client cancels the stream or goes away;
+# only the stub can ask (``request.is_cancelled()``), and PyTriton has no way back to the kernel that runs the
+# generator. The copy of model.py sent to Triton gives each request of a decoupled model a marker path (the parameter
+# STREAM_PARAMETER, which the kernel sees); while it streams, the stub checks for cancellation on each response and
+# every POLL seconds, then creates that file, sends nothing more and ends the request as cancelled. The kernel checks
+# for the file before each step of the generator and closes it (see ``tritonnb.streaming``).
+STREAM_PARAMETER = "tritonnb-cancel-marker"
+STREAM_PATCHES = (
+    (
+        "class DecoupledResponsesHandler:\n",
+        "_TRITONNB_POLL_S = 0.2\n"
+        "\n"
+        "\n"
+        "def _tritonnb_marker(requests_id):\n"
+        "    return f'{_TRITONNB_WORKSPACE}/{os.getpid()}-{requests_id.hex()}.cancelled'\n"
+        "\n"
+        "\n"
+        "def _tritonnb_cancelled(triton_requests, requests_id):\n"
+        "    if not any(request.is_cancelled() for request in triton_requests):\n"
+        "        return False\n"
+        "    pathlib.Path(_tritonnb_marker(requests_id)).touch()\n"
+        "    return True\n"
+        "\n"
+        "\n"
+        "async def _tritonnb_next_response(responses_queue, triton_requests, requests_id):\n"
+        "    while True:\n"
+        "        try:\n"
+        "            return await asyncio.wait_for(responses_queue.get(), _TRITONNB_POLL_S)\n"
+        "        except asyncio.TimeoutError:\n"
+        "            _tritonnb_cancelled(triton_requests, requests_id)\n"
+        "\n"
+        "\n"
+        "class DecoupledResponsesHandler:\n",
+    ),
+    (
+        "        eos = False\n"
+        "        while not eos:\n"
+        "            try:\n"
+        "                flags, responses_payload = await responses_queue.get()\n",
+        "        eos = False\n"
+        "        cancelled = False\n"
+        "        while not eos:\n"
+        "            try:\n"
+        "                flags, responses_payload = await _tritonnb_next_response(\n"
+        "                    responses_queue, triton_requests, requests_id\n"
+        "                )\n",
+    ),
+    (
+        "                triton_flags = 0\n                if eos:\n",
+        "                cancelled = cancelled or _tritonnb_cancelled(triton_requests, requests_id)\n"
+        "                if cancelled and not eos:\n"
+        "                    continue\n"
+        "                if cancelled:\n"
+        "                    triton_responses = [\n"
+        "                        pb_utils.InferenceResponse(\n"
+        "                            error=pb_utils.TritonError(\n"
+        "                                'the client cancelled the stream', pb_utils.TritonError.CANCELLED\n"
+        "                            )\n"
+        "                        )\n"
+        "                        for _ in triton_senders\n"
+        "                    ]\n"
+        "                triton_flags = 0\n"
+        "                if eos:\n",
+    ),
+    (
+        "            self._tracable_model = TracableModel()\n",
+        "            global _TRITONNB_WORKSPACE\n"
+        "            _TRITONNB_WORKSPACE = workspace_path.as_posix()\n"
+        "            self._tracable_model = TracableModel()\n",
+    ),
+    (
+        "        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n",
+        '        if self._model_config.get("model_transaction_policy", {}).get("decoupled", False):\n'
+        "            for request in requests:\n"
+        "                request.parameters = dict(request.parameters or {})\n"
+        f"                request.parameters[{STREAM_PARAMETER!r}] = _tritonnb_marker(requests_id)\n"
+        "        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n",
+    ),
+)
+PROXY_PATCHES = {"communication.py": HANDSHAKE_PATCHES, "model.py": ERROR_RESPONSE_PATCHES + STREAM_PATCHES}
 
 
 def error_response(message: str) -> dict[str, np.ndarray]:
@@ -476,7 +556,8 @@ def _pytriton_tensor(spec: TensorSpec) -> Tensor:
 
 
 class Generation:
-    """One loaded instance of a model, with its own workspace, proxy threads and Triton model config."""
+    """One loaded instance of a model, with its own workspace, proxy threads and Triton model config; ``decoupled``
+    for a stream (any number of responses per request)."""
 
     def __init__(
         self,
@@ -487,12 +568,14 @@ class Generation:
         max_batch_size: int,
         batch_delay_us: int,
         workspace: pathlib.Path,
+        decoupled: bool = False,
     ) -> None:
         batching = max_batch_size > 0
         config = ModelConfig(
             batching=batching,
             max_batch_size=max_batch_size,
             batcher=DynamicBatcher(max_queue_delay_microseconds=batch_delay_us),
+            decoupled=decoupled,
         )
         self.workspace = Workspace(workspace)
         self.model = Model(

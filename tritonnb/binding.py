@@ -16,6 +16,7 @@ from tritonnb._pytriton import Generation
 from tritonnb.errors import BindError, ModelError, SpecError, WarmupError
 from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
 from tritonnb.signature import ModelSpec, sample_inputs
+from tritonnb.streaming import StreamStats, StreamTrampoline, first_response
 
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
 RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case
@@ -31,7 +32,10 @@ def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
     for number in range(1, batches + 1):
         request = SimpleNamespace(data=sample_inputs(spec.inputs, batch_size, rng))
         try:
-            trampoline.handle([request])
+            if spec.stream:  # a stream may never end: its first response is warm-up enough
+                first_response(target, request.data)
+            else:
+                trampoline.handle([request])
         except ModelError as error:
             raise WarmupError(f"warm-up batch {number} of {batches} failed: {error}") from None
 
@@ -115,8 +119,9 @@ class ModelSlot:
         self._workspace = workspace
         self._control = control
         self._report_error = report_error
+        self.stream_stats = StreamStats()  # of every generation, while it streams
         self._generation: Generation | None = None
-        self._trampoline: Trampoline | None = None
+        self._trampoline: Trampoline | StreamTrampoline | None = None
         self._generation_number = 0
         self._pending_retire: dict[Generation, threading.Event] = {}
         self._lock = threading.Lock()
@@ -213,7 +218,7 @@ class ModelSlot:
     def _load(self, spec: ModelSpec, target: ServedFunction) -> None:
         """Load a new generation and switch Triton and this slot to it (the previous one retires once quiet)."""
         self._generation_number += 1
-        trampoline = Trampoline(target, spec.batched)
+        trampoline = StreamTrampoline(target, self.stream_stats) if spec.stream else Trampoline(target, spec.batched)
         generation = Generation(
             spec.name,
             trampoline.handlers(spec.instances),
@@ -222,6 +227,7 @@ class ModelSlot:
             spec.max_batch_size,
             spec.batch_delay_us,
             self._workspace / f"g{self._generation_number}",
+            decoupled=spec.stream,
         )
         config, files = generation.load_request()
         try:
@@ -241,7 +247,11 @@ class ModelSlot:
             ).start()
 
     def _retire_when_quiet(
-        self, generation: Generation, trampoline: Trampoline, quiet_s: float, cancelled: threading.Event
+        self,
+        generation: Generation,
+        trampoline: Trampoline | StreamTrampoline,
+        quiet_s: float,
+        cancelled: threading.Event,
     ) -> None:
         switched = time.monotonic()
         while not cancelled.wait(0.2):

@@ -42,15 +42,9 @@ def curl_command(http_url: str, model: ModelSpec) -> str:
     return f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}"
 
 
-def python_snippet(http_url: str, model: ModelSpec) -> str:
-    """A tritonclient snippet that sends the same example request and prints each output."""
-    lines = [
-        "import numpy as np",
-        "import tritonclient.http as httpclient",
-        "",
-        f'client = httpclient.InferenceServerClient("{http_url.removeprefix("http://")}")',
-        "inputs = []",
-    ]
+def _input_lines(client_module: str, model: ModelSpec) -> list[str]:
+    """Snippet lines that build one example request's ``inputs`` with ``client_module``'s InferInput."""
+    lines = ["inputs = []"]
     for spec in model.inputs:
         shape = example_shape(spec, model.batched)
         if spec.dtype == "bytes":
@@ -60,12 +54,62 @@ def python_snippet(http_url: str, model: ModelSpec) -> str:
         else:
             data = f"np.ones({shape}, dtype=np.{spec.dtype})"
         lines += [
-            f'inputs.append(httpclient.InferInput("{spec.name}", {shape}, "{spec.triton_dtype}"))',
+            f'inputs.append({client_module}.InferInput("{spec.name}", {shape}, "{spec.triton_dtype}"))',
             f"inputs[-1].set_data_from_numpy({data})",
         ]
-    lines.append(f'result = client.infer("{model.name}", inputs)')
+    return lines
+
+
+def python_snippet(http_url: str, model: ModelSpec) -> str:
+    """A tritonclient snippet that sends the same example request and prints each output."""
+    lines = [
+        "import numpy as np",
+        "import tritonclient.http as httpclient",
+        "",
+        f'client = httpclient.InferenceServerClient("{http_url.removeprefix("http://")}")',
+        *_input_lines("httpclient", model),
+        f'result = client.infer("{model.name}", inputs)',
+    ]
     lines += [f'print("{o.name}", result.as_numpy("{o.name}"))' for o in model.outputs]
     return "\n".join(lines)
+
+
+def grpc_stream_snippet(grpc_url: str, model: ModelSpec) -> str:
+    """A tritonclient snippet that sends the example request over a gRPC stream and prints each response."""
+    lines = [
+        "import queue",
+        "import numpy as np",
+        "import tritonclient.grpc as grpcclient",
+        "",
+        f'client = grpcclient.InferenceServerClient("{grpc_url.removeprefix("grpc://")}")',
+        "responses = queue.Queue()",
+        "client.start_stream(callback=lambda result, error: responses.put((result, error)))",
+        *_input_lines("grpcclient", model),
+        f'client.async_stream_infer("{model.name}", inputs, enable_empty_final_response=True)',
+        "while True:",
+        "    result, error = responses.get()",
+        "    if error is not None:",
+        "        raise error",
+        '    if result.get_response().parameters["triton_final_response"].bool_param:',
+        "        break",
+    ]
+    lines += [f'    print("{o.name}", result.as_numpy("{o.name}"))' for o in model.outputs]
+    lines.append("client.stop_stream()")
+    return "\n".join(lines)
+
+
+def generate_curl(http_url: str, model: ModelSpec) -> str | None:
+    """A curl command for Triton's generate extension: ``/generate`` (one JSON answer) or, for a stream,
+    ``/generate_stream`` (server-sent events, one per response). None when an input has more than one dim per
+    sample: the extension takes each input as a flat JSON list (or one value) and cannot shape it."""
+    body = {}
+    for spec in model.inputs:
+        if len(spec.dims) != 1:
+            return None
+        body[spec.name] = _example_values(spec, 1 if spec.dims[0] == -1 else spec.dims[0])
+    text = json.dumps(body, separators=(",", ":"))
+    endpoint, flags = ("generate_stream", "-sN") if model.stream else ("generate", "-s")
+    return f"curl {flags} -X POST {http_url}/v2/models/{model.name}/{endpoint} -d {shlex.quote(text)}"
 
 
 @dataclasses.dataclass
@@ -104,17 +148,51 @@ class ModelCard:
         return links
 
     @property
-    def curl(self) -> str:
-        """Copy-pasteable curl command."""
-        return curl_command(self.http_url, self.spec)
+    def curl(self) -> str | None:
+        """Copy-pasteable curl command: the infer endpoint, or for a stream ``/generate_stream`` (None when Triton's
+        generate extension cannot take the inputs)."""
+        return generate_curl(self.http_url, self.spec) if self.spec.stream else curl_command(self.http_url, self.spec)
+
+    @property
+    def generate_curl(self) -> str | None:
+        """The short curl for Triton's generate extension (plain JSON), where it can serve the model."""
+        return generate_curl(self.http_url, self.spec)
 
     @property
     def python(self) -> str:
-        """Copy-pasteable tritonclient snippet."""
+        """Copy-pasteable tritonclient snippet (a gRPC stream for a streaming model)."""
+        if self.spec.stream:
+            return grpc_stream_snippet(self.grpc_url, self.spec)
         return python_snippet(self.http_url, self.spec)
+
+    def _http_endpoint(self) -> str:
+        """The HTTP endpoint to show: a stream's is ``generate_stream`` (the infer endpoint returns once)."""
+        if self.spec.stream:
+            return f"{self.http_url}/v2/models/{self.spec.name}/generate_stream"
+        return self.infer_url
+
+    def _snippets(self) -> list[tuple[str, str, str]]:
+        """(title, short name, text) of each snippet the card shows; the Python snippet comes last."""
+        in_notebook = f'tritonnb.client("{self.spec.name}")'
+        if self.spec.stream:
+            shown = [
+                ("curl (server-sent events)", "curl", self.curl),
+                ("in this notebook", "notebook", f"for outputs in {in_notebook}.stream(...):\n    print(outputs)"),
+                ("Python (gRPC stream)", "python", self.python),
+            ]
+        else:
+            shown = [
+                ("curl", "curl", self.curl),
+                ("curl (generate: plain JSON)", "generate", self.generate_curl),
+                ("in this notebook", "notebook", f"{in_notebook}(...)"),
+                ("Python (tritonclient)", "python", self.python),
+            ]
+        return [(title, short, text) for title, short, text in shown if text is not None]
 
     def _batching(self) -> str:
         s = self.spec
+        if s.stream:
+            return f"off (a stream: one response per yield); {s.instances} instance(s)"
         if not s.batched:
             return f"off; {s.instances} instance(s)"
         return f"dynamic, max batch {s.max_batch_size}, delay {s.batch_delay_us} µs; {s.instances} instance(s)"
@@ -141,11 +219,10 @@ class ModelCard:
         )
         browser = f"  browser {self.browser_infer_url}  ({self.route.via})\n" if self.route.http else ""
         return (
-            f"{self._summary()}\n  HTTP   {self.infer_url}\n{browser}"
+            f"{self._summary()}\n  HTTP   {self._http_endpoint()}\n{browser}"
             f"  gRPC   {self.grpc_url.removeprefix('grpc://')}\n"
             f"  device {self.device}; batching {self._batching()}\n  {self._checks()}\n{tensors}\n\n"
-            f"curl:\n{self.curl}\n\n"
-            f"python:\n{self.python}"
+            + "\n\n".join(f"{short}:\n{text}" for _, short, text in self._snippets())
         )
 
     def _repr_html_(self) -> str:
@@ -169,12 +246,15 @@ class ModelCard:
         return (
             f'<div class="tritonnb-card" style="border:1px solid #76b900;border-radius:6px;padding:8px 12px">'
             f"<b>{e(self._summary())}</b>"
-            f"<div>{browser}kernel <code>{e(self.infer_url)}</code> &nbsp; gRPC <code>"
+            f"<div>{browser}kernel <code>{e(self._http_endpoint())}</code> &nbsp; gRPC <code>"
             f"{e(self.grpc_url.removeprefix('grpc://'))}</code></div>"
             f'<div>open in browser: {links} &nbsp;<small class="tnb-route">({e(self._route_note())})</small></div>'
             f"<div>device <code>{e(self.device)}</code> &nbsp; batching {e(self._batching())}</div>"
             f"<div>{e(self._checks())}</div>"
             f"<table><tr><th></th><th>name</th><th>dtype</th><th>dims</th></tr>{rows}</table>"
-            f"<details><summary>curl</summary><pre>{e(self.curl)}</pre></details>"
-            f"<details><summary>Python (tritonclient)</summary><pre>{e(self.python)}</pre></details></div>"
+            + "".join(
+                f"<details><summary>{e(title)}</summary><pre>{e(text)}</pre></details>"
+                for title, _, text in self._snippets()
+            )
+            + "</div>"
         )

@@ -28,8 +28,8 @@ def run_cell_and_pick(source: str, name: str, namespace: dict[str, Any], filenam
             f"name the one to serve {name!r}"
         )
     fn = namespace[chosen]
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise CellError(f"{chosen} is async; serve a plain def function")
+    if inspect.iscoroutinefunction(fn):
+        raise CellError(f"{chosen} is async and returns once; serve a plain def function (or an async generator)")
     if not callable(fn):
         raise CellError(f"{chosen} is not callable")
     return fn

@@ -103,12 +103,12 @@ def _budget(axes: Any, max_latency_ms: float | None, data_top: float) -> tuple[l
     return [axes.axhline(max_latency_ms, **style, label=label)], max(data_top, max_latency_ms)
 
 
-def _axes_from_zero(axes: Any, x_top: float, y_top: float) -> None:
+def _axes_from_zero(axes: Any, x_top: float, y_top: float, x_label: str = "throughput (requests/s)") -> None:
     """Both axes from zero, with room above and right of the largest values for their labels."""
     axes.set_xlim(0, x_top * 1.15 if x_top > 0 else 1.0)
     axes.set_ylim(0, y_top * 1.12 if y_top > 0 else 1.0)
     axes.grid(alpha=0.3)
-    axes.set_xlabel("throughput (requests/s)")
+    axes.set_xlabel(x_label)
 
 
 def _legend_beside(axes: Any, handles: list[Any]) -> None:
@@ -183,9 +183,10 @@ def perf_chart(runs: Sequence[Any], labels: Sequence[str] | None = None, max_lat
     if erroring:
         handles.append(Line2D([], [], color=ERROR_COLOUR, marker="x", linestyle="", markersize=8, label="had errors"))
     budget_handles, top = _budget(axes, max_latency_ms, top)
-    _axes_from_zero(axes, right, top)
+    streams = all(getattr(run, "streaming", False) for run in runs)
+    _axes_from_zero(axes, right, top, "responses/s" if streams else "throughput (requests/s)")
     handles += budget_handles
-    axes.set_ylabel("latency (ms)")
+    axes.set_ylabel("time to first response (ms)" if streams else "latency (ms)")
     title = f"load test of {names[0]}" if len(runs) == 1 else "load tests: " + ", ".join(names)
     axes.set_title(title, fontsize=11, loc="left")
     _legend_beside(axes, handles)

@@ -2,7 +2,9 @@
 
 ``python -m tritonnb.loadgen [--host H] --port P --model NAME --concurrency C --duration S --body FILE
 --header-length N`` prints one JSON line: every request's latency in ms, the error count, a few error
-messages, and the elapsed time.
+messages, and the elapsed time. With ``--stream`` the body is the JSON of Triton's generate extension, each client
+opens one ``/generate_stream`` stream after another, and the latencies are each stream's time to its first response;
+the times between responses come as ``between_ms``, and ``responses`` counts them.
 Requests go to the server tritonnb started (127.0.0.1 by default); the loop is bounded by ``--duration`` (and
 ``--max-requests``).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import re
 import sys
@@ -27,6 +30,81 @@ def error_message(payload: bytes) -> str:
     lines = [line.strip() for line in text.replace("\\n", "\n").splitlines() if line.strip()]
     raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
     return (raised[-1] if raised else text)[:300]
+
+
+def read_stream(response: http.client.HTTPResponse, sent: float) -> tuple[list[float], str | None]:
+    """The arrival times (ms after ``sent``) of a server-sent-events stream's responses, and its error if any. The
+    stream is read to its end, so that the connection can carry the next one."""
+    arrivals: list[float] = []
+    failed = None
+    for raw in response:
+        line = raw.strip()
+        if not line.startswith(b"data:") or failed is not None:
+            continue
+        arrived = (time.perf_counter() - sent) * 1000
+        try:
+            event = json.loads(line[len(b"data:") :])
+        except ValueError:
+            failed = f"not JSON: {line[:200].decode(errors='replace')}"
+            continue
+        if isinstance(event, dict) and "error" in event and "model_name" not in event:
+            failed = error_message(line[len(b"data:") :])
+        else:
+            arrivals.append(arrived)
+    return arrivals, failed
+
+
+def run_streams(
+    host: str, port: int, model: str, concurrency: int, duration_s: float, warmup_s: float, body: bytes
+) -> dict:
+    """C clients, each opening one SSE stream after another on its own connection until the time is up."""
+    path = f"/v2/models/{model}/generate_stream"
+    first: list[float] = []
+    between: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start_at = time.perf_counter() + warmup_s
+    stop_at = start_at + duration_s
+
+    def client() -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+        while (sent := time.perf_counter()) < stop_at:
+            try:
+                connection.request("POST", path, body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                if response.status != 200:
+                    arrivals, failed = [], f"{response.status} {error_message(response.read())}"
+                else:
+                    arrivals, failed = read_stream(response, sent)
+                    if not arrivals and failed is None:
+                        failed = "the stream ended without a response"
+            except (OSError, http.client.HTTPException) as error:
+                arrivals, failed = [], repr(error)
+                connection.close()
+                connection = http.client.HTTPConnection(host, port, timeout=60)
+            if sent < start_at:
+                continue
+            with lock:
+                if failed is not None:
+                    errors.append(failed)
+                if arrivals:
+                    first.append(arrivals[0])
+                    between.extend(b - a for a, b in itertools.pairwise(arrivals))
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = min(time.perf_counter(), stop_at) - start_at
+    return {
+        "latencies_ms": first,
+        "between_ms": between,
+        "responses": len(first) + len(between),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "elapsed_s": elapsed,
+    }
 
 
 def run(
@@ -91,11 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--body", required=True, help="file with the request body (JSON header + binary tensors)")
-    parser.add_argument("--header-length", type=int, required=True)
+    parser.add_argument("--header-length", type=int, default=0)
     parser.add_argument("--max-requests", type=int, default=10_000_000)
+    parser.add_argument("--stream", action="store_true", help="open /generate_stream streams (body: generate JSON)")
     args = parser.parse_args(argv)
     with open(args.body, "rb") as f:
         body = f.read()
+    if args.stream:
+        streamed = run_streams(args.host, args.port, args.model, args.concurrency, args.duration, args.warmup, body)
+        json.dump(streamed, sys.stdout)
+        return 0
     result = run(
         args.host,
         args.port,

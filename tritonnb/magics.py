@@ -333,9 +333,8 @@ class TritonMagics(Magics):
     @argument(
         "--max-batch-size",
         type=_non_negative,
-        default=32,
         metavar="N",
-        help="dynamic batching; 0 turns it off",
+        help="dynamic batching; 0 turns it off; a stream is never batched (default: 32)",
     )
     @argument("--batch-delay-us", type=_non_negative, default=0, metavar="N", help="how long a batch may wait to fill")
     @argument("--instances", type=_positive, default=1, metavar="N", help="model instances (handler threads)")
@@ -346,6 +345,12 @@ class TritonMagics(Magics):
         type=_positive_float,
         metavar="S",
         help="a request whose call takes longer gets an error; the call runs on (default: no timeout)",
+    )
+    @argument(
+        "--stream",
+        action="store_true",
+        help="serve as a stream, one response per item (a generator function always is): for a function that "
+        "returns an iterator",
     )
     def triton_model(self, line: str, cell: str) -> None:
         """Serve a function defined in this cell as a Triton model; running the cell again hot-swaps it."""
@@ -374,6 +379,7 @@ class TritonMagics(Magics):
             device=args.device,
             warmup=args.warmup,
             timeout_s=args.timeout_s,
+            stream=True if args.stream else None,
         )
         display(card)
         if self._has_kernel():  # live widgets need a kernel with comms

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
 from tritonnb import state
 from tritonnb.errors import InputError
@@ -19,11 +21,13 @@ _DTYPE_BY_TRITON = {triton: name for name, (_, triton) in DTYPES.items()}
 
 
 class ModelClient:
-    """Calls model ``name`` over HTTP; inputs by position (declared order) or by name."""
+    """Calls model ``name`` over HTTP (and streams over gRPC); inputs by position (declared order) or by name."""
 
-    def __init__(self, name: str, url: str) -> None:
+    def __init__(self, name: str, url: str, grpc_url: str | None = None) -> None:
         self.name = name
         self.url = url.removeprefix("http://")
+        self.grpc_url = None if grpc_url is None else grpc_url.removeprefix("grpc://")
+        self._streams: dict[Any, queue.SimpleQueue] = {}  # gRPC clients of streams open now, and where they deliver
         self._local = threading.local()  # one tritonclient per thread (they are not thread-safe)
         self._inputs: list[tuple[str, str]] | None = None
         self._lock = threading.Lock()
@@ -55,14 +59,19 @@ class ModelClient:
                 client.close()
 
     def close(self) -> None:
-        """Close the kept-alive connections (tritonserver's stop waits for open ones); one in a call closes when the
-        call returns. The next call opens a new one."""
+        """Close the kept-alive connections (tritonserver's stop waits for open ones) and cancel open streams (a
+        loop over ``stream()`` that stopped half-way keeps one open); one in a call closes when the call returns.
+        The next call opens a new one."""
         with self._lock:
             self._generation += 1
             idle = [client for client in self._open if client not in self._busy]
             self._open = weakref.WeakSet()
+            streams, self._streams = self._streams, {}
         for client in idle:
             client.close()
+        for client, arrived in streams.items():
+            _end_stream(client, cancel=True)
+            arrived.put((None, StreamClosed(f"the stream of model {self.name!r} was closed: its client was closed")))
 
     def input_names(self) -> list[tuple[str, str]]:
         """The model's inputs as (name, Triton datatype), read once from its metadata."""
@@ -76,6 +85,58 @@ class ModelClient:
         """Run one inference; arrays must carry the batch dim when the model batches."""
         import tritonclient.http as httpclient
 
+        infer_inputs = []
+        for name, datatype, array in self._arrays(args, kwargs):
+            infer_input = httpclient.InferInput(name, list(array.shape), datatype)
+            infer_input.set_data_from_numpy(array)
+            infer_inputs.append(infer_input)
+        with self._connection() as client:
+            result = client.infer(self.name, infer_inputs)
+        return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
+        """Send one request over a gRPC stream and yield each response's outputs as it arrives (a streaming model
+        answers with any number; another model with one). Leaving the loop early cancels the request: the model's
+        generator is closed. A failure mid-stream is raised after the responses before it."""
+        import tritonclient.grpc as grpcclient
+
+        if self.grpc_url is None:
+            raise InputError(f"no gRPC endpoint is known for model {self.name!r}")
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            if self._inputs is None:  # over this connection: no HTTP client for a thread that only streams
+                metadata = client.get_model_metadata(self.name, as_json=True)
+                self._inputs = [(i["name"], i["datatype"]) for i in metadata["inputs"]]
+            infer_inputs = []
+            for name, datatype, array in self._arrays(args, kwargs):
+                infer_input = grpcclient.InferInput(name, list(array.shape), datatype)
+                infer_input.set_data_from_numpy(array)
+                infer_inputs.append(infer_input)
+        except BaseException:
+            client.close()
+            raise
+        arrived: queue.SimpleQueue = queue.SimpleQueue()
+        with self._lock:
+            self._streams[client] = arrived
+        finished = False
+        try:
+            client.start_stream(callback=lambda result, error: arrived.put((result, error)))
+            client.async_stream_infer(self.name, infer_inputs, enable_empty_final_response=True)
+            while not finished:
+                result, error = arrived.get()
+                if error is not None:
+                    raise error
+                response = result.get_response()
+                finished = response.parameters["triton_final_response"].bool_param
+                if response.outputs:
+                    yield {output.name: result.as_numpy(output.name) for output in response.outputs}
+        finally:
+            with self._lock:
+                self._streams.pop(client, None)
+            _end_stream(client, cancel=not finished)
+
+    def _arrays(self, args: tuple, kwargs: dict[str, Any]) -> list[tuple[str, str, np.ndarray]]:
+        """The request's inputs as (name, Triton datatype, host array), checked against the model's inputs."""
         declared = self.input_names()
         if len(args) > len(declared):
             raise InputError(f"model {self.name!r} takes {len(declared)} inputs, got {len(args)}")
@@ -91,15 +152,22 @@ class ModelClient:
                 f"model {self.name!r} takes inputs {[n for n, _ in declared]}; "
                 f"missing {missing}, unknown {sorted(unknown)}"
             )
-        infer_inputs = []
+        arrays = []
         for name, datatype in declared:
             try:
-                array = host_array(values[name], _DTYPE_BY_TRITON[datatype])
+                arrays.append((name, datatype, host_array(values[name], _DTYPE_BY_TRITON[datatype])))
             except TypeError as error:
                 raise InputError(f"input {name!r} ({datatype}): {error}") from None
-            infer_input = httpclient.InferInput(name, list(array.shape), datatype)
-            infer_input.set_data_from_numpy(array)
-            infer_inputs.append(infer_input)
-        with self._connection() as client:
-            result = client.infer(self.name, infer_inputs)
-        return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
+        return arrays
+
+
+class StreamClosed(InferenceServerException):
+    """A stream that ``ModelClient.close()`` ended (a server stop closes every client)."""
+
+
+def _end_stream(client: Any, cancel: bool) -> None:
+    """Stop a gRPC stream (cancelling its request when it has not finished) and close the connection."""
+    with contextlib.suppress(Exception):  # already ended, e.g. by ``close()`` or a server that went away
+        client.stop_stream(cancel_requests=cancel)
+    with contextlib.suppress(Exception):
+        client.close()

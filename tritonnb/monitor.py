@@ -20,6 +20,7 @@ from tritonnb.host_gpu import nvml_gpus
 from tritonnb.http_get import answers_ok, base_url, get_json, get_text
 from tritonnb.metrics_text import PHASES, parse_metrics
 from tritonnb.statistics import fetch_stats
+from tritonnb.streaming import StreamFigures
 
 HISTORY_S = 300.0
 AWAY = {  # our own server's states in which it is not polled, and why
@@ -70,6 +71,7 @@ class ModelMetrics:
     avg_batch_size: float | None = None
     pending: int | None = None
     history: list[tuple[float, float | None, float | None]] = dataclasses.field(default_factory=list)
+    stream: StreamFigures | None = None  # a stream bound here: its streams and responses, measured in the kernel
 
     @property
     def total_latency_ms(self) -> float | None:
@@ -215,7 +217,10 @@ class Monitor:
             model.outputs = ", ".join(map(str, slot.spec.outputs))
             spec = slot.spec
             model.batching = f"max {spec.max_batch_size}, delay {spec.batch_delay_us} µs" if spec.batched else "off"
+            model.batching = "stream" if spec.stream else model.batching
             model.batching += f", {spec.instances} inst."
+            if spec.stream:
+                model.stream = slot.stream_stats.figures()
             if slot.loading:
                 model.state = "LOADING"
         model.history = list(self._history.get(name, ()))

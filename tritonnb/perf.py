@@ -40,6 +40,17 @@ ROW_KEYS = (
     "requests",
     *(f"{p}_ms" for p in PHASES),
 )
+STREAM_ROW_KEYS = (  # a streaming model's: latency is the time to the first response
+    "concurrency",
+    "throughput",
+    "streams_per_s",
+    "p50_ms",
+    "p95_ms",
+    "between_p50_ms",
+    "between_p95_ms",
+    "errors",
+    "requests",
+)
 WARMUP_S = 0.5
 Progress = Callable[[int, int, dict[str, Any]], None]
 
@@ -64,13 +75,20 @@ class PerfResult:
     error_samples: list[str] = dataclasses.field(default_factory=list)
     engine: str = "builtin"
     max_latency_ms: float | None = None  # a p95 budget, drawn as a line on the chart
+    streaming: bool = False  # of a stream: throughput is responses/s, latency the time to the first response
+
+    @property
+    def row_keys(self) -> tuple[str, ...]:
+        """The columns of the rows."""
+        return STREAM_ROW_KEYS if self.streaming else ROW_KEYS
 
     def __repr__(self) -> str:
         from tritonnb.widgets.perf_view import rows_text
 
+        reproduce = f"\nreproduce with NVIDIA's tool:\n{self.perf_analyzer}" if self.perf_analyzer else ""
         return (
-            f"load test of {self.model!r}, {self.duration_s:g} s per level\n{rows_text(self.rows, ROW_KEYS)}\n"
-            f"\nreproduce with NVIDIA's tool:\n{self.perf_analyzer}"
+            f"load test of {self.model!r}, {self.duration_s:g} s per level\n{rows_text(self.rows, self.row_keys)}\n"
+            + reproduce
         )
 
     def _repr_html_(self) -> str:
@@ -84,7 +102,7 @@ class PerfResult:
 
     def to_dataframe(self) -> Any:
         """The rows as a pandas DataFrame (pandas is imported here, and only here)."""
-        return rows_dataframe(self.rows, ROW_KEYS)
+        return rows_dataframe(self.rows, self.row_keys)
 
 
 def plot(*runs: PerfResult, labels: Sequence[str] | None = None, max_latency_ms: float | None = None) -> Chart:
@@ -231,7 +249,7 @@ class _BuiltinEngine:
         self, endpoint: Endpoint, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float, warmup_s: float
     ) -> None:
         self.endpoint, self.spec, self.duration_s, self.warmup_s = endpoint, spec, duration_s, warmup_s
-        body, self.header_length = request_body(spec, arrays)
+        body, self.header_length = generate_body(spec, arrays) if spec.stream else request_body(spec, arrays)
         self._body = tempfile.NamedTemporaryFile(suffix=".bin")  # noqa: SIM115 (closed in close())
         self._body.write(body)
         self._body.flush()
@@ -252,13 +270,16 @@ class _BuiltinEngine:
             f"--warmup={self.warmup_s}",
             f"--body={self._body.name}",
             f"--header-length={self.header_length}",
+            *(["--stream"] if self.spec.stream else []),
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=self.duration_s + self.warmup_s + 120)
         if done.returncode != 0:
             raise PerfError(f"the load generator failed:\n{done.stderr[-2000:]}")
         measured = json.loads(done.stdout)
-        after = (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
         latencies = measured["latencies_ms"]
+        if self.spec.stream:
+            return stream_row(level, measured), measured["error_samples"]
+        after = (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
         row = {
             "concurrency": level,
             "throughput": len(latencies) / measured["elapsed_s"],
@@ -360,6 +381,38 @@ class _PerfAnalyzerEngine:
         self._folder.cleanup()
 
 
+def generate_body(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """The JSON body of Triton's generate extension for a stream's load test (no binary part: header length 0)."""
+    flat = [s.name for s in spec.inputs if len(s.dims) != 1]
+    if flat:
+        raise PerfError(
+            f"cannot load-test stream {spec.name!r}: inputs {flat} have more than one dim per sample, and Triton's "
+            "generate extension, which the load generator streams through, takes each input as a flat list"
+        )
+    body = {
+        name: [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
+        for name, array in arrays.items()
+    }
+    return json.dumps(body).encode(), 0
+
+
+def stream_row(level: int, measured: dict[str, Any]) -> dict[str, Any]:
+    """One level of a stream's load test: responses/s, streams/s, time to first response and between responses."""
+    first, between = measured["latencies_ms"], measured["between_ms"]
+    p_first, p_between = percentiles(first), percentiles(between)
+    return {
+        "concurrency": level,
+        "throughput": measured["responses"] / measured["elapsed_s"],
+        "streams_per_s": len(first) / measured["elapsed_s"],
+        "p50_ms": p_first["p50_ms"],
+        "p95_ms": p_first["p95_ms"],
+        "between_p50_ms": p_between["p50_ms"],
+        "between_p95_ms": p_between["p95_ms"],
+        "errors": measured["errors"],
+        "requests": len(first) + measured["errors"],
+    }
+
+
 def _json_tensor(array: np.ndarray) -> dict[str, Any]:
     """One input of one perf_analyzer data entry: its values, row-major, and its shape."""
     content = [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
@@ -403,6 +456,8 @@ def run_perf(
         raise SpecError(f"duration must be positive, got {duration_s}")
     if engine not in ENGINES:
         raise SpecError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if spec.stream and engine != "builtin":
+        raise SpecError(f"model {name!r} streams: load-test it with the built-in engine")
     arrays = input_arrays(spec, input_data)
     batch_size(spec, arrays)  # an input batch no request can carry fails here, before either engine runs
     endpoint = Endpoint(base_url(url), token) if url is not None else Endpoint(server.http_url, server.access_token)
@@ -421,8 +476,10 @@ def run_perf(
                 on_progress(index + 1, len(levels), row)
     finally:
         runner.close()
-    command = perf_analyzer_command(endpoint.http_url, spec, arrays, levels, duration_s, endpoint.token)
-    return PerfResult(name, duration_s, rows, command, samples[:5], engine, max_latency_ms)
+    command = ""  # perf_analyzer measures no stream's time between responses
+    if not spec.stream:
+        command = perf_analyzer_command(endpoint.http_url, spec, arrays, levels, duration_s, endpoint.token)
+    return PerfResult(name, duration_s, rows, command, samples[:5], engine, max_latency_ms, spec.stream)
 
 
 def model_spec(server: Any, name: str, url: str | None = None, token: str | None = None) -> ModelSpec:

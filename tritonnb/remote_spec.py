@@ -25,6 +25,7 @@ def remote_spec(http_url: str, name: str, token: str | None = None) -> ModelSpec
     max_batch_size = int(config.get("max_batch_size", 0) or 0)
     batcher = config.get("dynamic_batching") or {}
     instances = sum(int(group.get("count", 1) or 1) for group in config.get("instance_group", [])) or 1
+    decoupled = bool((config.get("model_transaction_policy") or {}).get("decoupled", False))
     try:
         return ModelSpec(
             name,
@@ -33,6 +34,7 @@ def remote_spec(http_url: str, name: str, token: str | None = None) -> ModelSpec
             max_batch_size,
             int(batcher.get("max_queue_delay_microseconds", 0) or 0),
             instances,
+            stream=decoupled and max_batch_size == 0,  # tritonnb streams unbatched models only
         )
     except SpecError as error:
         raise SpecError(f"model {name!r} at {http_url}: {error}") from None

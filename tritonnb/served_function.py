@@ -80,18 +80,33 @@ class ServedFunction:
         return self._run_within_timeout(arrays, batch)
 
     def _run(self, arrays: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
+        return self.checked(self.called(arrays), batch)
+
+    def called(self, arrays: dict[str, np.ndarray]) -> Any:
+        """What the function returns on ``arrays`` (a generator, for a stream); ModelError if it raised."""
         try:
             use_torch_threads(self.torch_threads)
-            result = call_with_tensors(self.fn, self._by_keyword, self.inputs, arrays, self.device)
+            return call_with_tensors(self.fn, self._by_keyword, self.inputs, arrays, self.device)
         except Exception as error:
-            self._report_error(self.model_name, traceback.format_exc())
-            raise ModelError(f"model {self.model_name!r} raised {type(error).__name__}: {error}") from None
+            raise self.failure(error) from None
+
+    def failure(self, error: Exception, context: str = "") -> ModelError:
+        """Report the exception being handled (its traceback goes to the server log) and say what it was."""
+        self._report_error(self.model_name, traceback.format_exc())
+        return ModelError(f"model {self.model_name!r} raised {type(error).__name__}{context}: {error}")
+
+    def checked(self, result: Any, batch: int | None) -> dict[str, np.ndarray]:
+        """``result`` as the declared outputs (see ``checked_outputs``); OutputError, reported, if it does not fit."""
         try:
             return checked_outputs(result, self.outputs, batch)
         except OutputError as error:
             message = f"model {self.model_name!r}: {error}"
-            self._report_error(self.model_name, message)
+            self.report(message)
             raise OutputError(message) from None
+
+    def report(self, message: str) -> None:
+        """Send a failure's message to the server log (and the model's last error)."""
+        self._report_error(self.model_name, message)
 
     def _run_within_timeout(self, arrays: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
         """Run on a thread of its own and give up waiting after ``timeout_s`` (the call itself runs on)."""

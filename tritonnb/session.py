@@ -38,7 +38,8 @@ from tritonnb.remote_spec import remote_spec
 from tritonnb.repository import RepositoryModel, find_models, index_states, needs_auto_complete, triton_reason
 from tritonnb.server_log import ServerLog
 from tritonnb.settings import ServerSettings, resolve_settings
-from tritonnb.signature import DEFAULT_OUTPUT, ModelSpec, TensorSpec, as_specs, default_inputs
+from tritonnb.signature import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OUTPUT, ModelSpec, TensorSpec, as_specs, default_inputs
+from tritonnb.streaming import is_stream_function
 from tritonnb.supervisor import Supervisor
 from tritonnb.torch_bridge import resolve_device
 
@@ -425,24 +426,30 @@ class Server:
         *,
         inputs: Sequence[TensorSpec | str] | None = None,
         outputs: Sequence[TensorSpec | str] | None = None,
-        max_batch_size: int = 32,
+        max_batch_size: int | None = None,
         batch_delay_us: int = 0,
         instances: int = 1,
         device: str | None = None,
         warmup: int = 0,
         timeout_s: float | None = None,
+        stream: bool | None = None,
     ) -> BindResult:
         """Serve ``fn`` as model ``name``; calling it again with the same name hot-swaps it.
 
         ``warmup`` batches, generated from the inputs, run through ``fn`` before Triton may route a request to it.
         ``timeout_s``: requests whose call of ``fn`` takes longer get an error (the call itself runs on).
+        ``stream``: serve ``fn`` as a stream (None: when it is a generator function); see ``tritonnb.bind``.
         """
         with self._lifecycle:  # waits for a recovery in progress
             if self.state != "READY":
                 raise NoServerError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
-            return self._bind(
-                fn, name, inputs, outputs, max_batch_size, batch_delay_us, instances, device, warmup, timeout_s
-            )
+            streams = is_stream_function(fn) if stream is None else stream
+            if streams and timeout_s is not None:
+                raise SpecError(f"model {name!r} streams: a timeout applies to functions that return once")
+            if max_batch_size is None:
+                max_batch_size = 0 if streams else DEFAULT_MAX_BATCH_SIZE
+            spec_options = {"max_batch_size": max_batch_size, "batch_delay_us": batch_delay_us, "instances": instances}
+            return self._bind(fn, name, inputs, outputs, spec_options, streams, device, warmup, timeout_s)
 
     def _bind(
         self,
@@ -450,9 +457,8 @@ class Server:
         name: str,
         inputs: Sequence[TensorSpec | str] | None,
         outputs: Sequence[TensorSpec | str] | None,
-        max_batch_size: int,
-        batch_delay_us: int,
-        instances: int,
+        spec_options: dict[str, int],
+        stream: bool,
         device: str | None,
         warmup: int,
         timeout_s: float | None,
@@ -466,7 +472,7 @@ class Server:
             )
         input_specs = as_specs(inputs, "input") or default_inputs(fn)
         output_specs = as_specs(outputs, "output") or (DEFAULT_OUTPUT,)
-        spec = ModelSpec(name, input_specs, output_specs, max_batch_size, batch_delay_us, instances)
+        spec = ModelSpec(name, input_specs, output_specs, **spec_options, stream=stream)
         resolved_device = resolve_device(device)
         clash = next((n for n in self.models if n.lower() == name.lower() and n != name), None)
         if clash:

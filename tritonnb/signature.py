@@ -102,6 +102,7 @@ def as_specs(specs: object, what: str) -> tuple[TensorSpec, ...]:
 
 
 DEFAULT_OUTPUT = TensorSpec("output", "float32", (-1,))  # the output of a model declared without outputs
+DEFAULT_MAX_BATCH_SIZE = 32  # of a model that returns once; a stream is not batched
 
 
 def parameters_of(fn: Callable) -> list[inspect.Parameter]:
@@ -150,9 +151,10 @@ class ModelSpec:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    max_batch_size: int = 32
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     batch_delay_us: int = 0
     instances: int = 1
+    stream: bool = False  # a decoupled model: any number of responses per request, one per yield
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -168,6 +170,11 @@ class ModelSpec:
             raise SpecError(f"batch delay must be 0 or more microseconds, got {self.batch_delay_us}")
         if self.instances < 1:
             raise SpecError(f"instances must be 1 or more, got {self.instances}")
+        if self.stream and self.max_batch_size > 0:
+            raise SpecError(
+                f"model {self.name!r} streams, and a stream is not batched: leave max batch size out (or 0), "
+                f"got {self.max_batch_size}"
+            )
 
     @property
     def batched(self) -> bool:

@@ -80,11 +80,16 @@ def call_with_tensors(
     fn: Callable, by_keyword: bool, inputs: Sequence[TensorSpec], arrays: dict[str, np.ndarray], device: str
 ) -> Any:
     """Call ``fn`` on ``arrays`` as torch tensors on ``device``, by input name or in order, without autograd."""
+    tensors = {s.name: to_torch(arrays[s.name], s, device) for s in inputs}
+    with inference_mode():
+        return fn(**tensors) if by_keyword else fn(*tensors.values())
+
+
+def inference_mode() -> Any:
+    """torch's inference mode (no autograd), for a step of a served generator: it holds per thread and per step."""
     import torch
 
-    tensors = {s.name: to_torch(arrays[s.name], s, device) for s in inputs}
-    with torch.inference_mode():
-        return fn(**tensors) if by_keyword else fn(*tensors.values())
+    return torch.inference_mode()
 
 
 def host_array(value: Any, dtype: str) -> np.ndarray:

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tritonnb.deploy.fleet import RepositoryModel, Runtime
-from tritonnb.errors import NoServerError, SpecError, UnknownModelError
+from tritonnb.errors import ExportError, NoServerError, SpecError, UnknownModelError
 
 if TYPE_CHECKING:
     from tritonnb.deploy.capture import PortableFunction
@@ -78,6 +78,11 @@ def export(
     if slot is None or slot.fn is None:
         served = sorted(n for n, s in server.models.items() if s.fn is not None)
         raise UnknownModelError(f"no model named {name!r} is served; served: {', '.join(served) or 'none'}")
+    if slot.spec.stream:
+        raise ExportError(
+            f"model {name!r} streams, and export writes models that answer once: a streaming (decoupled) model is "
+            "not exported yet"
+        )
     repository = layout.Repository(pathlib.Path(directory))
     repository.check_writable()
     backend = "python" if model_format == "python" else "pytorch"

@@ -43,21 +43,29 @@ def rows_html(
 
 def perf_html(result: Any) -> str:
     """A load test: table, throughput-latency chart, the perf_analyzer command line, error samples."""
-    from tritonnb.perf import ROW_KEYS
-
     errors = "".join(f"<li><code>{html.escape(e)}</code></li>" for e in result.error_samples)
     failed = sum(row["errors"] for row in result.rows)
+    if result.streaming:
+        what = (
+            "a stream over /generate_stream: throughput is responses/s, p50/p95 the time to the first response, "
+            "between_* the time between responses (client-side)"
+        )
+    else:
+        what = "latency is client-side, queue/compute columns are Triton's averages per request in the same window"
+    reproduce = (
+        f"<details><summary>reproduce with perf_analyzer</summary><pre>{html.escape(result.perf_analyzer)}</pre>"
+        "</details>"
+        if result.perf_analyzer
+        else ""
+    )
     return (
         f"<div class='tnb-perf-result'><b>load test of {html.escape(result.model)}</b>, "
-        f"{result.duration_s:g} s per level; latency is client-side, queue/compute columns are Triton's averages "
-        f"per request in the same window<br>{rows_html(result.rows, ROW_KEYS)}"
+        f"{result.duration_s:g} s per level; {what}<br>{rows_html(result.rows, result.row_keys)}"
         + (
             f"<div class='tnb-perf-errors' style='color:#c62828'>{failed} requests failed; first few:<ul>{errors}</ul>"
             "</div>"
             if failed or errors
             else ""
         )
-        + f"{result.chart().html()}"
-        f"<details><summary>reproduce with perf_analyzer</summary><pre>{html.escape(result.perf_analyzer)}</pre>"
-        "</details></div>"
+        + f"{result.chart().html()}{reproduce}</div>"
     )

@@ -131,7 +131,34 @@ def models_html(snapshot: Snapshot) -> str:
             f"<td>{_num(m.avg_batch_size, 2)}</td><td>{'–' if m.pending is None else m.pending}</td></tr>"
         )
     table = f'<table class="tnb-models" style="border-collapse:collapse;font-size:90%">{head}{"".join(rows)}</table>'
-    return scrolling(table)
+    return scrolling(table) + streams_html(snapshot)
+
+
+def _pair(figures: dict[str, float] | None) -> str:
+    return "–" if figures is None else f"{_num(figures['p50'], 1)} / {_num(figures['p95'], 1)}"
+
+
+def streams_html(snapshot: Snapshot) -> str:
+    """The streaming models' own figures (none: nothing): streams open now, responses/s, time to first response and
+    between responses, over the last seconds, measured in the kernel."""
+    streams = {name: m.stream for name, m in snapshot.models.items() if m.stream is not None}
+    if not streams:
+        return ""
+    head = (
+        "<tr><th>stream</th><th>active</th><th>responses/s</th><th>first response ms <small>(p50 / p95)</small></th>"
+        "<th>between responses ms <small>(p50 / p95)</small></th><th>streams</th><th>responses</th>"
+        "<th>cancelled</th><th>failed</th></tr>"
+    )
+    rows = "".join(
+        f'<tr data-model="{html.escape(name)}"><td><b>{html.escape(name)}</b></td>'
+        f'<td class="tnb-stream-active">{f.active}</td><td class="tnb-stream-rate">{_num(f.responses_per_s)}</td>'
+        f'<td class="tnb-stream-first">{_pair(f.first_response_ms)}</td><td>{_pair(f.between_responses_ms)}</td>'
+        f"<td>{f.streams}</td><td>{f.responses}</td><td>{f.cancelled}</td><td>{f.failed}</td></tr>"
+        for name, f in streams.items()
+    )
+    return scrolling(
+        f'<table class="tnb-streams" style="border-collapse:collapse;font-size:90%;margin-top:4px">{head}{rows}</table>'
+    )
 
 
 def scrolling(table: str) -> str:
@@ -169,15 +196,24 @@ def strip_html(name: str, snapshot: Snapshot | None) -> str:
     if snapshot is None:
         return f'<span class="tnb-strip" data-model="{html.escape(name)}">waiting for the first sample…</span>'
     state = model.state if model else ("UNAVAILABLE" if snapshot.state == "READY" else snapshot.state)
-    rate = _num(model.success_per_s) if model else "–"
-    latency = _num(model.total_latency_ms, 2) if model else "–"
     recovery = (
         f' &nbsp;<small class="tnb-recovery">{html.escape(snapshot.recovery)}</small>' if snapshot.recovery else ""
     )
+    if model is not None and model.stream is not None:
+        f = model.stream
+        first = _num(f.first_response_ms["p50"], 1) if f.first_response_ms else "–"
+        figures = (
+            f"{f.active} active streams &nbsp;·&nbsp; {_num(f.responses_per_s)} responses/s &nbsp;·&nbsp; "
+            f"first response {first} ms &nbsp;·&nbsp; {f.streams} streams"
+        )
+    else:
+        rate = _num(model.success_per_s) if model else "–"
+        latency = _num(model.total_latency_ms, 2) if model else "–"
+        total = model.success_total if model else 0
+        figures = f"{rate} req/s &nbsp;·&nbsp; {latency} ms &nbsp;·&nbsp; {total} requests"
     return (
         f'<span class="tnb-strip" data-model="{html.escape(name)}">{_badge(state, "tnb-model-state")} '
-        f"&nbsp;{rate} req/s &nbsp;·&nbsp; {latency} ms &nbsp;·&nbsp; "
-        f"{model.success_total if model else 0} requests{recovery}</span>"
+        f"&nbsp;{figures}{recovery}</span>"
     )
 
 
