@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -147,7 +148,14 @@ def _jupyter_server(tmp_path, base_url: str, proxy: bool):
             while not list((tmp_path / "rt").glob(f"jpserver-{server.pid}.json")):
                 assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
                 time.sleep(0.2)
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{base_url}api/status?token=route-test", timeout=10).close()
+            while True:  # the runtime file can come a moment before the server listens, on a loaded machine
+                try:
+                    status = f"http://127.0.0.1:{port}{base_url}api/status?token=route-test"
+                    urllib.request.urlopen(status, timeout=10).close()
+                    break
+                except urllib.error.URLError:
+                    assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                    time.sleep(0.2)
             processes = process_tree(server.pid)
             yield server, env["JUPYTER_RUNTIME_DIR"]
         finally:

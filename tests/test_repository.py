@@ -235,7 +235,7 @@ def test_perf_with_url_from_a_process_that_runs_no_server(served):
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "tritonnb")
         rows = {{}}
-        for line in ["--url {served.http_url} double", "--url {served.http_url} --token {served.access_token} nb"]:
+        for line in ["--url {served.http_url} double", "--url {served.http_url} --token={served.access_token} nb"]:
             rows[line.split()[-1]] = ip.run_line_magic("triton_perf", line + " --concurrency 1 --duration 0.5").rows
         print(json.dumps({{"server": tritonnb.server() is not None, "rows": rows}}))
         """

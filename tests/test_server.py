@@ -341,10 +341,15 @@ def test_stop_under_load_returns_and_no_request_hangs(own_server, shell):
 def test_stop_ends_open_client_streams_with_an_error(own_server):
     server = tritonnb.start(**port_ports(free_ports()))
 
+    closed = threading.Event()
+
     def forever(x):
-        while True:
-            time.sleep(0.05)
-            yield x
+        try:
+            while True:
+                time.sleep(0.05)
+                yield x
+        finally:
+            closed.set()
 
     tritonnb.bind(forever, "forever")
     stream = tritonnb.client("forever").stream([1.0])
@@ -364,4 +369,5 @@ def test_stop_ends_open_client_streams_with_an_error(own_server):
         time.sleep(0.05)
     assert raw_errors and raw_errors[-1] is not None  # the stream nobody stopped ended with an error too
     raw.close()
+    assert closed.is_set()  # the generator was closed, not left computing for nobody
     print(f"stop took {took:.2f} s with two open client streams")

@@ -196,6 +196,17 @@ def test_an_sse_client_that_disconnects_stops_the_generator(triton):
     assert _stops_counting(counts)
 
 
+def test_unbind_ends_open_streams_with_an_error_and_closes_their_generators(triton):
+    counts = _counting_model("unbound_stream")
+    stream = tritonnb.client("unbound_stream").stream([1.0])
+    next(stream)
+    tritonnb.unbind("unbound_stream")
+    with pytest.raises(InferenceServerException, match="stopped serving while this stream was open"):
+        for _ in stream:
+            pass
+    assert _stops_counting(counts)
+
+
 def _open_streams(name: str, count: int, length: int) -> tuple[list[threading.Thread], dict[int, list]]:
     results: dict[int, list] = {}
 
@@ -287,6 +298,15 @@ def test_perf_measures_first_response_and_between_responses_and_the_panel_shows_
         assert 0 < row["p50_ms"] <= row["p95_ms"] and 0 < row["between_p50_ms"] <= row["between_p95_ms"]
         assert row["throughput"] > row["streams_per_s"] > 0  # five responses per stream
     assert "time to the first response" in result._repr_html_() and "between_p95_ms" in repr(result)
+
+    def endless(x):
+        while True:
+            time.sleep(0.005)
+            yield x
+
+    tritonnb.bind(endless, "endless")
+    endless_result = run_perf(triton, "endless", [2], duration_s=1.0, warmup_s=0.2)  # streams cut when time is up
+    assert endless_result.rows[0]["throughput"] > 0 and endless_result.rows[0]["errors"] == 0
 
     snapshot = Monitor(target_for(server=triton)).poll()
     figures = snapshot.models["five"].stream

@@ -283,3 +283,19 @@ def test_calls_that_outlive_the_timeout_are_capped_and_counted():
     assert served._running_late == 0
     served.timeout_s = 5.0
     assert served(x, 1)["y"].tolist() == [[1.0]]  # room again once the late calls returned
+
+
+def test_stream_figures_count_every_response_of_a_busy_window():
+    from tritonnb.stream_stats import StreamStats
+
+    stats = StreamStats()
+    stats.opened()
+    start = 1000.0
+    for i in range(20_000):  # 20 000 responses over 2 s: more than the time samples kept
+        stats.responded(start + i / 10_000, start + (i - 1) / 10_000, first=i == 0)
+    figures = stats.figures(now=start + 2.0)
+    assert figures.responses == 20_000 and figures.active == 1
+    assert 9_000 < figures.responses_per_s < 11_000
+    assert figures.between_responses_ms is not None and abs(figures.between_responses_ms["p50"] - 0.1) < 1e-6
+    stats.closed("cancelled")
+    assert stats.figures().active == 0 and stats.figures().cancelled == 1

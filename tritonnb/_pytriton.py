@@ -454,8 +454,9 @@ ERROR_RESPONSE_PATCHES = (
 # only the stub can ask (``request.is_cancelled()``), and PyTriton has no way back to the kernel that runs the
 # generator. The copy of model.py sent to Triton gives each request of a decoupled model a marker path (the parameter
 # STREAM_PARAMETER, which the kernel sees); while it streams, the stub checks for cancellation on each response and
-# every POLL seconds, then creates that file, sends nothing more and ends the request as cancelled. The kernel checks
-# for the file before each step of the generator and closes it (see ``tritonnb.streaming``).
+# every POLL seconds, then creates that file once, sends nothing more, ends the request as cancelled and removes the
+# file when the stream is over. The kernel checks for the file before each step of the generator and closes it (see
+# ``tritonnb.streaming``).
 STREAM_PARAMETER = "tritonnb-cancel-marker"
 STREAM_PATCHES = (
     (
@@ -467,9 +468,15 @@ STREAM_PATCHES = (
         "    return f'{_TRITONNB_WORKSPACE}/{os.getpid()}-{requests_id.hex()}.cancelled'\n"
         "\n"
         "\n"
+        "_TRITONNB_MARKED = set()\n"
+        "\n"
+        "\n"
         "def _tritonnb_cancelled(triton_requests, requests_id):\n"
+        "    if requests_id in _TRITONNB_MARKED:\n"
+        "        return True\n"
         "    if not any(request.is_cancelled() for request in triton_requests):\n"
         "        return False\n"
+        "    _TRITONNB_MARKED.add(requests_id)\n"
         "    pathlib.Path(_tritonnb_marker(requests_id)).touch()\n"
         "    return True\n"
         "\n"
@@ -513,6 +520,14 @@ STREAM_PATCHES = (
         "                    ]\n"
         "                triton_flags = 0\n"
         "                if eos:\n",
+    ),
+    (
+        "        self._requests_map.pop(requests_id)\n        responses_future.set_result(None)\n",
+        "        if requests_id in _TRITONNB_MARKED:  # the stream has ended: the marker has done its job\n"
+        "            _TRITONNB_MARKED.discard(requests_id)\n"
+        "            pathlib.Path(_tritonnb_marker(requests_id)).unlink(missing_ok=True)\n"
+        "        self._requests_map.pop(requests_id)\n"
+        "        responses_future.set_result(None)\n",
     ),
     (
         "            self._tracable_model = TracableModel()\n",

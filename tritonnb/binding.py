@@ -6,6 +6,7 @@ import dataclasses
 import pathlib
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Protocol
@@ -16,7 +17,8 @@ from tritonnb._pytriton import Generation
 from tritonnb.errors import BindError, ModelError, SpecError, WarmupError
 from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
 from tritonnb.signature import ModelSpec, sample_inputs
-from tritonnb.streaming import StreamStats, StreamTrampoline, first_response
+from tritonnb.stream_stats import StreamStats
+from tritonnb.streaming import StreamTrampoline, first_response
 
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
 RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case
@@ -120,6 +122,7 @@ class ModelSlot:
         self._control = control
         self._report_error = report_error
         self.stream_stats = StreamStats()  # of every generation, while it streams
+        self._stream_trampolines: weakref.WeakSet[StreamTrampoline] = weakref.WeakSet()  # of loaded generations
         self._generation: Generation | None = None
         self._trampoline: Trampoline | StreamTrampoline | None = None
         self._generation_number = 0
@@ -167,6 +170,7 @@ class ModelSlot:
         if self.fn is None:
             return
         with self._lock:
+            self.end_streams()  # their stubs are gone: nobody reads them any more
             target = self._served(self.fn, self.spec, self.device, self.timeout_s)
             self._load_to_the_end(lambda: self._load(self.spec, target))
 
@@ -182,6 +186,7 @@ class ModelSlot:
     def unbind(self) -> None:
         """Unload the model from Triton and stop its threads."""
         with self._lock:
+            self.end_streams()  # an open stream would hold Triton's unload up
             try:
                 if self._generation is not None:
                     self._control.unload_model(self.name)
@@ -196,7 +201,9 @@ class ModelSlot:
         retire_side_by_side(self.take_generations())
 
     def take_generations(self) -> list[Generation]:
-        """Hand every generation (current and awaiting retirement) to the caller to retire; the slot keeps none."""
+        """Hand every generation (current and awaiting retirement) to the caller to retire, their open streams
+        ended; the slot keeps none."""
+        self.end_streams()
         taken = []
         for generation in list(self._pending_retire):
             cancelled = self._pending_retire.pop(generation, None)
@@ -208,6 +215,11 @@ class ModelSlot:
         self._generation = self._trampoline = None
         return taken
 
+    def end_streams(self) -> None:
+        """End the open streams of every generation (see ``StreamTrampoline.end_streams``)."""
+        for trampoline in list(self._stream_trampolines):
+            trampoline.end_streams()
+
     def is_serving(self) -> bool:
         """Whether this process's side of the current generation is alive."""
         return self._generation is not None and self._generation.is_alive()
@@ -218,7 +230,11 @@ class ModelSlot:
     def _load(self, spec: ModelSpec, target: ServedFunction) -> None:
         """Load a new generation and switch Triton and this slot to it (the previous one retires once quiet)."""
         self._generation_number += 1
-        trampoline = StreamTrampoline(target, self.stream_stats) if spec.stream else Trampoline(target, spec.batched)
+        if spec.stream:
+            trampoline: Trampoline | StreamTrampoline = StreamTrampoline(target, self.stream_stats)
+            self._stream_trampolines.add(trampoline)
+        else:
+            trampoline = Trampoline(target, spec.batched)
         generation = Generation(
             spec.name,
             trampoline.handlers(spec.instances),
@@ -258,6 +274,8 @@ class ModelSlot:
             now = time.monotonic()
             quiet = now - switched >= quiet_s and trampoline.idle_for() >= quiet_s  # counted from the switch on
             if quiet or now - switched > RETIRE_MAX_WAIT_S:
+                if isinstance(trampoline, StreamTrampoline):
+                    trampoline.end_streams()  # a stream still open past the wait: ended with an error, not cut off
                 self._retire(generation)
                 return
 

@@ -102,11 +102,9 @@ def generate_curl(http_url: str, model: ModelSpec) -> str | None:
     """A curl command for Triton's generate extension: ``/generate`` (one JSON answer) or, for a stream,
     ``/generate_stream`` (server-sent events, one per response). None when an input has more than one dim per
     sample: the extension takes each input as a flat JSON list (or one value) and cannot shape it."""
-    body = {}
-    for spec in model.inputs:
-        if len(spec.dims) != 1:
-            return None
-        body[spec.name] = _example_values(spec, 1 if spec.dims[0] == -1 else spec.dims[0])
+    if model.shaped_inputs:
+        return None
+    body = {spec.name: _example_values(spec, 1 if spec.dims[0] == -1 else spec.dims[0]) for spec in model.inputs}
     text = json.dumps(body, separators=(",", ":"))
     endpoint, flags = ("generate_stream", "-sN") if model.stream else ("generate", "-s")
     return f"curl {flags} -X POST {http_url}/v2/models/{model.name}/{endpoint} -d {shlex.quote(text)}"

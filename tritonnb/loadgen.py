@@ -32,16 +32,19 @@ def error_message(payload: bytes) -> str:
     return (raised[-1] if raised else text)[:300]
 
 
-def read_stream(response: http.client.HTTPResponse, sent: float) -> tuple[list[float], str | None]:
-    """The arrival times (ms after ``sent``) of a server-sent-events stream's responses, and its error if any. The
-    stream is read to its end, so that the connection can carry the next one."""
+def read_stream(response: http.client.HTTPResponse, stop_at: float) -> tuple[list[float], str | None, bool]:
+    """The arrival times (``time.perf_counter()``) of a server-sent-events stream's responses until ``stop_at``, its
+    error if any, and whether it was read to its end (a stream still going at ``stop_at`` is left: its connection
+    cannot carry another)."""
     arrivals: list[float] = []
     failed = None
     for raw in response:
+        now = time.perf_counter()
+        if now > stop_at:
+            return arrivals, failed, False
         line = raw.strip()
         if not line.startswith(b"data:") or failed is not None:
             continue
-        arrived = (time.perf_counter() - sent) * 1000
         try:
             event = json.loads(line[len(b"data:") :])
         except ValueError:
@@ -50,23 +53,27 @@ def read_stream(response: http.client.HTTPResponse, sent: float) -> tuple[list[f
         if isinstance(event, dict) and "error" in event and "model_name" not in event:
             failed = error_message(line[len(b"data:") :])
         else:
-            arrivals.append(arrived)
-    return arrivals, failed
+            arrivals.append(now)
+    return arrivals, failed, True
 
 
 def run_streams(
     host: str, port: int, model: str, concurrency: int, duration_s: float, warmup_s: float, body: bytes
 ) -> dict:
-    """C clients, each opening one SSE stream after another on its own connection until the time is up."""
+    """C clients, each opening one SSE stream after another on its own connection until the time is up. Responses
+    count from the end of the warm-up on (also those of a stream opened before it); times to first response count
+    for streams opened after it."""
     path = f"/v2/models/{model}/generate_stream"
     first: list[float] = []
     between: list[float] = []
+    responses = 0
     errors: list[str] = []
     lock = threading.Lock()
     start_at = time.perf_counter() + warmup_s
     stop_at = start_at + duration_s
 
     def client() -> None:
+        nonlocal responses
         connection = http.client.HTTPConnection(host, port, timeout=60)
         while (sent := time.perf_counter()) < stop_at:
             try:
@@ -75,21 +82,23 @@ def run_streams(
                 if response.status != 200:
                     arrivals, failed = [], f"{response.status} {error_message(response.read())}"
                 else:
-                    arrivals, failed = read_stream(response, sent)
-                    if not arrivals and failed is None:
+                    arrivals, failed, whole = read_stream(response, stop_at)
+                    if not whole:  # the time is up mid-stream: what arrived so far counts
+                        connection.close()
+                    elif not arrivals and failed is None:
                         failed = "the stream ended without a response"
             except (OSError, http.client.HTTPException) as error:
                 arrivals, failed = [], repr(error)
                 connection.close()
                 connection = http.client.HTTPConnection(host, port, timeout=60)
-            if sent < start_at:
-                continue
             with lock:
-                if failed is not None:
-                    errors.append(failed)
-                if arrivals:
-                    first.append(arrivals[0])
-                    between.extend(b - a for a, b in itertools.pairwise(arrivals))
+                if sent >= start_at:
+                    if failed is not None:
+                        errors.append(failed)
+                    if arrivals:
+                        first.append((arrivals[0] - sent) * 1000)
+                between.extend((b - a) * 1000 for a, b in itertools.pairwise(arrivals) if b >= start_at)
+                responses += sum(1 for t in arrivals if t >= start_at)
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for thread in threads:
@@ -100,7 +109,7 @@ def run_streams(
     return {
         "latencies_ms": first,
         "between_ms": between,
-        "responses": len(first) + len(between),
+        "responses": responses,
         "errors": len(errors),
         "error_samples": errors[:5],
         "elapsed_s": elapsed,

@@ -238,7 +238,11 @@ class TritonMagics(Magics):
             help="any Triton server's HTTP URL (default: this kernel's); repeat it to watch a room of servers",
         ),
         argument("--metrics-url", metavar="URL", help="with one --url: its metrics URL (default: HTTP port + 2)"),
-        argument("--token", metavar="TOKEN", help="access token for the statistics API, if restricted"),
+        argument(
+            "--token",
+            metavar="TOKEN",
+            help="access token for the statistics API, if restricted (--token=TOKEN when it starts with -)",
+        ),
         argument(
             "--interval",
             type=_positive_float,
@@ -403,7 +407,11 @@ class TritonMagics(Magics):
         help="tritonnb's load generator, or NVIDIA's perf_analyzer from PATH",
     )
     @argument("--url", metavar="URL", help="any Triton server's HTTP URL (default: this kernel's server)")
-    @argument("--token", metavar="TOKEN", help="with --url: access token for its statistics API, if restricted")
+    @argument(
+        "--token",
+        metavar="TOKEN",
+        help="with --url: access token for its statistics API, if restricted (--token=TOKEN when it starts with -)",
+    )
     @MAX_LATENCY
     def triton_perf(self, line: str) -> Any:
         """Closed-loop load test of a served model, or of a model of any Triton server: throughput, latency

@@ -69,9 +69,9 @@ class ModelClient:
             streams, self._streams = self._streams, {}
         for client in idle:
             client.close()
-        for client, arrived in streams.items():
-            _end_stream(client, cancel=True)
+        for client, arrived in streams.items():  # the reader sees why first, then the cancellation's own error
             arrived.put((None, StreamClosed(f"the stream of model {self.name!r} was closed: its client was closed")))
+            _end_stream(client, cancel=True)
 
     def input_names(self) -> list[tuple[str, str]]:
         """The model's inputs as (name, Triton datatype), read once from its metadata."""
@@ -96,8 +96,9 @@ class ModelClient:
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
         """Send one request over a gRPC stream and yield each response's outputs as it arrives (a streaming model
-        answers with any number; another model with one). Leaving the loop early cancels the request: the model's
-        generator is closed. A failure mid-stream is raised after the responses before it."""
+        answers with any number; another model with one). A failure mid-stream is raised after the responses before
+        it. Leaving a ``for`` loop early cancels the request (the model's generator is closed) once the iterator is
+        released; one kept in a variable stays open until its ``close()`` (or this client's)."""
         import tritonclient.grpc as grpcclient
 
         if self.grpc_url is None:

@@ -20,7 +20,7 @@ from tritonnb.host_gpu import nvml_gpus
 from tritonnb.http_get import answers_ok, base_url, get_json, get_text
 from tritonnb.metrics_text import PHASES, parse_metrics
 from tritonnb.statistics import fetch_stats
-from tritonnb.streaming import StreamFigures
+from tritonnb.stream_stats import StreamFigures
 
 HISTORY_S = 300.0
 AWAY = {  # our own server's states in which it is not polled, and why
@@ -216,8 +216,10 @@ class Monitor:
             model.inputs = ", ".join(map(str, slot.spec.inputs))
             model.outputs = ", ".join(map(str, slot.spec.outputs))
             spec = slot.spec
-            model.batching = f"max {spec.max_batch_size}, delay {spec.batch_delay_us} µs" if spec.batched else "off"
-            model.batching = "stream" if spec.stream else model.batching
+            if spec.stream:
+                model.batching = "stream"
+            else:
+                model.batching = f"max {spec.max_batch_size}, delay {spec.batch_delay_us} µs" if spec.batched else "off"
             model.batching += f", {spec.instances} inst."
             if spec.stream:
                 model.stream = slot.stream_stats.figures()

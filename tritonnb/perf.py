@@ -383,11 +383,10 @@ class _PerfAnalyzerEngine:
 
 def generate_body(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:
     """The JSON body of Triton's generate extension for a stream's load test (no binary part: header length 0)."""
-    flat = [s.name for s in spec.inputs if len(s.dims) != 1]
-    if flat:
+    if spec.shaped_inputs:
         raise PerfError(
-            f"cannot load-test stream {spec.name!r}: inputs {flat} have more than one dim per sample, and Triton's "
-            "generate extension, which the load generator streams through, takes each input as a flat list"
+            f"cannot load-test stream {spec.name!r}: inputs {spec.shaped_inputs} have more than one dim per sample, "
+            "and Triton's generate extension, which the load generator streams through, takes each input as a flat list"
         )
     body = {
         name: [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]

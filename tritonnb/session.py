@@ -261,6 +261,8 @@ class Server:
                 return 0.0
             self._stopped = True
             process_exit.unregister(self._stop_at_exit)
+            for slot in self.models.values():  # each client of an open stream gets an error saying why
+                slot.end_streams()
             try:
                 self._end_process(graceful=in_background)
             finally:

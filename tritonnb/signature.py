@@ -177,6 +177,12 @@ class ModelSpec:
             )
 
     @property
+    def shaped_inputs(self) -> list[str]:
+        """Inputs with more than one dim per sample: Triton's generate extension (``/generate``, ``/generate_stream``)
+        takes each input as a flat JSON list or one value and cannot shape these."""
+        return [s.name for s in self.inputs if len(s.dims) != 1]
+
+    @property
     def batched(self) -> bool:
         """Whether Triton batches requests (and the first dim of every tensor is the batch)."""
         return self.max_batch_size > 0

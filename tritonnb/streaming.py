@@ -9,9 +9,7 @@ step.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
 import functools
 import inspect
 import os
@@ -26,12 +24,11 @@ import numpy as np
 from tritonnb._pytriton import STREAM_PARAMETER, error_response
 from tritonnb.errors import ModelError, OutputError
 from tritonnb.served_function import ServedFunction
+from tritonnb.stream_stats import StreamStats
 from tritonnb.torch_bridge import inference_mode, use_torch_threads
 
 T = TypeVar("T")
 END = object()  # what a step returns once the generator is done
-WINDOW_S = 10.0  # the figures of the last this many seconds
-KEPT = 4096  # samples kept per figure
 
 
 def is_stream_function(fn: Callable) -> bool:
@@ -77,8 +74,10 @@ class StepThread:
                 work, loop, future = item
                 try:
                     outcome: tuple[str, Any] = ("set_result", work())
-                except BaseException as error:  # handed to the awaiting side
+                except Exception as error:  # handed to the awaiting side
                     outcome = ("set_exception", error)
+                except BaseException as error:  # SystemExit, KeyboardInterrupt: would end PyTriton's event loop
+                    outcome = ("set_exception", ModelError(f"a stream step raised {type(error).__name__}: {error}"))
                 if loop is not None:
                     with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits any more
                         loop.call_soon_threadsafe(_settle, future, *outcome)
@@ -159,78 +158,8 @@ def close_stream(stream: Iterator | AsyncIterator | None, steps: StepThread) -> 
                 close()
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamFigures:
-    """A streaming model's figures: streams open now and in all, responses, and the last ``WINDOW_S`` seconds'
-    responses per second, time to first response and time between responses (p50 and p95, ms; None: no data).
-    Times are measured in the kernel, from a request's arrival to each ``yield``."""
-
-    active: int
-    streams: int
-    responses: int
-    failed: int
-    cancelled: int
-    responses_per_s: float | None
-    first_response_ms: dict[str, float] | None
-    between_responses_ms: dict[str, float] | None
-
-
-class StreamStats:
-    """Counts and timings of one model's streams, shared by its generations (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.active = 0
-        self.streams = self.responses = self.failed = self.cancelled = 0
-        self._first: collections.deque[tuple[float, float]] = collections.deque(maxlen=KEPT)
-        self._between: collections.deque[tuple[float, float]] = collections.deque(maxlen=KEPT)
-        self._response_times: collections.deque[float] = collections.deque(maxlen=KEPT)
-
-    def opened(self) -> None:
-        """A stream began."""
-        with self._lock:
-            self.active += 1
-            self.streams += 1
-
-    def responded(self, now: float, since: float, first: bool) -> None:
-        """A response was yielded ``now``; ``since``: the stream's start (first response) or its last response."""
-        with self._lock:
-            self.responses += 1
-            self._response_times.append(now)
-            (self._first if first else self._between).append((now, now - since))
-
-    def closed(self, outcome: str) -> None:
-        """A stream ended: ``completed``, ``failed`` or ``cancelled``."""
-        with self._lock:
-            self.active -= 1
-            self.failed += outcome == "failed"
-            self.cancelled += outcome == "cancelled"
-
-    def figures(self, now: float | None = None) -> StreamFigures:
-        """The figures now (see StreamFigures)."""
-        now = time.monotonic() if now is None else now
-        since = now - WINDOW_S
-        with self._lock:
-            recent = sum(1 for t in self._response_times if t >= since)
-            first = [v for t, v in self._first if t >= since]
-            between = [v for t, v in self._between if t >= since]
-            return StreamFigures(
-                self.active,
-                self.streams,
-                self.responses,
-                self.failed,
-                self.cancelled,
-                recent / WINDOW_S if self.streams else None,
-                _percentiles_ms(first),
-                _percentiles_ms(between),
-            )
-
-
-def _percentiles_ms(seconds: list[float]) -> dict[str, float] | None:
-    if not seconds:
-        return None
-    p50, p95 = np.percentile(np.asarray(seconds) * 1e3, [50, 95])
-    return {"p50": float(p50), "p95": float(p95)}
+class StreamEnded(ModelError):
+    """A stream ended by the server: its generation was retired (stop, unbind, a crash) while it was open."""
 
 
 class StreamTrampoline:
@@ -247,6 +176,12 @@ class StreamTrampoline:
         self._active = 0
         self._last_end = time.monotonic()
         self._lock = threading.Lock()
+        self._ended = threading.Event()
+
+    def end_streams(self) -> None:
+        """End the streams of this generation before their next step, each with an error to its client: it is
+        retired with streams still open (stopped, unbound, or past the longest wait for them)."""
+        self._ended.set()
 
     def idle_for(self) -> float:
         """Seconds since this generation's last stream ended; 0 while one runs."""
@@ -265,14 +200,14 @@ class StreamTrampoline:
 
         return [handler_for_one_instance() for _ in range(instances)]
 
-    async def handle(self, requests: list) -> Any:
+    async def handle(self, requests: list) -> AsyncIterator[list[dict[str, np.ndarray]]]:
         """Stream the responses to one request (Triton sends a model without batching one request at a time)."""
         if len(requests) != 1:
             raise ModelError(f"a stream answers one request at a time, got {len(requests)}")
         async for response in self._stream(requests[0]):
             yield [response]
 
-    async def _stream(self, request: Any) -> Any:
+    async def _stream(self, request: Any) -> AsyncIterator[dict[str, np.ndarray]]:
         target = self.target  # read once: this stream ends on the function it started with
         marker = (request.parameters or {}).get(STREAM_PARAMETER)
         steps = StepThread(f"tritonnb-stream-{target.model_name}")
@@ -286,6 +221,8 @@ class StreamTrampoline:
         try:
             stream = await steps.run(functools.partial(start_stream, target, request.data))
             while not (marker and os.path.exists(marker)):
+                if self._ended.is_set():
+                    raise StreamEnded(f"model {target.model_name!r} stopped serving while this stream was open")
                 response = await steps.run(functools.partial(next_response, target, stream, steps, sent))
                 if response is END:
                     outcome = "completed"
@@ -296,8 +233,11 @@ class StreamTrampoline:
                 sent += 1
                 yield response
         except ModelError as error:  # after the responses sent: the client gets this as the stream's error
-            outcome = "failed"
+            outcome = "cancelled" if isinstance(error, StreamEnded) else "failed"
             yield error_response(str(error))
+        except Exception:
+            outcome = "failed"
+            raise
         finally:
             steps.run_then_end(functools.partial(close_stream, stream, steps))
             if marker:
