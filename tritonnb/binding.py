@@ -272,7 +272,8 @@ class ModelSlot:
         switched = time.monotonic()
         while not cancelled.wait(0.2):
             now = time.monotonic()
-            quiet = now - switched >= quiet_s and trampoline.idle_for() >= quiet_s  # counted from the switch on
+            # quiet: no call for quiet_s, counted from the switch on
+            quiet = now - switched >= quiet_s and trampoline.in_flight.idle_for() >= quiet_s
             if quiet or now - switched > RETIRE_MAX_WAIT_S:
                 if isinstance(trampoline, StreamTrampoline):
                     trampoline.end_streams()  # a stream still open past the wait: ended with an error, not cut off

@@ -19,6 +19,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 
 def error_message(payload: bytes) -> str:
@@ -55,6 +56,16 @@ def read_stream(response: http.client.HTTPResponse, stop_at: float) -> tuple[lis
         else:
             arrivals.append(now)
     return arrivals, failed, True
+
+
+def run_clients(client: Callable[[], None], concurrency: int, start_at: float, stop_at: float) -> float:
+    """Run ``client`` on ``concurrency`` threads until each returns; the seconds of the window they were measured in."""
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return min(time.perf_counter(), stop_at) - start_at
 
 
 def run_streams(
@@ -100,12 +111,7 @@ def run_streams(
                 between.extend((b - a) * 1000 for a, b in itertools.pairwise(arrivals) if b >= start_at)
                 responses += sum(1 for t in arrivals if t >= start_at)
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = min(time.perf_counter(), stop_at) - start_at
+    elapsed = run_clients(client, concurrency, start_at, stop_at)
     return {
         "latencies_ms": first,
         "between_ms": between,
@@ -159,12 +165,7 @@ def run(
                 else:
                     errors.append(failed)
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = min(time.perf_counter(), stop_at) - start_at
+    elapsed = run_clients(client, concurrency, start_at, stop_at)
     return {"latencies_ms": latencies, "errors": len(errors), "error_samples": errors[:5], "elapsed_s": elapsed}
 
 

@@ -257,7 +257,8 @@ class _BuiltinEngine:
     def measure(self, level: int) -> tuple[dict[str, Any], list[str]]:
         """One level: client-side latencies and errors, and Triton's split over the same window."""
         endpoint, name = self.endpoint, self.spec.name
-        before = (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
+        # a stream's row has no server-side split: its statistics are not read
+        before = None if self.spec.stream else (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
         command = [
             sys.executable,
             "-m",
@@ -276,10 +277,10 @@ class _BuiltinEngine:
         if done.returncode != 0:
             raise PerfError(f"the load generator failed:\n{done.stderr[-2000:]}")
         measured = json.loads(done.stdout)
-        latencies = measured["latencies_ms"]
         if self.spec.stream:
             return stream_row(level, measured), measured["error_samples"]
         after = (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
+        latencies = measured["latencies_ms"]
         row = {
             "concurrency": level,
             "throughput": len(latencies) / measured["elapsed_s"],

@@ -152,6 +152,31 @@ class ServedFunction:
         return outcome[0]
 
 
+class InFlight:
+    """How many calls of one generation are running, and since when none is: what decides when it may retire."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._last_end = time.monotonic()
+        self._lock = threading.Lock()
+
+    def started(self) -> None:
+        """A call began."""
+        with self._lock:
+            self._running += 1
+
+    def ended(self) -> None:
+        """A call ended."""
+        with self._lock:
+            self._running -= 1
+            self._last_end = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the last call ended; 0 while one runs."""
+        with self._lock:
+            return 0.0 if self._running else time.monotonic() - self._last_end
+
+
 class Trampoline:
     """The stable callable bound into Triton once per loaded generation; ``target`` is swapped in place.
 
@@ -162,14 +187,7 @@ class Trampoline:
     def __init__(self, target: ServedFunction, batched: bool) -> None:
         self.target = target
         self.batched = batched
-        self._in_flight = 0
-        self._last_request = time.monotonic()
-        self._count_lock = threading.Lock()
-
-    def idle_for(self) -> float:
-        """Seconds since the last request finished; 0 while one is in flight."""
-        with self._count_lock:
-            return 0.0 if self._in_flight else time.monotonic() - self._last_request
+        self.in_flight = InFlight()  # requests
 
     def handlers(self, instances: int) -> list[Callable[[list], list]]:
         """One distinct callable per Triton model instance, all calling this trampoline."""
@@ -181,8 +199,7 @@ class Trampoline:
         When every request failed the same way, that is raised instead: Triton counts a raised batch as failed in its
         statistics and metrics, but a per-request error response as a success.
         """
-        with self._count_lock:
-            self._in_flight += 1
+        self.in_flight.started()
         try:
             responses = self._handle(requests)
             failures = {failure_of(r) for r in responses}
@@ -190,9 +207,7 @@ class Trampoline:
                 raise ModelError(failures.pop())
             return responses
         finally:
-            with self._count_lock:
-                self._in_flight -= 1
-                self._last_request = time.monotonic()
+            self.in_flight.ended()
 
     def _handle(self, requests: list) -> list[dict[str, np.ndarray]]:
         target = self.target  # read once: a swap mid-batch must not mix two functions

@@ -23,7 +23,7 @@ import numpy as np
 
 from tritonnb._pytriton import STREAM_PARAMETER, error_response
 from tritonnb.errors import ModelError, OutputError
-from tritonnb.served_function import ServedFunction
+from tritonnb.served_function import InFlight, ServedFunction
 from tritonnb.stream_stats import StreamStats
 from tritonnb.torch_bridge import inference_mode, use_torch_threads
 
@@ -173,20 +173,13 @@ class StreamTrampoline:
     def __init__(self, target: ServedFunction, stats: StreamStats) -> None:
         self.target = target
         self.stats = stats
-        self._active = 0
-        self._last_end = time.monotonic()
-        self._lock = threading.Lock()
+        self.in_flight = InFlight()  # streams
         self._ended = threading.Event()
 
     def end_streams(self) -> None:
         """End the streams of this generation before their next step, each with an error to its client: it is
         retired with streams still open (stopped, unbound, or past the longest wait for them)."""
         self._ended.set()
-
-    def idle_for(self) -> float:
-        """Seconds since this generation's last stream ended; 0 while one runs."""
-        with self._lock:
-            return 0.0 if self._active else time.monotonic() - self._last_end
 
     def handlers(self, instances: int) -> list[Callable[[list], Any]]:
         """One distinct async-generator callable per Triton model instance (what PyTriton streams from)."""
@@ -215,8 +208,7 @@ class StreamTrampoline:
         outcome = "cancelled"  # unless it ends otherwise: PyTriton closed this generator, or the client went away
         last = time.monotonic()  # the request's arrival, then each response's
         sent = 0
-        with self._lock:
-            self._active += 1
+        self.in_flight.started()
         self.stats.opened()
         try:
             stream = await steps.run(functools.partial(start_stream, target, request.data))
@@ -244,6 +236,4 @@ class StreamTrampoline:
                 with contextlib.suppress(OSError):
                     os.unlink(marker)
             self.stats.closed(outcome)
-            with self._lock:
-                self._active -= 1
-                self._last_end = time.monotonic()
+            self.in_flight.ended()
