@@ -19,5 +19,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/pip" install -q torch==2.13.0
 fi
 "$VENV/bin/pip" install -q -e ".[test,tutorials]"
+# the Triton engine: nvidia-pytriton without its numpy<2 pin, and a numpy 1 for its python-backend stub alone
+"$VENV/bin/python" -m tritonnb install >/dev/null
 # tests, benchmarks and scripts import the development-only helpers in devtools/ (not part of the wheel)
 "$VENV/bin/python" -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'tritonnb_dev.pth').write_text(str(pathlib.Path.cwd()) + '\n')"

@@ -79,6 +79,30 @@ def test_bytes_in_and_out(triton):
     assert out["loud"].reshape(-1).tolist() == [b"HI", b"THERE"]
 
 
+def test_serving_leaves_the_users_modules_trainable(triton):
+    """A module the served function moves (here to float64: on CPU, a move to the CPU would be a no-op) and one it
+    creates on its first call can both be trained in the notebook afterwards."""
+    torch.manual_seed(0)
+    moved = torch.nn.Linear(4, 4)
+    created: dict[str, torch.nn.Module] = {}
+
+    def fn(x):
+        if "head" not in created:
+            created["head"] = torch.nn.Linear(4, 4).double()
+        return created["head"](moved.to(torch.float64)(x.double())).float()
+
+    tritonnb.bind(fn, "trainable", inputs=["x:float32[4]"], outputs=["y:float32[4]"])
+    tritonnb.client("trainable")(np.ones((2, 4), np.float32))
+    parameters = [*moved.parameters(), *created["head"].parameters()]
+    assert not any(p.is_inference() for p in parameters)
+    before = [p.detach().clone() for p in parameters]
+    optimizer = torch.optim.SGD(parameters, lr=0.1)
+    loss = created["head"](moved(torch.randn(8, 4, dtype=torch.float64))).square().mean()
+    loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, parameters))
+
+
 def _hammer(http_url: str, model: str, stop: threading.Event, seen: list, failures: list) -> None:
     while not stop.is_set():
         status, body = infer_json(http_url, model, [fp32("x", [1, 4], [1, 1, 1, 1])])

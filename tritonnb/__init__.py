@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tritonnb.errors import (
     BindError,
     CellError,
+    EngineError,
     ExportError,
     InputError,
     ModelError,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BindError",
     "CellError",
+    "EngineError",
     "ExportError",
     "InputError",
     "ModelError",

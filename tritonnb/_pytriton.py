@@ -32,16 +32,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from pytriton.decorators import TritonContext
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.models.model import Model, ModelEvent
-from pytriton.proxy.data import TensorStore
-from pytriton.server.triton_server import TritonServer
-from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
-from pytriton.utils.distribution import get_libs_path
-from pytriton.utils.workspace import Workspace
 
+from tritonnb.engine import require_pytriton, stub_environment
 from tritonnb.signature import TensorSpec
+
+try:
+    from pytriton.constants import PYTRITON_HOME as PYTRITON_HOME  # re-exported: session reads it
+    from pytriton.decorators import TritonContext
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.models.model import Model, ModelEvent
+    from pytriton.proxy.data import TensorStore
+    from pytriton.server.triton_server import TritonServer
+    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
+    from pytriton.utils.distribution import get_libs_path
+    from pytriton.utils.workspace import Workspace
+except ImportError:
+    require_pytriton()  # raises EngineError naming the fix where PyTriton is missing
+    raise
 
 LOGGER = logging.getLogger("tritonnb")
 LogSink = Callable[[str], None]
@@ -87,10 +94,12 @@ class _DetachedTritonServer(TritonServer):
         exit_timeout_s: float,
         on_unexpected_exit: ExitHandler,
         extra_args: Sequence[str] = (),
+        stub_bin: pathlib.Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(verbose=False, **kwargs)
         self._extra_args = tuple(extra_args)
+        self._stub_bin = stub_bin
         self._log_sink = log_sink
         self._on_unexpected_exit = on_unexpected_exit
         self._exit_timeout_s = exit_timeout_s
@@ -195,6 +204,8 @@ class _DetachedTritonServer(TritonServer):
         libdir = sysconfig.get_config_var("LIBDIR")
         if libdir:  # the python backend stub must find this interpreter's libpython, not the distro's
             env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
+        if self._stub_bin is not None:  # under numpy 2, the stub's Python: a numpy 1 of its own (tritonnb.engine)
+            env["PATH"] = f"{self._stub_bin}:{env['PATH']}"
         return env
 
 
@@ -243,6 +254,7 @@ class ServerProcess(Triton):
         repositories: Sequence[pathlib.Path] = (),
         auto_complete: bool = False,
     ) -> None:
+        require_pytriton()  # the version this module patches
         self._log_sink = log_sink
         self._on_unexpected_exit = on_unexpected_exit
         self._extra_args = tritonserver_args(repositories, auto_complete)
@@ -264,6 +276,7 @@ class ServerProcess(Triton):
             exit_timeout_s=float(30 if exit_timeout is None else exit_timeout),
             on_unexpected_exit=self._on_unexpected_exit,
             extra_args=self._extra_args,
+            stub_bin=stub_environment(self._workspace.path / "stub-env"),
         )
 
     def stop(self, graceful: bool = True) -> bool:
@@ -544,7 +557,47 @@ STREAM_PATCHES = (
         "        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n",
     ),
 )
-PROXY_PATCHES = {"communication.py": HANDSHAKE_PATCHES, "model.py": ERROR_RESPONSE_PATCHES + STREAM_PATCHES}
+# numpy 2. The stub (C++, built with pybind11 2.10 against numpy 1) makes its numpy arrays through numpy 1's C API
+# and, under numpy 2, reads every dtype's item size as 0 (numpy 2 moved that field of PyArray_Descr): inputs arrive
+# as copies of their first element and outputs fail with "output tensor shape does not match size". DLPack does not
+# go through that ABI, so where the stub's Python has numpy 2, the copy of model.py sent to Triton moves numeric
+# tensors through it, both ways. Under numpy 1 the stub keeps its own path (its DLPack export names the capsule
+# "used_dlpack", which numpy 1's deleter rejects). Bytes have no DLPack form: see ``tritonnb.engine``.
+DLPACK_PATCHES = (
+    (
+        "class BatchResponsesHandler:\n",
+        "import numpy as _tritonnb_np\n"
+        "\n"
+        "_TRITONNB_DLPACK = int(_tritonnb_np.__version__.split('.')[0]) >= 2\n"
+        "\n"
+        "\n"
+        "def _tritonnb_tensor(name, array):\n"
+        "    if not _TRITONNB_DLPACK or array.dtype.kind in 'OSU':\n"
+        "        return pb_utils.Tensor(name, array)\n"
+        "    return pb_utils.Tensor.from_dlpack(name, _tritonnb_np.ascontiguousarray(array))\n"
+        "\n"
+        "\n"
+        "class BatchResponsesHandler:\n",
+    ),
+    (
+        '        self._model_inputs_names = [model_input["name"] for model_input in model_config["input"]]\n',
+        '        self._model_inputs_names = [model_input["name"] for model_input in model_config["input"]]\n'
+        "        self._tritonnb_bytes = {i['name'] for i in model_config['input']"
+        " if i['data_type'] == 'TYPE_STRING'}\n",
+    ),
+    (
+        "                request[input_name] = input_tensor.as_numpy()\n",
+        "                if not _TRITONNB_DLPACK or input_name in self._tritonnb_bytes:\n"
+        "                    request[input_name] = input_tensor.as_numpy()\n"
+        "                else:\n"
+        "                    request[input_name] = _tritonnb_np.from_dlpack(input_tensor)\n",
+    ),
+    ("                pb_utils.Tensor(name, value)\n", "                _tritonnb_tensor(name, value)\n"),
+)
+PROXY_PATCHES = {
+    "communication.py": HANDSHAKE_PATCHES,
+    "model.py": ERROR_RESPONSE_PATCHES + STREAM_PATCHES + DLPACK_PATCHES,
+}
 
 
 def error_response(message: str) -> dict[str, np.ndarray]:

@@ -19,6 +19,10 @@ class ServerStartError(TritonnbError, RuntimeError):
     """tritonserver did not come up; the message carries the tail of its log."""
 
 
+class EngineError(TritonnbError, ImportError):
+    """The Triton engine (NVIDIA's PyTriton 0.7.0) is missing or another version; the message names the fix."""
+
+
 class PortBusyError(TritonnbError, OSError):
     """A port that was asked for explicitly is already taken by another process."""
 

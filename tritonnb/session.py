@@ -16,13 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytriton.constants import PYTRITON_HOME
-from pytriton.triton import TritonConfig
-
 from tritonnb import process_exit, state
-from tritonnb._pytriton import Generation, ServerProcess
+from tritonnb._pytriton import PYTRITON_HOME, Generation, ServerProcess, TritonConfig
 from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
 from tritonnb.browser_route import BrowserRoute, browser_route, given_public_url
+from tritonnb.engine import check_bytes_supported
 from tritonnb.errors import (
     BindError,
     NoServerError,
@@ -475,6 +473,7 @@ class Server:
         input_specs = as_specs(inputs, "input") or default_inputs(fn)
         output_specs = as_specs(outputs, "output") or (DEFAULT_OUTPUT,)
         spec = ModelSpec(name, input_specs, output_specs, **spec_options, stream=stream)
+        check_bytes_supported([s.name for s in (*input_specs, *output_specs) if s.dtype == "bytes"])
         resolved_device = resolve_device(device)
         clash = next((n for n in self.models if n.lower() == name.lower() and n != name), None)
         if clash:

@@ -25,7 +25,7 @@ from tritonnb._pytriton import STREAM_PARAMETER, error_response
 from tritonnb.errors import ModelError, OutputError
 from tritonnb.served_function import InFlight, ServedFunction
 from tritonnb.stream_stats import StreamStats
-from tritonnb.torch_bridge import inference_mode, use_torch_threads
+from tritonnb.torch_bridge import no_autograd, use_torch_threads
 
 T = TypeVar("T")
 END = object()  # what a step returns once the generator is done
@@ -109,7 +109,7 @@ def next_response(target: ServedFunction, stream: Iterator | AsyncIterator, step
     """On the stream's thread: run the generator to its next ``yield`` and return that as checked outputs, or END."""
     try:
         use_torch_threads(target.torch_threads)
-        with inference_mode():
+        with no_autograd():
             item = steps.run_async(stream.__anext__()) if isinstance(stream, AsyncIterator) else next(stream)
     except (StopIteration, StopAsyncIteration):
         return END
