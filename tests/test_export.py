@@ -104,6 +104,7 @@ def test_exported_files(exported):
     assert compose["volumes"] == [{"type": "bind", "source": ".", "target": "/models", "read_only": True}]
     assert "nvcr.io/nvidia/tritonserver:24.10-py3" in (repo / "Dockerfile").read_text()
     assert "cloudpickle" in (repo / "Dockerfile").read_text()
+    assert f'"numpy=={np.__version__}"' in (repo / "Dockerfile").read_text()  # the notebook's, as for torch
 
     deployment, service = yaml.safe_load_all((repo / "kubernetes-deployment.yaml").read_text())
     pod = deployment["spec"]["template"]
@@ -284,6 +285,9 @@ def test_torchscript_refuses_bytes(triton, tmp_path):
             tritonnb.export("echo", tmp_path / "repo", model_format="torchscript")
         result = tritonnb.export("echo", tmp_path / "repo")  # the python format takes bytes, without a warm-up
         assert any("no model_warmup" in note for note in result.notes)
+        numpy_2 = int(np.__version__.split(".")[0]) >= 2  # Triton 2.51's stub reads bytes through numpy 1's C API
+        assert ('"numpy<2"' in (tmp_path / "repo" / "Dockerfile").read_text()) == numpy_2
+        assert any("bytes tensors: the image's Python gets numpy<2" in note for note in result.notes) == numpy_2
     finally:
         tritonnb.unbind("echo")
 

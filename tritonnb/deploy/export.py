@@ -103,7 +103,13 @@ def export(
             warm_up = False
             notes.append(f"no model_warmup: the function fails on Triton's zero sample ({failure})")
     config = config_text(model_config(slot.spec, model_format, slot.device, warm_up))
-    models = repository.models_after(RepositoryModel(name, backend, slot.device.startswith("cuda")))
+    strings = any(s.dtype == "bytes" for s in (*spec.inputs, *spec.outputs))
+    models = repository.models_after(RepositoryModel(name, backend, slot.device.startswith("cuda"), strings))
+    if strings and backend == "python" and runtime.numpy_requirement(models) == "numpy<2":
+        notes.append(
+            f"bytes tensors: the image's Python gets numpy<2 (this notebook has {runtime.numpy}): Triton 2.51's "
+            "python-backend stub reads and writes bytes through numpy 1's C API; serve_here.sh needs numpy<2 too"
+        )
     written = repository.write(name, number, files, config, _fleet_files(repository.name, models, runtime), notes)
     return ExportResult(name, number, model_format, repository.path, written, notes)
 

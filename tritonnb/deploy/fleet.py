@@ -33,6 +33,7 @@ class RepositoryModel:
     name: str
     backend: str  # python or pytorch
     gpu: bool
+    bytes_tensors: bool = False  # an input or output of dtype bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +43,28 @@ class Runtime:
     python: str
     torch: str
     cloudpickle: str
+    numpy: str
 
     @classmethod
     def here(cls) -> Runtime:
         """This process's versions."""
         import cloudpickle
+        import numpy
         import torch
 
         return cls(
-            f"{sys.version_info[0]}.{sys.version_info[1]}", torch.__version__.split("+")[0], cloudpickle.__version__
+            f"{sys.version_info[0]}.{sys.version_info[1]}",
+            torch.__version__.split("+")[0],
+            cloudpickle.__version__,
+            numpy.__version__,
         )
+
+    def numpy_requirement(self, models: Sequence[RepositoryModel]) -> str:
+        """The notebook's numpy; ``numpy<2`` where it is 2 and a python model has bytes tensors, which Triton 2.51's
+        python-backend stub reads and writes through numpy 1's C API only (numpy 1 loads numpy 2's pickles)."""
+        if int(self.numpy.split(".")[0]) >= 2 and any(m.backend == "python" and m.bytes_tensors for m in models):
+            return "numpy<2"
+        return f"numpy=={self.numpy}"
 
 
 def resource_name(repository: str) -> str:
@@ -74,12 +87,12 @@ def dockerfile(models: Sequence[RepositoryModel], runtime: Runtime) -> str:
         "",
     ]
     if any(m.backend == "python" for m in models):
-        lines += _python_environment(runtime)
+        lines += _python_environment(runtime, runtime.numpy_requirement(models))
     lines += [f"COPY --chown=1000:1000 . {MODELS_PATH}", 'CMD ["tritonserver", "--model-repository=/models"]', ""]
     return "\n".join(lines)
 
 
-def _python_environment(runtime: Runtime) -> list[str]:
+def _python_environment(runtime: Runtime, numpy: str) -> list[str]:
     """The notebook's Python version in a venv the python backend runs, with the stub built for that version.
 
     ``function.pt`` is bytecode of the notebook's Python, so the backend must run that version. The stock image has
@@ -89,12 +102,13 @@ def _python_environment(runtime: Runtime) -> list[str]:
     site = f"/opt/model-env/lib/python{py}/site-packages"
     return [
         f"# The python backend must run Python {py}, the notebook's: function.pt is bytecode of that version.",
+        "# nvidia-pytriton without its dependencies: it only brings the stub (its metadata would pin numpy<2).",
         "RUN apt-get update && apt-get install -y --no-install-recommends software-properties-common \\",
         "    && add-apt-repository -y ppa:deadsnakes/ppa && apt-get update \\",
         f"    && apt-get install -y --no-install-recommends python{py} python{py}-venv libpython{py} \\",
         "    && rm -rf /var/lib/apt/lists/*",
         f"RUN python{py} -m venv /opt/model-env \\",
-        f'    && /opt/model-env/bin/pip install --no-cache-dir "torch=={runtime.torch}" "numpy<2" '
+        f'    && /opt/model-env/bin/pip install --no-cache-dir "torch=={runtime.torch}" "{numpy}" '
         f'"cloudpickle=={runtime.cloudpickle}" \\',
         '    && /opt/model-env/bin/pip install --no-cache-dir --no-deps "nvidia-pytriton==0.7.0" \\',
         f"    && cp {site}/pytriton/tritonserver/python_backend_stubs/{py}/triton_python_backend_stub \\",
@@ -139,8 +153,10 @@ SERVE_HERE = """\
 #!/usr/bin/env bash
 # Serve this repository with the tritonserver that ships in nvidia-pytriton, on this machine, without Docker.
 #   PYTHON=/path/to/venv/bin/python bash serve_here.sh [tritonserver flags, e.g. --http-port=8000]
-# That Python needs nvidia-pytriton==0.7.0, and for python-format models torch, numpy<2 and cloudpickle,
-# and must be the Python version the models were exported from (export.json in each version says which).
+# That Python needs nvidia-pytriton==0.7.0 (pip install --no-deps, or python -m tritonnb install), and for
+# python-format models torch, numpy and cloudpickle (numpy<2 for a model with bytes tensors: Triton 2.51's stub
+# reads and writes them through numpy 1's C API), and must be the Python version the models were exported from
+# (export.json in each version says which).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 python=${PYTHON:-python3}

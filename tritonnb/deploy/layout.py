@@ -11,7 +11,7 @@ import shutil
 import tempfile
 
 from tritonnb.deploy.fleet import RepositoryModel
-from tritonnb.deploy.model_config import parse_config
+from tritonnb.deploy.model_config import TYPE_NAMES, parse_config
 from tritonnb.errors import ExportError, SpecError
 
 GENERATED = ".tritonnb-generated.json"  # digests of the files around the models as last written
@@ -79,7 +79,8 @@ class Repository:
             if name not in models:
                 config = parse_config(config_path.read_text())
                 gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
-                models[name] = RepositoryModel(name, config.backend, gpu)
+                strings = any(t.data_type == TYPE_NAMES["bytes"] for t in (*config.input, *config.output))
+                models[name] = RepositoryModel(name, config.backend, gpu, strings)
         return sorted(models.values(), key=lambda m: m.name)
 
     def write(

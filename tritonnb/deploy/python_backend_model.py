@@ -6,6 +6,10 @@ cloudpickle, and the Python minor version the notebook ran (``export.json`` says
 
 Requests that Triton batches together run as one call; if that call fails, each request runs again on its own, so a
 bad request fails alone.
+
+Under numpy 2, numeric tensors move through DLPack: the python-backend stub of Triton 2.51 (the one nvidia-pytriton
+carries) builds its numpy arrays through numpy 1's C API, which numpy 2 changed. Bytes tensors have no DLPack form, so
+a model with bytes tensors needs numpy<2.
 """
 
 import json
@@ -16,6 +20,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 FUNCTION_FILE = "function.pt"
+DLPACK = int(np.__version__.split(".")[0]) >= 2
 
 
 class TritonPythonModel:
@@ -25,6 +30,12 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.batched = config["max_batch_size"] > 0
         self.inputs = [spec["name"] for spec in config["input"]]
+        strings = [t["name"] for t in config["input"] + config["output"] if t["data_type"] == "TYPE_STRING"]
+        if DLPACK and strings:
+            raise pb_utils.TritonModelException(
+                f"bytes tensors ({', '.join(strings)}) need numpy<2 here (this Python has numpy {np.__version__}): "
+                "Triton 2.51's python-backend stub reads and writes them through numpy 1's C API"
+            )
         gpu = args["model_instance_kind"] == "GPU"
         self.device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
         if gpu:
@@ -33,7 +44,7 @@ class TritonPythonModel:
         self.function = torch.load(path, map_location=self.device, weights_only=False)
 
     def execute(self, requests: list) -> list:
-        arrays = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
+        arrays = [{n: _array(pb_utils.get_input_tensor_by_name(r, n)) for n in self.inputs} for r in requests]
         if self.batched and len(requests) > 1:
             try:
                 return self._split(self._run(_merged(arrays)), [len(a[self.inputs[0]]) for a in arrays])
@@ -50,12 +61,12 @@ class TritonPythonModel:
             outputs = self._run(arrays)
         except Exception as error:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(error).__name__}: {error}"))
-        return pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in outputs.items()])
+        return pb_utils.InferenceResponse([_tensor(n, v) for n, v in outputs.items()])
 
     def _split(self, outputs: dict, sizes: list) -> list:
         responses, start = [], 0
         for size in sizes:
-            tensors = [pb_utils.Tensor(n, v[start : start + size]) for n, v in outputs.items()]
+            tensors = [_tensor(n, v[start : start + size]) for n, v in outputs.items()]
             responses.append(pb_utils.InferenceResponse(tensors))
             start += size
         return responses
@@ -63,3 +74,15 @@ class TritonPythonModel:
 
 def _merged(arrays: list) -> dict:
     return {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]}
+
+
+def _array(tensor: "pb_utils.Tensor") -> np.ndarray:
+    """An input as a numpy array (through DLPack under numpy 2)."""
+    return np.from_dlpack(tensor) if DLPACK else tensor.as_numpy()
+
+
+def _tensor(name: str, array: np.ndarray) -> "pb_utils.Tensor":
+    """An output tensor (through DLPack under numpy 2)."""
+    if DLPACK:
+        return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+    return pb_utils.Tensor(name, array)
