@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from binder_build import BinderBuild
 from helpers import free_ports, port_ports, process_tree, wait_gone, wait_ports_free
@@ -55,3 +57,17 @@ def binder_build(request, tmp_path_factory):
     build = BinderBuild(tmp_path_factory.mktemp("binder")).start()
     yield build
     build.remove()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run where torch sees CUDA (or with TRITONNB_GPU_TEST_DEVICE=cpu); elsewhere they are
+    skipped, and counted as skipped."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests or os.environ.get("TRITONNB_GPU_TEST_DEVICE") == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device: scripts/test_gpu.sh runs these on a GPU machine")
+        for item in gpu_tests:
+            item.add_marker(skip)
