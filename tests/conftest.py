@@ -7,6 +7,7 @@ import os
 import pytest
 from binder_build import BinderBuild
 from helpers import free_ports, port_ports, process_tree, wait_gone, wait_ports_free
+from wheel_build import WheelBuild
 
 import tritonnb
 
@@ -55,6 +56,18 @@ def binder_build(request, tmp_path_factory):
         yield None
         return
     build = BinderBuild(tmp_path_factory.mktemp("binder")).start()
+    yield build
+    build.remove()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wheel_build(request, tmp_path_factory):
+    """The wheel lane's environment (numpy 2, then the wheel), built in the background from the session's start when
+    its test is collected; removed at the end."""
+    if not any(item.path.name == "test_wheel_numpy2.py" for item in request.session.items):
+        yield None
+        return
+    build = WheelBuild(tmp_path_factory.mktemp("wheel")).start()
     yield build
     build.remove()
 

@@ -174,8 +174,11 @@ def test_notebook_runs_on_binder(binder, name, tmp_path):
     running."""
     notebook_path = binder.repo / "notebooks" / name
     notebook = nbformat.read(notebook_path, as_version=4)
-    # one cell more, after the tutorial's own: which Python and which tritonnb the kernel ran
-    check = "import sys, tritonnb\nprint('KERNEL', sys.executable)\nprint('TRITONNB', tritonnb.__file__)"
+    # one cell more, after the tutorial's own: which Python, tritonnb and numpy the kernel ran
+    check = (
+        "import sys, numpy, tritonnb\nprint('KERNEL', sys.executable)\nprint('TRITONNB', tritonnb.__file__)\n"
+        "print('NUMPY', numpy.__version__.split('.')[0])"
+    )
     notebook.cells.append(nbformat.v4.new_code_cell(check))
     nbformat.write(notebook, notebook_path)
     started = time.perf_counter()
@@ -212,6 +215,7 @@ def test_notebook_runs_on_binder(binder, name, tmp_path):
     assert "stopped in" in texts  # every tutorial ends with %triton stop
     assert f"KERNEL {binder.env / 'bin'}{os.sep}" in texts, "the kernel did not run the Binder environment's Python"
     assert f"TRITONNB {binder.env}" in texts, "the kernel did not import the installed tritonnb"
+    assert "NUMPY 1" not in texts, "pip gave the Binder environment numpy 1: something pins numpy<2 again"
     # the marker reached the servers (else the leftover check below would be blind), and none of them is left
     assert any(seen.startswith("tritonserver:") for seen in result["seen"].values()), result["seen"]
     assert result["leftover"] == {}, f"still running after {name} ended: {result['leftover']}"

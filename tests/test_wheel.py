@@ -2,7 +2,8 @@
 
 That a non-editable install resolves its dependencies and runs the tutorials is the Binder test's part
 (tests/test_notebooks.py: ``pip install -r binder/requirements.txt`` installs ``.[tutorials]`` for real into a clean
-environment and runs every notebook with it).
+environment and runs every notebook with it, under numpy 2); that it keeps an environment's numpy 2 and serves there
+is the wheel lane's (tests/test_wheel_numpy2.py).
 """
 
 from __future__ import annotations
