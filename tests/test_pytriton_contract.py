@@ -57,7 +57,17 @@ def test_stub_patches_apply_to_the_stub_files():
     compile(text, "communication.py", "exec")
     model = files["file:1/model.py"].decode()
     assert "__tritonnb_error__" in model and "pb_utils.TritonError(message)" in model
+    assert "_tritonnb_np.from_dlpack(input_tensor)" in model and "pb_utils.Tensor.from_dlpack(name" in model
+    assert "input_tensor.as_numpy()" in model  # kept for bytes and for a stub with numpy 1
     compile(model, "model.py", "exec")
+
+
+def test_the_stub_finds_its_packages_through_the_python_on_path():
+    """tritonnb.engine gives the stub its own numpy 1 by putting a virtual environment's bin first on PATH: PyTriton
+    does the same for its own environment, and the stub's Python ignores PYTHONPATH (it runs isolated)."""
+    assert 'env["PATH"] = f"{python_bin_directory.as_posix()}:{env[\'PATH\']}"' in inspect.getsource(
+        TritonServer._get_env
+    )
 
 
 def test_model_and_tensor_store_internals():

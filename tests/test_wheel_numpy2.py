@@ -36,6 +36,11 @@ def test_installing_the_wheel_keeps_numpy_2(wheel_env):
     assert now == wheel_env.numpy_before, f"pip changed numpy from {wheel_env.numpy_before} to {now}"
 
 
+def test_without_the_engine_the_first_start_names_the_command(wheel_env):
+    assert wheel_env.before_engine.startswith("EngineError: NVIDIA's PyTriton"), wheel_env.before_engine
+    assert "-m tritonnb install` once (it keeps your numpy)" in wheel_env.before_engine
+
+
 def test_the_lane_passes_against_the_installed_package(wheel_env, tmp_path):
     """The tests run from a copy of tests/ and devtools/ without the package's source, so ``import tritonnb`` is the
     installed wheel's."""

@@ -21,6 +21,16 @@ from binder_build import FIND_TRITONNB, _copy_repository, _run, inside
 
 PIP_TIMEOUT_S = 1200
 TEST_TOOLS = ["pytest>=8", "pytest-timeout", "psutil"]
+# what a first cell meets before `python -m tritonnb install`: written to the file "before-engine"
+BEFORE_ENGINE = """
+import tritonnb
+try:
+    tritonnb.start()
+    said = "started without the engine"
+except tritonnb.EngineError as error:
+    said = f"EngineError: {error}"
+open("before-engine", "w").write(said)
+"""
 
 
 @dataclasses.dataclass
@@ -29,6 +39,7 @@ class WheelEnv:
 
     env: pathlib.Path
     numpy_before: str
+    before_engine: str  # what tritonnb.start() said before `python -m tritonnb install`
 
     @property
     def python(self) -> pathlib.Path:
@@ -61,6 +72,7 @@ class WheelBuild:
             [python, "-m", "pip", "install", "-q", "numpy>=2", "torch==2.13.0"],
             [python, "-c", "import numpy; open('numpy-before', 'w').write(numpy.__version__)"],
             [python, "-m", "pip", "install", "-q", str(wheel), *TEST_TOOLS],
+            [python, "-c", BEFORE_ENGINE],
             [python, "-m", "tritonnb", "install"],
         ]
         script = " && ".join(shlex.join(map(str, step)) for step in steps)
@@ -84,7 +96,7 @@ class WheelBuild:
             pytest.fail(f"the wheel environment took over {PIP_TIMEOUT_S} s to build")
         if code != 0:
             pytest.fail(f"building the wheel environment failed (exit {code}):\n{self.log.read_text()[-5000:]}")
-        built = WheelEnv(self.env, (self.base / "numpy-before").read_text())
+        built = WheelEnv(self.env, *((self.base / name).read_text() for name in ("numpy-before", "before-engine")))
         where = [str(built.python), "-c", f"import importlib.util; print({FIND_TRITONNB})"]
         found = _run("import tritonnb", where, cwd=self.base)
         assert inside(found.strip(), self.env), found

@@ -15,8 +15,9 @@ How a ``%%triton_model`` cell flows through the modules (each layer only calls t
    Triton's model-control API and retires the old one once it is quiet.
 5. ``served_function``: the trampoline Triton's handler threads call: numpy -> torch (``torch_bridge``) -> the
    user's function -> numpy, with the batch merged and split.
-6. ``_pytriton``: the only module touching PyTriton's private names; ``signature`` and ``errors`` are the plain
-   data and exceptions every layer shares.
+6. ``_pytriton``: the only module touching PyTriton's private names (and the stub code it sends to Triton);
+   ``engine`` installs PyTriton beside any numpy (``python -m tritonnb install``) and says what is missing;
+   ``signature`` and ``errors`` are the plain data and exceptions every layer shares.
 
 Load tests (``perf``, ``loadgen``, ``tune``) sit beside ``bind`` and use the same server object (their charts:
 ``charts``, matplotlib; the live panel's chart: ``widgets.live_chart``); a model tritonnb did
