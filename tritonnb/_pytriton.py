@@ -574,7 +574,7 @@ DLPACK_PATCHES = (
         "def _tritonnb_tensor(name, array):\n"
         "    if not _TRITONNB_DLPACK or array.dtype.kind in 'OSU':\n"
         "        return pb_utils.Tensor(name, array)\n"
-        "    return pb_utils.Tensor.from_dlpack(name, _tritonnb_np.ascontiguousarray(array))\n"
+        "    return pb_utils.Tensor.from_dlpack(name, _tritonnb_np.require(array, requirements='CW'))\n"
         "\n"
         "\n"
         "class BatchResponsesHandler:\n",

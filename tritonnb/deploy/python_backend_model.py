@@ -84,5 +84,5 @@ def _array(tensor: "pb_utils.Tensor") -> np.ndarray:
 def _tensor(name: str, array: np.ndarray) -> "pb_utils.Tensor":
     """An output tensor (through DLPack under numpy 2)."""
     if DLPACK:
-        return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array))
+        return pb_utils.Tensor.from_dlpack(name, np.require(array, requirements="CW"))  # DLPack: no read-only
     return pb_utils.Tensor(name, array)
