@@ -48,28 +48,27 @@ def served():
     assert wait_gone(processes) == []
 
 
-@pytest.fixture(scope="session", autouse=True)
-def binder_build(request, tmp_path_factory):
-    """The Binder test's environment takes minutes of pip: when that test is collected, its build starts with the
-    session and goes on in the background while other tests run. Removed at the end."""
-    if not any(item.path.name == "test_notebooks.py" for item in request.session.items):
+def _in_the_background(request, folder, build_type, module: str):
+    """A build of minutes (pip installs) that starts with the session, when ``module``'s tests are collected, and
+    goes on in the background while other tests run; removed at the end."""
+    if not any(item.path.name == module for item in request.session.items):
         yield None
         return
-    build = BinderBuild(tmp_path_factory.mktemp("binder")).start()
+    build = build_type(folder).start()
     yield build
     build.remove()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def binder_build(request, tmp_path_factory):
+    """The Binder test's environment (tests/test_notebooks.py)."""
+    yield from _in_the_background(request, tmp_path_factory.mktemp("binder"), BinderBuild, "test_notebooks.py")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def wheel_build(request, tmp_path_factory):
-    """The wheel lane's environment (numpy 2, then the wheel), built in the background from the session's start when
-    its test is collected; removed at the end."""
-    if not any(item.path.name == "test_wheel_numpy2.py" for item in request.session.items):
-        yield None
-        return
-    build = WheelBuild(tmp_path_factory.mktemp("wheel")).start()
-    yield build
-    build.remove()
+    """The wheel lane: numpy 2, then the wheel, then its tests (tests/test_wheel_numpy2.py)."""
+    yield from _in_the_background(request, tmp_path_factory.mktemp("wheel"), WheelBuild, "test_wheel_numpy2.py")
 
 
 def pytest_collection_modifyitems(config, items):

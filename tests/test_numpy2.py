@@ -4,6 +4,7 @@ and gives the stub a numpy 1 of its own for bytes (``python -m tritonnb install`
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -56,6 +57,7 @@ def _round_trip(dtype: str) -> np.ndarray:
     return sent, tritonnb.client(f"same_{dtype}")(sent)["y"]
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="numpy 1 has no build for Python 3.13")
 def test_every_dtype_round_trips_with_the_stubs_own_numpy_1(fresh_server):
     assert engine.stub_numpy_ready(), "scripts/setup.sh runs python -m tritonnb install"
     server = fresh_server()
@@ -76,7 +78,7 @@ def test_numeric_dtypes_go_through_dlpack_where_the_stub_has_numpy_2(fresh_serve
     (folder,) = _stub_numpy_folders(server)
     assert folder == str(pathlib.Path(np.__file__).parent)  # the environment's numpy 2
     with pytest.raises(
-        tritonnb.SpecError, match=r"bytes tensors \(x\) cannot be served under numpy 2.*tritonnb install"
+        tritonnb.SpecError, match=r"bytes tensors \(x\) cannot be served under numpy 2.*(tritonnb install|Python 3.13)"
     ):
         tritonnb.bind(lambda x: x.float(), "text", inputs=["x:bytes[1]"], outputs=["y:float32[1]"])
     assert "text" not in server.models

@@ -101,9 +101,9 @@ def check_bytes_supported(names: list[str]) -> None:
     )
 
 
-def install(pip: list[str] | None = None) -> int:
+def install() -> int:
     """Install PyTriton without its numpy pin, and (up to Python 3.12) the stub's own numpy 1. Returns pip's code."""
-    pip = pip or [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
+    pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
     steps = [[*pip, "--no-deps", PYTRITON]]
     if sys.version_info < (3, 13):
         target = stub_numpy_folder()
@@ -113,5 +113,8 @@ def install(pip: list[str] | None = None) -> int:
         code = subprocess.call(step)
         if code != 0:
             return code
-    print(f"tritonnb install: done; the stub's numpy is in {stub_numpy_folder()}" if len(steps) > 1 else "done")
+    if len(steps) > 1:
+        print(f"tritonnb install: done; the stub's numpy is in {stub_numpy_folder()}")
+    else:
+        print("tritonnb install: done; numpy 1 has no build for Python 3.13, so bytes tensors need numpy<2 here")
     return 0
