@@ -24,7 +24,7 @@ from tritonnb.errors import EngineError, SpecError
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 STUB_NUMPY = "numpy==1.26.4"  # the last numpy 1: wheels for CPython 3.9 to 3.12
-INSTALL_COMMAND = f"{pathlib.Path(sys.executable).name} -m tritonnb install"
+INSTALL_COMMAND = f"{sys.executable} -m tritonnb install"  # this environment's Python, by its full path
 
 
 def require_pytriton() -> None:
