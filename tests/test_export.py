@@ -19,6 +19,7 @@ from jupyter_client.manager import KernelManager
 from tritonclient.grpc import model_config_pb2
 
 import tritonnb
+from tritonnb import engine
 from tritonnb.deploy.model_config import parse_config
 from tritonnb.errors import ExportError, UnknownModelError
 
@@ -285,7 +286,7 @@ def test_torchscript_refuses_bytes(triton, tmp_path):
             tritonnb.export("echo", tmp_path / "repo", model_format="torchscript")
         result = tritonnb.export("echo", tmp_path / "repo")  # the python format takes bytes, without a warm-up
         assert any("no model_warmup" in note for note in result.notes)
-        numpy_2 = int(np.__version__.split(".")[0]) >= 2  # Triton 2.51's stub reads bytes through numpy 1's C API
+        numpy_2 = engine.numpy_2()  # Triton 2.51's stub reads bytes through numpy 1's C API
         assert ('"numpy<2"' in (tmp_path / "repo" / "Dockerfile").read_text()) == numpy_2
         assert any("bytes tensors: the image's Python gets numpy<2" in note for note in result.notes) == numpy_2
     finally:
