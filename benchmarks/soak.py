@@ -315,7 +315,7 @@ class Footprint:
 def server_group() -> list[int]:
     """tritonserver and its python backend stubs: the server's process group."""
     import tritonnb
-    from tritonnb._pytriton import process_group
+    from tritonnb.triton._pytriton import process_group
 
     server = tritonnb.server()
     pid = server.pid if server is not None else None

@@ -25,8 +25,8 @@ import torch
 from pytriton.decorators import batch
 from pytriton.proxy.types import Request
 
-from tritonnb import torch_bridge
-from tritonnb.served_function import ServedFunction, Trampoline
+from tritonnb.serving import torch_bridge
+from tritonnb.serving.served_function import ServedFunction, Trampoline
 from tritonnb.signature import parse_spec
 
 

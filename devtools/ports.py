@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from tritonnb.ports import port_is_free
+from tritonnb.triton.ports import port_is_free
 
 
 def free_loopback_ports(count: int) -> list[int]:

@@ -16,7 +16,7 @@ if ! "$python" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; 
     exit 2
 fi
 "$python" - <<'PY' | tee "$logs/environment.txt"
-import sys, numpy, torch, tritonnb, tritonnb.engine as engine
+import sys, numpy, torch, tritonnb, tritonnb.triton.engine as engine
 print("python", sys.version.split()[0], "| numpy", numpy.__version__, "| torch", torch.__version__,
       "| GPUs", [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
 print("tritonnb", tritonnb.__file__, "| stub numpy 1 for bytes:", engine.stub_numpy_ready() or not engine.numpy_2())

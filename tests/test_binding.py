@@ -13,8 +13,8 @@ import torch
 from helpers import fp32, infer_json
 
 import tritonnb
-from tritonnb import engine
 from tritonnb.errors import BindError
+from tritonnb.triton import engine
 
 
 def _double(x):

@@ -18,7 +18,7 @@ from helpers import free_ports, port_ports, process_tree, wait_gone
 from IPython.core.error import UsageError
 
 import tritonnb
-from tritonnb.browser_route import PUBLIC_URL_ENV, browser_route, given_public_url
+from tritonnb.triton.browser_route import PUBLIC_URL_ENV, browser_route, given_public_url
 
 
 @pytest.fixture

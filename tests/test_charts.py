@@ -10,12 +10,12 @@ import threading
 import pytest
 from PIL import Image
 
-from tritonnb.charts import COLOURS, perf_chart, tune_chart
 from tritonnb.errors import SpecError
-from tritonnb.monitor import ModelMetrics, Snapshot
-from tritonnb.perf import ROW_KEYS, PerfResult, plot
-from tritonnb.tune import TUNE_KEYS, TuneResult, pareto_front
-from tritonnb.widgets.live_chart import LiveChart, nice_ceiling
+from tritonnb.loadtest.charts import COLOURS, perf_chart, tune_chart
+from tritonnb.loadtest.perf import ROW_KEYS, PerfResult, plot
+from tritonnb.loadtest.tune import TUNE_KEYS, TuneResult, pareto_front
+from tritonnb.observe.monitor import ModelMetrics, Snapshot
+from tritonnb.ui.live_chart import LiveChart, nice_ceiling
 
 
 def _row(concurrency: int, throughput: float, p50: float | None, p95: float | None, errors: int = 0) -> dict:

@@ -19,9 +19,9 @@ from jupyter_client.manager import KernelManager
 from tritonclient.grpc import model_config_pb2
 
 import tritonnb
-from tritonnb import engine
 from tritonnb.deploy.model_config import parse_config
 from tritonnb.errors import ExportError, UnknownModelError
+from tritonnb.triton import engine
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -294,7 +294,7 @@ def test_torchscript_refuses_bytes(triton, tmp_path):
 
 
 def test_bundled_server_is_the_release_the_files_name(triton):
-    from tritonnb.deploy.fleet import TRITON_VERSION, triton_image
+    from tritonnb.deploy.compose import TRITON_VERSION, triton_image
 
     assert triton.version == TRITON_VERSION
     assert triton_image() == "nvcr.io/nvidia/tritonserver:24.10-py3"

@@ -20,13 +20,13 @@ from ipywidgets.widgets.widget import _instances
 
 import tritonnb
 from tritonnb import state
-from tritonnb.metrics_text import PHASES, parse_metrics
-from tritonnb.monitor import ModelMetrics, Monitor, Snapshot, target_for
-from tritonnb.ports import port_is_free
-from tritonnb.settings import resolve_settings
-from tritonnb.widgets import render
-from tritonnb.widgets.fleet import FleetPanel
-from tritonnb.widgets.panel import Panel
+from tritonnb.observe.metrics_text import PHASES, parse_metrics
+from tritonnb.observe.monitor import ModelMetrics, Monitor, Snapshot, target_for
+from tritonnb.triton.ports import port_is_free
+from tritonnb.triton.settings import resolve_settings
+from tritonnb.ui import render
+from tritonnb.ui.fleet_panel import FleetPanel
+from tritonnb.ui.panel import Panel
 
 SPEC = {"inputs": ["x:float32[4]"], "outputs": ["y:float32[4]"]}
 SERVE = """

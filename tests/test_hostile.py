@@ -31,7 +31,7 @@ import pytest
 from helpers import fp32, free_ports, infer_json
 
 import tritonnb
-from tritonnb.session import Server
+from tritonnb.serving.server import Server
 
 TIMEOUT_S = 60.0  # per raw request; every answer measured here took < 2 s
 BILLION = 10**9

@@ -12,12 +12,12 @@ import pytest
 from helpers import process_tree, wait_gone
 
 import tritonnb
-from tritonnb.metrics_text import parse_metrics
-from tritonnb.monitor import Monitor, target_for
-from tritonnb.poller import Poller
-from tritonnb.widgets import render
-from tritonnb.widgets.live_chart import LiveChart
-from tritonnb.widgets.panel import ModelStrip, Panel
+from tritonnb.observe.metrics_text import parse_metrics
+from tritonnb.observe.monitor import Monitor, target_for
+from tritonnb.observe.poller import Poller
+from tritonnb.ui import render
+from tritonnb.ui.live_chart import LiveChart
+from tritonnb.ui.panel import ModelStrip, Panel
 
 SPEC = {"inputs": ["x:float32[4]"], "outputs": ["y:float32[4]"]}
 

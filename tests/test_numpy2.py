@@ -11,7 +11,7 @@ import pytest
 from helpers import free_ports, port_ports, process_tree, wait_gone
 
 import tritonnb
-from tritonnb import engine
+from tritonnb.triton import engine
 
 pytestmark = pytest.mark.skipif(not engine.numpy_2(), reason="this environment has numpy 1")
 DTYPES = {

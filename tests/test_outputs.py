@@ -11,7 +11,7 @@ import pytest
 from helpers import fp32, infer_json
 
 import tritonnb
-from tritonnb.statistics import fetch_stats
+from tritonnb.observe.stats_api import fetch_stats
 
 
 def _double(x):

@@ -17,10 +17,10 @@ from IPython.utils.capture import capture_output
 
 import tritonnb
 from tritonnb.errors import PerfError, WarmupError
-from tritonnb.perf import ROW_KEYS, run_perf
+from tritonnb.loadtest.perf import ROW_KEYS, run_perf
+from tritonnb.loadtest.tune import tune
+from tritonnb.observe.stats_api import fetch_stats
 from tritonnb.signature import ModelSpec, TensorSpec
-from tritonnb.statistics import fetch_stats
-from tritonnb.tune import tune
 
 SPEC = {"inputs": ["x:float32[4]"], "outputs": ["y:float32[4]"]}
 SPEC_OUT = (TensorSpec("y", "float32", (4,)),)

@@ -1,4 +1,4 @@
-"""Pins the PyTriton 0.7.0 internals that tritonnb._pytriton relies on; an upgrade fails here first."""
+"""Pins the PyTriton 0.7.0 internals that tritonnb.triton._pytriton relies on; an upgrade fails here first."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_load_model_flag_can_be_dropped():
 
 
 def test_stub_patches_apply_to_the_stub_files():
-    from tritonnb._pytriton import patched_proxy_files
+    from tritonnb.triton._pytriton import patched_proxy_files
 
     version_one = SimpleNamespace(model_version=1, SCRIPT_FILES_TO_COPY=Model.SCRIPT_FILES_TO_COPY)
     files = patched_proxy_files(Model.get_proxy_model_files(version_one))
@@ -63,7 +63,8 @@ def test_stub_patches_apply_to_the_stub_files():
 
 
 def test_the_stub_finds_its_packages_through_the_python_on_path():
-    """tritonnb.engine gives the stub its own numpy 1 by putting a virtual environment's bin first on PATH: PyTriton
+    """tritonnb.triton.engine gives the stub its own numpy 1 by putting a virtual environment's bin first on PATH:
+    PyTriton
     does the same for its own environment, and the stub's Python ignores PYTHONPATH (it runs isolated)."""
     assert 'env["PATH"] = f"{python_bin_directory.as_posix()}:{env[\'PATH\']}"' in inspect.getsource(
         TritonServer._get_env

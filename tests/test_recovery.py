@@ -14,8 +14,8 @@ import pytest
 from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone
 
 import tritonnb
-from tritonnb.monitor import Monitor, target_for
-from tritonnb.widgets import render
+from tritonnb.observe.monitor import Monitor, target_for
+from tritonnb.ui import render
 
 ANSWER_DEADLINE_S = 60.0  # generous: how long recovery takes is measured by benchmarks/soak.py, not asserted here
 
@@ -96,7 +96,7 @@ def test_kill_9_restarts_on_the_same_ports_and_every_model_answers_again(served)
 
 def test_crash_shows_in_status_text_panel_and_strip(served, capsys):
     _kill_and_wait_for_answers(served)
-    from tritonnb.report import format_status
+    from tritonnb.ui.report import format_status
 
     text = format_status(served.status())
     assert "restart on crash: on; restarts so far: 1" in text and "killed by SIGKILL" in text

@@ -18,12 +18,12 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 import tritonnb
-from tritonnb.monitor import Monitor, target_for
-from tritonnb.perf import run_perf
-from tritonnb.remote_spec import remote_spec
-from tritonnb.repository import needs_auto_complete
+from tritonnb.loadtest.perf import run_perf
+from tritonnb.observe.monitor import Monitor, target_for
+from tritonnb.observe.remote_spec import remote_spec
 from tritonnb.signature import ModelSpec, TensorSpec
-from tritonnb.widgets import render
+from tritonnb.triton.repository import needs_auto_complete
+from tritonnb.ui import render
 
 CONFIG = """
 name: "{name}"

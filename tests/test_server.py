@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 import tritonnb
 from tritonnb.errors import PortBusyError
-from tritonnb.settings import resolve_settings
+from tritonnb.triton.settings import resolve_settings
 
 
 def _listening_addresses(pid: int) -> set[tuple[str, int]]:
@@ -78,7 +78,7 @@ def test_start_removes_what_killed_servers_left_behind_and_nothing_else(own_serv
 
     from pytriton.constants import PYTRITON_HOME
 
-    from tritonnb.leftovers import OWNER_FILE, pid_namespace
+    from tritonnb.triton.leftovers import OWNER_FILE, pid_namespace
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)

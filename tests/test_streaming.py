@@ -281,9 +281,9 @@ def test_every_model_the_generate_extension_serves_shows_its_curl(triton):
 
 
 def test_perf_measures_first_response_and_between_responses_and_the_panel_shows_streams(triton):
-    from tritonnb.monitor import Monitor, target_for
-    from tritonnb.perf import run_perf
-    from tritonnb.widgets.render import models_html, strip_html
+    from tritonnb.loadtest.perf import run_perf
+    from tritonnb.observe.monitor import Monitor, target_for
+    from tritonnb.ui.render import models_html, strip_html
 
     def five(x):
         for i in range(5):

@@ -180,7 +180,7 @@ def test_two_kernels_with_default_ports_serve_side_by_side(kernels: list[Kernel]
 
     # each panel watches its own server only
     panel_code = (
-        "from tritonnb.monitor import Monitor\n"
+        "from tritonnb.observe.monitor import Monitor\n"
         "p = tritonnb.panel()\n"
         "snapshot = Monitor(p.target).poll()\n"
         "print(json.dumps({'panel': p.target.http_url, 'panel_metrics': p.target.metrics_url,"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from tritonnb.card import curl_command, example_shape
 from tritonnb.errors import OutputError, SignatureMismatch, SpecError
-from tritonnb.output_check import checked_outputs
-from tritonnb.perf import perf_analyzer_command
-from tritonnb.served_function import calls_by_keyword
+from tritonnb.loadtest.perf import perf_analyzer_command
+from tritonnb.serving.output_check import checked_outputs
+from tritonnb.serving.served_function import calls_by_keyword
+from tritonnb.serving.torch_bridge import resolve_device
 from tritonnb.signature import ModelSpec, TensorSpec, as_specs, default_inputs, parse_spec
-from tritonnb.torch_bridge import resolve_device
+from tritonnb.ui.card import curl_command, example_shape
 
 
 @pytest.mark.parametrize(
@@ -133,8 +133,8 @@ def test_model_spec_validation_and_example_requests():
 
 
 def test_panel_rendering_of_gpus_down_state_and_strip():
-    from tritonnb.monitor import ModelMetrics, Snapshot
-    from tritonnb.widgets import render
+    from tritonnb.observe.monitor import ModelMetrics, Snapshot
+    from tritonnb.ui import render
 
     gpu = {
         "uuid": "GPU-0",
@@ -182,7 +182,7 @@ def test_perf_analyzer_ranges_only_go_up():
 def test_server_logs_share_the_capture_and_give_loggers_back_as_they_were(tmp_path):
     import logging
 
-    from tritonnb.server_log import WATCHED_LOGGERS, ServerLog
+    from tritonnb.triton.logs import WATCHED_LOGGERS, ServerLog
 
     def settings():
         return {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in WATCHED_LOGGERS}
@@ -203,7 +203,7 @@ def test_server_logs_share_the_capture_and_give_loggers_back_as_they_were(tmp_pa
 
 
 def test_ipv6_loopback_is_loopback_and_urls_bracket_it():
-    from tritonnb.settings import ServerSettings, is_loopback
+    from tritonnb.triton.settings import ServerSettings, is_loopback
 
     assert is_loopback("::1") and is_loopback("127.0.0.2") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("example.org")
@@ -216,7 +216,7 @@ def test_ipv6_loopback_is_loopback_and_urls_bracket_it():
 
 
 def test_ipv6_http_address_is_a_clear_error():
-    from tritonnb.settings import resolve_settings
+    from tritonnb.triton.settings import resolve_settings
 
     with pytest.raises(SpecError, match="IPv6 HTTP address"):
         resolve_settings(http_address="::1")
@@ -227,7 +227,7 @@ def test_run_to_the_end_finishes_the_work_before_raising_an_interrupt():
     import signal
     import threading
 
-    from tritonnb.binding import run_to_the_end
+    from tritonnb.serving.binding import run_to_the_end
 
     finished = []
 
@@ -246,7 +246,7 @@ def test_run_to_the_end_finishes_the_work_before_raising_an_interrupt():
 
 
 def test_magic_lines_split_like_a_shell():
-    from tritonnb.magics import TritonMagics, _parse
+    from tritonnb.ui.magics import TritonMagics, _parse
 
     args = _parse(TritonMagics.triton_perf, "m --input-data 'my data.npz' --concurrency 1,2")
     assert args.input_data == "my data.npz" and args.concurrency == [1, 2]
@@ -256,7 +256,7 @@ def test_magic_lines_split_like_a_shell():
 
 def test_calls_that_outlive_the_timeout_are_capped_and_counted():
     from tritonnb.errors import ModelTimeout
-    from tritonnb.served_function import MAX_RUNNING_LATE, ServedFunction
+    from tritonnb.serving.served_function import MAX_RUNNING_LATE, ServedFunction
 
     release = threading.Event()
     reported: list[str] = []
@@ -286,7 +286,7 @@ def test_calls_that_outlive_the_timeout_are_capped_and_counted():
 
 
 def test_stream_figures_count_every_response_of_a_busy_window():
-    from tritonnb.stream_stats import StreamStats
+    from tritonnb.serving.stream_stats import StreamStats
 
     stats = StreamStats()
     stats.opened()

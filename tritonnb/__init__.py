@@ -53,13 +53,13 @@ from tritonnb.errors import (
 )
 
 if TYPE_CHECKING:
-    from tritonnb.card import ModelCard
     from tritonnb.deploy.export import ExportResult
     from tritonnb.model_client import ModelClient
-    from tritonnb.session import Server
+    from tritonnb.serving.server import Server
     from tritonnb.signature import TensorSpec
-    from tritonnb.widgets.fleet import FleetPanel
-    from tritonnb.widgets.panel import Panel
+    from tritonnb.ui.card import ModelCard
+    from tritonnb.ui.fleet_panel import FleetPanel
+    from tritonnb.ui.panel import Panel
 
 __all__ = [
     "BindError",
@@ -111,21 +111,21 @@ def start(restart_on_crash: bool = True, **options: Any) -> Server:
     (after 3 exits within 60 s it gives up and says so), and a model whose python backend stub died is loaded
     again; ``restart_on_crash=False`` turns both off.
     """
-    from tritonnb import session
+    from tritonnb.serving import server as session
 
     return session.start(restart_on_crash=restart_on_crash, **options)
 
 
 def stop() -> float | None:
     """Stop the server and every model; return the seconds it took (None if none ran)."""
-    from tritonnb import session
+    from tritonnb.serving import server as session
 
     return session.stop()
 
 
 def server() -> Server | None:
     """The server this process started, or None."""
-    from tritonnb import session
+    from tritonnb.serving import server as session
 
     return session.server()
 
@@ -170,7 +170,7 @@ def bind(
     serves a function that returns an iterator). A stream is not batched; a client that goes away closes its
     generator; a swap reaches new streams while running ones finish on the function they started with.
     """
-    from tritonnb.card import ModelCard
+    from tritonnb.ui.card import ModelCard
 
     current = server() or start()
     result = current.bind(
@@ -255,17 +255,17 @@ def panel(
     ``urls``: a fleet view instead, one row per server (health, models, req/s, p50, failures), e.g. a teacher
     watching a room of attendees' servers. Each server is polled once however many panels watch it.
     """
-    from tritonnb.monitor import target_for
+    from tritonnb.observe.monitor import target_for
 
     if urls is not None:
-        from tritonnb.widgets.fleet import FleetPanel
+        from tritonnb.ui.fleet_panel import FleetPanel
 
         if url is not None or metrics_url is not None:
             raise SpecError("give either url (and metrics_url) or urls, not both")
         if not urls or isinstance(urls, str):
             raise SpecError("urls takes a list of Triton HTTP URLs, at least one")
         return FleetPanel([target_for(u, None, token, server()) for u in urls], interval_s)
-    from tritonnb.widgets.panel import Panel
+    from tritonnb.ui.panel import Panel
 
     return Panel(target_for(url, metrics_url, token, server()), interval_s)
 
@@ -274,7 +274,7 @@ def metrics(url: str | None = None, *, metrics_url: str | None = None, token: st
     """The current health, per-model figures and host figures as plain data (rates cover the time since the
     previous call for the same server; None on the first)."""
     from tritonnb import state
-    from tritonnb.monitor import Monitor, target_for
+    from tritonnb.observe.monitor import Monitor, target_for
 
     target = target_for(url, metrics_url, token, server())
     with state.lock:
@@ -300,7 +300,7 @@ def serve_forever(poll_s: float = 1.0) -> None:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext tritonnb``: register the magics (no server starts yet)."""
-    from tritonnb.magics import TritonMagics
+    from tritonnb.ui.magics import TritonMagics
 
     ipython.register_magics(TritonMagics)
 

@@ -1,11 +1,11 @@
-"""``python -m tritonnb install``: install the Triton engine (see ``tritonnb.engine``)."""
+"""``python -m tritonnb install``: install the Triton engine (see ``tritonnb.triton.engine``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from tritonnb.engine import install
+from tritonnb.triton.engine import install
 
 
 def main(argv: list[str] | None = None) -> int:

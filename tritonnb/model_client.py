@@ -14,8 +14,8 @@ from tritonclient.utils import InferenceServerException
 
 from tritonnb import state
 from tritonnb.errors import InputError
+from tritonnb.serving.torch_bridge import host_array
 from tritonnb.signature import DTYPES
-from tritonnb.torch_bridge import host_array
 
 _DTYPE_BY_TRITON = {triton: name for name, (_, triton) in DTYPES.items()}
 

@@ -3,17 +3,17 @@
 A kernel (any Python process) holds:
 
 - ``server``: the one Triton server this process started (``tritonnb.start()`` or the first ``%%triton_model``
-  cell), or None. ``tritonnb.session`` sets and clears it.
-- ``pollers``: one ``tritonnb.poller.Poller`` per watched server, keyed by its (HTTP URL, metrics URL). Every panel
-  and strip watching that server shares it, so the server is polled once however many widgets watch it.
-- ``monitors``: the ``tritonnb.monitor.Monitor`` behind ``tritonnb.metrics()``, per watched server. Kept apart from
-  the pollers' on purpose: its rates cover the time since the caller's previous ``metrics()`` call, not since the
-  last background poll.
+  cell), or None. ``tritonnb.serving.server`` sets and clears it.
+- ``pollers``: one ``tritonnb.observe.poller.Poller`` per watched server, keyed by its (HTTP URL, metrics URL).
+  Every panel and strip watching that server shares it, so the server is polled once however many widgets watch it.
+- ``monitors``: the ``tritonnb.observe.monitor.Monitor`` behind ``tritonnb.metrics()``, per watched server. Kept
+  apart from the pollers' on purpose: its rates cover the time since the caller's previous ``metrics()`` call, not
+  since the last background poll.
 - ``strips``: the live strip under each model's card, by model name; running the cell again replaces it.
 - ``clients``: every ``tritonnb.client(...)`` still referenced. Their kept-alive HTTP connections are closed before
   tritonserver stops, which would otherwise wait its whole exit timeout for them.
 
-Python logging's own global state is touched in one place too: ``tritonnb.server_log`` puts a single handler on
+Python logging's own global state is touched in one place too: ``tritonnb.triton.logs`` puts a single handler on
 PyTriton's and tritonnb's loggers while any server log is open, and gives them back afterwards.
 
 Everything else hangs off these objects. ``lock`` guards ``pollers`` and ``monitors``, which widgets and the user's
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tritonnb.model_client import ModelClient
-    from tritonnb.monitor import Monitor
-    from tritonnb.poller import Poller
-    from tritonnb.session import Server
-    from tritonnb.widgets.panel import ModelStrip
+    from tritonnb.observe.monitor import Monitor
+    from tritonnb.observe.poller import Poller
+    from tritonnb.serving.server import Server
+    from tritonnb.ui.panel import ModelStrip
 
 server: Server | None = None
 pollers: dict[tuple[str, str], Poller] = {}

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from tritonnb.errors import ExportError
-from tritonnb.output_check import checked_outputs
+from tritonnb.serving.output_check import checked_outputs
+from tritonnb.serving.torch_bridge import call_with_tensors
 from tritonnb.signature import TensorSpec
-from tritonnb.torch_bridge import call_with_tensors
 
 FUNCTION_FILE = "function.pt"
 

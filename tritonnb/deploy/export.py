@@ -15,7 +15,7 @@ import pathlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from tritonnb.deploy.fleet import RepositoryModel, Runtime
+from tritonnb.deploy.compose import RepositoryModel, Runtime
 from tritonnb.errors import ExportError, NoServerError, SpecError, UnknownModelError
 
 if TYPE_CHECKING:
@@ -63,11 +63,11 @@ def export(
     function traced for Triton's PyTorch backend, no Python needed). An existing version is replaced only with
     ``force``. Everything is written to a staging folder first: on any error nothing is left half-written.
     """
-    from tritonnb import session
     from tritonnb.deploy import layout
     from tritonnb.deploy.capture import PortableFunction
     from tritonnb.deploy.model_config import can_warm_up, config_text, model_config
-    from tritonnb.served_function import calls_by_keyword
+    from tritonnb.serving import server as session
+    from tritonnb.serving.served_function import calls_by_keyword
 
     if model_format not in FORMATS:
         raise SpecError(f"unknown export format {model_format!r}; use one of {', '.join(FORMATS)}")
@@ -165,14 +165,14 @@ def _source_of(fn: Any) -> str:
 
 def _fleet_files(repository: str, models: list[RepositoryModel], runtime: Runtime) -> dict[str, str]:
     """Everything around the models: compose, Dockerfile, local script, README, Kubernetes manifests."""
-    from tritonnb.deploy import fleet, kubernetes
+    from tritonnb.deploy import compose, kubernetes
 
     k8s = kubernetes.manifests(repository, models)
     return {
-        "docker-compose.yml": fleet.compose_file(repository, models),
-        "Dockerfile": fleet.dockerfile(models, runtime),
+        "docker-compose.yml": compose.compose_file(repository, models),
+        "Dockerfile": compose.dockerfile(models, runtime),
         ".dockerignore": "kubernetes-*.yaml\n*.new\n.tritonnb-*\n.ipynb_checkpoints\n",
-        "serve_here.sh": fleet.SERVE_HERE,
-        "README.md": fleet.readme(repository, models),
+        "serve_here.sh": compose.SERVE_HERE,
+        "README.md": compose.readme(repository, models),
         **k8s,
     }

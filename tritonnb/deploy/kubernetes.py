@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from tritonnb.deploy.fleet import (
+from tritonnb.deploy.compose import (
     GRPC_PORT,
     HTTP_PORT,
     METRICS_PORT,

@@ -10,7 +10,7 @@ import pathlib
 import shutil
 import tempfile
 
-from tritonnb.deploy.fleet import RepositoryModel
+from tritonnb.deploy.compose import RepositoryModel
 from tritonnb.deploy.model_config import TYPE_NAMES, parse_config
 from tritonnb.errors import ExportError, SpecError
 

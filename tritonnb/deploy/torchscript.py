@@ -17,9 +17,9 @@ import torch
 
 from tritonnb.deploy.capture import used_variables
 from tritonnb.errors import ExportError
-from tritonnb.output_check import outputs_in_order
+from tritonnb.serving.output_check import outputs_in_order
+from tritonnb.serving.torch_bridge import to_torch
 from tritonnb.signature import ModelSpec, sample_inputs
-from tritonnb.torch_bridge import to_torch
 
 MODEL_FILE = "model.pt"
 

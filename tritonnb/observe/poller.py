@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from tritonnb import state
-from tritonnb.monitor import Monitor, Snapshot, Target
+from tritonnb.observe.monitor import Monitor, Snapshot, Target
 
 Subscriber = Callable[[Snapshot], None]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from tritonnb.poller import Poller, Subscriber
+from tritonnb.observe.poller import Poller, Subscriber
 
 INTERVALS = [("0.5 s", 0.5), ("1 s", 1.0), ("2 s", 2.0), ("5 s", 5.0), ("10 s", 10.0)]
 

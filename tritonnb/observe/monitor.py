@@ -1,6 +1,6 @@
 """Samples a Triton server's health, ``/metrics`` and statistics API; turns counters into rates and history.
 
-``Monitor.poll()`` is one synchronous sample (used by ``tritonnb.metrics()``, tests, and ``tritonnb.poller``'s
+``Monitor.poll()`` is one synchronous sample (used by ``tritonnb.metrics()``, tests, and ``tritonnb.observe.poller``'s
 background thread that panels share).
 """
 
@@ -16,11 +16,11 @@ import urllib.request
 from typing import Any
 
 from tritonnb.errors import NoServerError, SpecError
-from tritonnb.host_gpu import nvml_gpus
 from tritonnb.http_get import answers_ok, base_url, get_json, get_text
-from tritonnb.metrics_text import PHASES, parse_metrics
-from tritonnb.statistics import fetch_stats
-from tritonnb.stream_stats import StreamFigures
+from tritonnb.observe.host_gpu import nvml_gpus
+from tritonnb.observe.metrics_text import PHASES, parse_metrics
+from tritonnb.observe.stats_api import fetch_stats
+from tritonnb.serving.stream_stats import StreamFigures
 
 HISTORY_S = 300.0
 AWAY = {  # our own server's states in which it is not polled, and why
@@ -39,7 +39,7 @@ class Target:
     http_url: str
     metrics_url: str
     access_token: str | None = None
-    server: Any = None  # tritonnb.session.Server when the server is ours
+    server: Any = None  # tritonnb.serving.server.Server when the server is ours
     browser_url: str | None = None
 
     @property

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from tritonnb.errors import OutputError
+from tritonnb.serving.torch_bridge import host_array
 from tritonnb.signature import TensorSpec
-from tritonnb.torch_bridge import host_array
 
 
 def checked_outputs(result: Any, specs: Sequence[TensorSpec], batch: int | None) -> dict[str, np.ndarray]:

@@ -8,11 +8,11 @@ import json
 import shlex
 from typing import TYPE_CHECKING
 
-from tritonnb.browser_route import BrowserRoute
 from tritonnb.signature import ModelSpec, TensorSpec
+from tritonnb.triton.browser_route import BrowserRoute
 
 if TYPE_CHECKING:
-    from tritonnb.binding import BindResult
+    from tritonnb.serving.binding import BindResult
 
 
 def example_shape(spec: TensorSpec, batched: bool) -> list[int]:

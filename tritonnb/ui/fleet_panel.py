@@ -8,10 +8,10 @@ import time
 
 import ipywidgets as widgets
 
-from tritonnb.monitor import Snapshot, Target
-from tritonnb.poller import Poller
-from tritonnb.widgets import render
-from tritonnb.widgets.controls import RefreshControls
+from tritonnb.observe.monitor import Snapshot, Target
+from tritonnb.observe.poller import Poller
+from tritonnb.ui import render
+from tritonnb.ui.controls import RefreshControls
 
 RENDER_GAP_S = 0.25
 

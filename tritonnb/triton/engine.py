@@ -4,7 +4,7 @@ any numpy, and a numpy 1 of its own for Triton's python-backend stub where the e
 Why not a plain dependency: PyTriton 0.7.0's metadata asks for ``numpy<2``, so pip would downgrade a workstation's
 numpy 2 under every other package. tritonnb does not need that pin. The stub (C++, pybind11 2.10) builds its numpy
 arrays through numpy 1's C API; under numpy 2 it reads every dtype's item size as 0. tritonnb moves numeric tensors
-through DLPack instead (see ``tritonnb._pytriton``), which does not touch that ABI. Bytes tensors have no DLPack
+through DLPack instead (see ``tritonnb.triton._pytriton``), which does not touch that ABI. Bytes tensors have no DLPack
 form, so for them the stub process, and only it, imports numpy 1.26 from a folder of its own: it only relays
 tensors to the kernel (the user's code runs in the kernel, with the environment's numpy).
 

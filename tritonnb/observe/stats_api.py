@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tritonnb.http_get import get_json
-from tritonnb.metrics_text import PHASES
+from tritonnb.observe.metrics_text import PHASES
 
 
 def counters_from_stats(stats: dict) -> dict[str, dict[str, float]]:

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from tritonnb import state
-from tritonnb.monitor import Snapshot, Target
-from tritonnb.poller import Poller
-from tritonnb.widgets import render
-from tritonnb.widgets.controls import RefreshControls
-from tritonnb.widgets.live_chart import LiveChart
+from tritonnb.observe.monitor import Snapshot, Target
+from tritonnb.observe.poller import Poller
+from tritonnb.ui import render
+from tritonnb.ui.controls import RefreshControls
+from tritonnb.ui.live_chart import LiveChart
 
 if TYPE_CHECKING:
-    from tritonnb.charts import Chart
+    from tritonnb.loadtest.charts import Chart
 
 
 class Panel(widgets.VBox):

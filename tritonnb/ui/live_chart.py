@@ -21,8 +21,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MultipleLocator
 from PIL import Image
 
-from tritonnb.charts import COLOURS, ERROR_COLOUR, Chart, new_figure
-from tritonnb.monitor import HISTORY_S, Snapshot
+from tritonnb.loadtest.charts import COLOURS, ERROR_COLOUR, Chart, new_figure
+from tritonnb.observe.monitor import HISTORY_S, Snapshot
 
 MAX_LEGEND = 6  # models named in the legend; more are summed up as "+N more"
 SHRINK_BELOW = 0.35  # a scale comes down once the data fills less than this share of it

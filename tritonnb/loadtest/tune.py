@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tritonnb.errors import SpecError, UnknownModelError
-from tritonnb.perf import Progress, rows_dataframe, run_perf
+from tritonnb.loadtest.perf import Progress, rows_dataframe, run_perf
 
 if TYPE_CHECKING:
-    from tritonnb.charts import Chart
+    from tritonnb.loadtest.charts import Chart
 
 TUNE_KEYS = (
     "max_batch_size",
@@ -58,14 +58,14 @@ class TuneResult:
         return f"best throughput with {budget}: {self.recommendation}, {state}"
 
     def __repr__(self) -> str:
-        from tritonnb.widgets.perf_view import rows_text
+        from tritonnb.loadtest.tables import rows_text
 
         return f"{self._summary()}\n{rows_text(self.rows, TUNE_KEYS)}"
 
     def _repr_html_(self) -> str:
         import html
 
-        from tritonnb.widgets.perf_view import rows_html
+        from tritonnb.loadtest.tables import rows_html
 
         front = set(self.front)
         shown = [{**row, "front": "✓" if i in front else ""} for i, row in enumerate(self.rows)]
@@ -76,7 +76,7 @@ class TuneResult:
 
     def chart(self) -> Chart:
         """Every configuration as a point (throughput against p95), the Pareto front and the chosen one."""
-        from tritonnb.charts import tune_chart
+        from tritonnb.loadtest.charts import tune_chart
 
         return tune_chart(self)
 

@@ -21,13 +21,13 @@ import numpy as np
 
 from tritonnb.errors import NoServerError, PerfError, SpecError, UnknownModelError
 from tritonnb.http_get import base_url
-from tritonnb.metrics_text import PHASES
-from tritonnb.remote_spec import remote_spec
+from tritonnb.observe.metrics_text import PHASES
+from tritonnb.observe.remote_spec import remote_spec
+from tritonnb.observe.stats_api import fetch_stats
 from tritonnb.signature import ModelSpec, sample_inputs
-from tritonnb.statistics import fetch_stats
 
 if TYPE_CHECKING:
-    from tritonnb.charts import Chart
+    from tritonnb.loadtest.charts import Chart
 
 ROW_KEYS = (
     "concurrency",
@@ -83,7 +83,7 @@ class PerfResult:
         return STREAM_ROW_KEYS if self.streaming else ROW_KEYS
 
     def __repr__(self) -> str:
-        from tritonnb.widgets.perf_view import rows_text
+        from tritonnb.loadtest.tables import rows_text
 
         reproduce = f"\nreproduce with NVIDIA's tool:\n{self.perf_analyzer}" if self.perf_analyzer else ""
         return (
@@ -92,7 +92,7 @@ class PerfResult:
         )
 
     def _repr_html_(self) -> str:
-        from tritonnb.widgets.perf_view import perf_html
+        from tritonnb.loadtest.tables import perf_html
 
         return perf_html(self)
 
@@ -109,7 +109,7 @@ def plot(*runs: PerfResult, labels: Sequence[str] | None = None, max_latency_ms:
     """One chart of several load tests, e.g. before and after a hot swap or a tuning step: one colour per run,
     named by ``labels`` (default: the model names). The latency budget defaults to the runs' own when they share one.
     """
-    from tritonnb.charts import perf_chart
+    from tritonnb.loadtest.charts import perf_chart
 
     if not runs:
         raise SpecError("plot() needs at least one load test result (what %triton_perf or run_perf returned)")
@@ -243,7 +243,7 @@ def _server_split(before: dict | None, after: dict | None) -> dict[str, float | 
 
 
 class _BuiltinEngine:
-    """tritonnb's own generator (``tritonnb.loadgen``) in a child process, one run per level."""
+    """tritonnb's own generator (``tritonnb.loadtest.loadgen``) in a child process, one run per level."""
 
     def __init__(
         self, endpoint: Endpoint, spec: ModelSpec, arrays: dict[str, np.ndarray], duration_s: float, warmup_s: float
@@ -262,7 +262,7 @@ class _BuiltinEngine:
         command = [
             sys.executable,
             "-m",
-            "tritonnb.loadgen",
+            "tritonnb.loadtest.loadgen",
             f"--host={urllib.parse.urlsplit(endpoint.http_url).hostname}",
             f"--port={urllib.parse.urlsplit(endpoint.http_url).port or 80}",
             f"--model={name}",

@@ -13,12 +13,12 @@ from typing import Protocol
 
 import numpy as np
 
-from tritonnb._pytriton import Generation
 from tritonnb.errors import BindError, ModelError, SpecError, WarmupError
-from tritonnb.served_function import ErrorReporter, ServedFunction, Trampoline
+from tritonnb.serving.served_function import ErrorReporter, ServedFunction, Trampoline
+from tritonnb.serving.stream_stats import StreamStats
+from tritonnb.serving.streaming import StreamTrampoline, first_response
 from tritonnb.signature import ModelSpec, sample_inputs
-from tritonnb.stream_stats import StreamStats
-from tritonnb.streaming import StreamTrampoline, first_response
+from tritonnb.triton._pytriton import Generation
 
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
 RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from tritonnb.engine import require_pytriton, stub_environment
 from tritonnb.signature import TensorSpec
+from tritonnb.triton.engine import require_pytriton, stub_environment
 
 try:
     from pytriton.constants import PYTRITON_HOME as PYTRITON_HOME  # re-exported: session reads it
@@ -204,7 +204,7 @@ class _DetachedTritonServer(TritonServer):
         libdir = sysconfig.get_config_var("LIBDIR")
         if libdir:  # the python backend stub must find this interpreter's libpython, not the distro's
             env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
-        if self._stub_bin is not None:  # under numpy 2, the stub's Python: a numpy 1 of its own (tritonnb.engine)
+        if self._stub_bin is not None:  # under numpy 2, the stub's Python: a numpy 1 of its own (triton.engine)
             env["PATH"] = f"{self._stub_bin}:{env['PATH']}"
         return env
 
@@ -469,7 +469,7 @@ ERROR_RESPONSE_PATCHES = (
 # STREAM_PARAMETER, which the kernel sees); while it streams, the stub checks for cancellation on each response and
 # every POLL seconds, then creates that file once, sends nothing more, ends the request as cancelled and removes the
 # file when the stream is over. The kernel checks for the file before each step of the generator and closes it (see
-# ``tritonnb.streaming``).
+# ``tritonnb.serving.streaming``).
 STREAM_PARAMETER = "tritonnb-cancel-marker"
 STREAM_PATCHES = (
     (
@@ -562,7 +562,7 @@ STREAM_PATCHES = (
 # as copies of their first element and outputs fail with "output tensor shape does not match size". DLPack does not
 # go through that ABI, so where the stub's Python has numpy 2, the copy of model.py sent to Triton moves numeric
 # tensors through it, both ways. Under numpy 1 the stub keeps its own path (its DLPack export names the capsule
-# "used_dlpack", which numpy 1's deleter rejects). Bytes have no DLPack form: see ``tritonnb.engine``.
+# "used_dlpack", which numpy 1's deleter rejects). Bytes have no DLPack form: see ``tritonnb.triton.engine``.
 DLPACK_PATCHES = (
     (
         "class BatchResponsesHandler:\n",

@@ -2,8 +2,8 @@
 
 PyTriton would drive a sync generator on its one event loop, so a second stream would wait for the first to end; here
 each stream runs its generator on a thread of its own, a step at a time. A client that goes away is noticed by the stub
-(see ``STREAM_PATCHES`` in ``tritonnb._pytriton``), which leaves a marker file; the generator is closed before its next
-step.
+(see ``STREAM_PATCHES`` in ``tritonnb.triton._pytriton``), which leaves a marker file; the generator is closed before
+its next step.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tritonnb._pytriton import STREAM_PARAMETER, error_response
 from tritonnb.errors import ModelError, OutputError
-from tritonnb.served_function import InFlight, ServedFunction
-from tritonnb.stream_stats import StreamStats
-from tritonnb.torch_bridge import no_autograd, use_torch_threads
+from tritonnb.serving.served_function import InFlight, ServedFunction
+from tritonnb.serving.stream_stats import StreamStats
+from tritonnb.serving.torch_bridge import no_autograd, use_torch_threads
+from tritonnb.triton._pytriton import STREAM_PARAMETER, error_response
 
 T = TypeVar("T")
 END = object()  # what a step returns once the generator is done

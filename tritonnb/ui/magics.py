@@ -29,8 +29,8 @@ from IPython.utils.process import arg_split
 
 import tritonnb
 from tritonnb.errors import BindError, SpecError, TritonnbError
-from tritonnb.report import format_models, format_status
 from tritonnb.signature import TensorSpec, parse_spec
+from tritonnb.ui.report import format_models, format_status
 
 HELP_FLAGS = {"-h", "--help"}
 
@@ -358,8 +358,8 @@ class TritonMagics(Magics):
     )
     def triton_model(self, line: str, cell: str) -> None:
         """Serve a function defined in this cell as a Triton model; running the cell again hot-swaps it."""
-        from tritonnb.cell import run_cell_and_pick
-        from tritonnb.torch_bridge import resolve_device
+        from tritonnb.serving.torch_bridge import resolve_device
+        from tritonnb.ui.cell import run_cell_and_pick
 
         args = _parse(self.triton_model, line)
         if args is None:
@@ -387,8 +387,8 @@ class TritonMagics(Magics):
         )
         display(card)
         if self._has_kernel():  # live widgets need a kernel with comms
-            from tritonnb.monitor import target_for
-            from tritonnb.widgets.panel import ModelStrip
+            from tritonnb.observe.monitor import target_for
+            from tritonnb.ui.panel import ModelStrip
 
             display(ModelStrip(target_for(server=tritonnb.server()), args.name))
 
@@ -416,8 +416,8 @@ class TritonMagics(Magics):
     def triton_perf(self, line: str) -> Any:
         """Closed-loop load test of a served model, or of a model of any Triton server: throughput, latency
         percentiles and Triton's own split."""
-        from tritonnb.perf import run_perf
-        from tritonnb.widgets.progress import StepProgress
+        from tritonnb.loadtest.perf import run_perf
+        from tritonnb.ui.progress import StepProgress
 
         args = _parse(self.triton_perf, line)
         if args is None:
@@ -454,8 +454,8 @@ class TritonMagics(Magics):
     @argument("--apply", action="store_true", help="leave the model bound with the best configuration")
     def triton_tune(self, line: str) -> Any:
         """Sweep batching and instances of a served model and recommend the best configuration."""
-        from tritonnb.tune import configurations, tune
-        from tritonnb.widgets.progress import StepProgress
+        from tritonnb.loadtest.tune import configurations, tune
+        from tritonnb.ui.progress import StepProgress
 
         args = _parse(self.triton_tune, line)
         if args is None:

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from tritonnb._pytriton import ERROR_OUTPUT, error_response
 from tritonnb.errors import ModelError, ModelTimeout, OutputError, SignatureMismatch, SpecError
-from tritonnb.output_check import checked_outputs
+from tritonnb.serving.output_check import checked_outputs
+from tritonnb.serving.torch_bridge import call_with_tensors, torch_threads, use_torch_threads
 from tritonnb.signature import TensorSpec, parameters_of
-from tritonnb.torch_bridge import call_with_tensors, torch_threads, use_torch_threads
+from tritonnb.triton._pytriton import ERROR_OUTPUT, error_response
 
 ErrorReporter = Callable[[str, str], None]
 MAX_RUNNING_LATE = 8  # abandoned calls of one function still running, beyond which requests fail at once

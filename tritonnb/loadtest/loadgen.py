@@ -1,6 +1,6 @@
 """Closed-loop HTTP load against one Triton model, run in its own process so it does not share the kernel's GIL.
 
-``python -m tritonnb.loadgen [--host H] --port P --model NAME --concurrency C --duration S --body FILE
+``python -m tritonnb.loadtest.loadgen [--host H] --port P --model NAME --concurrency C --duration S --body FILE
 --header-length N`` prints one JSON line: every request's latency in ms, the error count, a few error
 messages, and the elapsed time. With ``--stream`` the body is the JSON of Triton's generate extension, each client
 opens one ``/generate_stream`` stream after another, and the latencies are each stream's time to its first response;

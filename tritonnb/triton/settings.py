@@ -9,10 +9,10 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-from tritonnb._pytriton import triton_config_fields, triton_config_from_env
 from tritonnb.errors import PortBusyError, SpecError
-from tritonnb.ports import next_free_port, port_is_free
-from tritonnb.repository import repository_paths
+from tritonnb.triton._pytriton import triton_config_fields, triton_config_from_env
+from tritonnb.triton.ports import next_free_port, port_is_free
+from tritonnb.triton.repository import repository_paths
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"

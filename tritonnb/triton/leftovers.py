@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 
-from tritonnb._pytriton import is_model_copy, process_running, remove_shared_memory
+from tritonnb.triton._pytriton import is_model_copy, process_running, remove_shared_memory
 
 OWNER_FILE = "owner.json"
 

@@ -6,7 +6,7 @@ import collections
 import html
 from collections.abc import Sequence
 
-from tritonnb.monitor import ModelMetrics, Snapshot
+from tritonnb.observe.monitor import ModelMetrics, Snapshot
 
 STATE_COLOURS = {
     "READY": "#2e7d32",

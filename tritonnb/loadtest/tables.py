@@ -6,7 +6,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from tritonnb.widgets.render import scrolling
+from tritonnb.ui.render import scrolling
 
 
 def _cell(value: Any) -> str:

@@ -16,11 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tritonnb import process_exit, state
-from tritonnb._pytriton import PYTRITON_HOME, Generation, ServerProcess, TritonConfig
-from tritonnb.binding import BindResult, ModelSlot, retire_side_by_side
-from tritonnb.browser_route import BrowserRoute, browser_route, given_public_url
-from tritonnb.engine import check_bytes_supported
+from tritonnb import state
 from tritonnb.errors import (
     BindError,
     NoServerError,
@@ -31,15 +27,20 @@ from tritonnb.errors import (
     UnknownModelError,
 )
 from tritonnb.http_get import answers_ok, get_json
-from tritonnb.leftovers import record_owner, remove_leftovers
-from tritonnb.remote_spec import remote_spec
-from tritonnb.repository import RepositoryModel, find_models, index_states, needs_auto_complete, triton_reason
-from tritonnb.server_log import ServerLog
-from tritonnb.settings import ServerSettings, resolve_settings
+from tritonnb.observe.remote_spec import remote_spec
+from tritonnb.serving.binding import BindResult, ModelSlot, retire_side_by_side
+from tritonnb.serving.streaming import is_stream_function
+from tritonnb.serving.torch_bridge import resolve_device
 from tritonnb.signature import DEFAULT_MAX_BATCH_SIZE, DEFAULT_OUTPUT, ModelSpec, TensorSpec, as_specs, default_inputs
-from tritonnb.streaming import is_stream_function
-from tritonnb.supervisor import Supervisor
-from tritonnb.torch_bridge import resolve_device
+from tritonnb.triton import process_exit
+from tritonnb.triton._pytriton import PYTRITON_HOME, Generation, ServerProcess, TritonConfig
+from tritonnb.triton.browser_route import BrowserRoute, browser_route, given_public_url
+from tritonnb.triton.engine import check_bytes_supported
+from tritonnb.triton.leftovers import record_owner, remove_leftovers
+from tritonnb.triton.logs import ServerLog
+from tritonnb.triton.repository import RepositoryModel, find_models, index_states, needs_auto_complete, triton_reason
+from tritonnb.triton.settings import ServerSettings, resolve_settings
+from tritonnb.triton.supervisor import Supervisor
 
 STARTUP_TIMEOUT_S = 120.0
 START_ATTEMPTS = 3  # a port picked as free can be taken before tritonserver binds it (a second kernel starting)
@@ -53,7 +54,7 @@ class Server:
     """A background tritonserver owned by this process, and the models it serves for us.
 
     If tritonserver exits without being asked (OOM killer, a crash, a stray kill), it is started again on the same
-    ports and every model is bound again, unless ``restart_on_crash`` is False (see ``tritonnb.supervisor``).
+    ports and every model is bound again, unless ``restart_on_crash`` is False (see ``tritonnb.triton.supervisor``).
 
     The models of ``settings.repositories`` (Triton model repositories) are served beside the notebook's:
     ``load_repositories()`` loads them after the first start, and every restart loads them again.
