@@ -1,4 +1,5 @@
-"""Shared test helpers: free ports, raw HTTP inference, the processes a server owns, and running code in a kernel."""
+"""Shared test helpers: free ports, raw HTTP inference, the processes a server owns, running code in a kernel, and
+waiting for a condition against a deadline."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psutil
 
@@ -26,6 +28,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 ARTIFACTS = pathlib.Path(__file__).parent.parent / "artifacts"  # screenshots for people to look at
+
+T = TypeVar("T")
 
 
 def free_ports(count: int = 3) -> list[int]:
@@ -68,6 +72,17 @@ def wait_gone(processes: list[psutil.Process], timeout: float = 15.0) -> list[ps
     """Wait until every process has exited; return the ones still alive after ``timeout``."""
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> T:
+    """Wait until ``condition()`` is truthy and return that value; fail naming ``what`` (a text, or a callable for
+    details read at the failure, such as a log) if it is not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what if isinstance(what, str) else what()}")
+        time.sleep(interval)
+    return value
 
 
 def port_is_listening(port: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import pickle
 import random
 import threading
 
@@ -12,10 +13,13 @@ from PIL import Image
 
 from tritonnb.errors import SpecError
 from tritonnb.loadtest.charts import COLOURS, perf_chart, tune_chart
-from tritonnb.loadtest.perf import ROW_KEYS, PerfResult, plot
+from tritonnb.loadtest.perf import ROW_KEYS, STREAM_ROW_KEYS, PerfResult, plot
+from tritonnb.loadtest.results import BatchConfig, PerfRow, StreamRow, TuneRow
 from tritonnb.loadtest.tune import TUNE_KEYS, TuneResult, pareto_front
+from tritonnb.observe.metrics_text import PHASES
 from tritonnb.observe.monitor import ModelMetrics, Snapshot
 from tritonnb.ui.live_chart import LiveChart, nice_ceiling
+from tritonnb.ui.progress import StepProgress
 
 
 def _row(concurrency: int, throughput: float, p50: float | None, p95: float | None, errors: int = 0) -> dict:
@@ -114,15 +118,18 @@ def test_several_runs_share_one_chart_with_a_legend():
 
 
 def test_pareto_front_keeps_only_configurations_nothing_beats():
-    rows = [
-        {"throughput": 100, "p95_ms": 1.0, "errors": 0},
-        {"throughput": 200, "p95_ms": 2.0, "errors": 0},
-        {"throughput": 150, "p95_ms": 3.0, "errors": 0},  # beaten by the second
-        {"throughput": 300, "p95_ms": 1.5, "errors": 4},  # errors: never on the front
-        {"throughput": 250, "p95_ms": None, "errors": 9},
-        {"throughput": 260, "p95_ms": 2.5, "errors": 0},
+    levels = [
+        PerfRow.from_dict(_row(8, throughput, p95, p95, errors))
+        for throughput, p95, errors in [
+            (100, 1.0, 0),
+            (200, 2.0, 0),
+            (150, 3.0, 0),  # beaten by the second
+            (300, 1.5, 4),  # errors: never on the front
+            (250, None, 9),
+            (260, 2.5, 0),
+        ]
     ]
-    assert pareto_front(rows) == [0, 1, 5]
+    assert pareto_front(levels) == [0, 1, 5]
 
 
 def test_tune_chart_marks_the_budget_the_front_and_the_choice_and_no_labels_overlap():
@@ -136,7 +143,8 @@ def test_tune_chart_marks_the_budget_the_front_and_the_choice_and_no_labels_over
     assert legend[0] == "meets the budget" and "misses it" in legend and "Pareto front" in legend
     assert any(text.startswith(f"chosen #{best + 1} ") for text in legend)
     assert "budget: p95 ≤ 5 ms" in legend
-    assert result.front == pareto_front(rows) and all(f"#{i + 1} " in " ".join(legend) for i in result.front)
+    assert result.front == pareto_front([run.level for run in result.runs])
+    assert all(f"#{i + 1} " in " ".join(legend) for i in result.front)
     boxes = _visible_boxes(chart, axes.texts)
     assert 1 <= len(boxes) < len(rows)  # crowded: some numbers had to go, and the table still names every row
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
@@ -152,6 +160,39 @@ def test_results_convert_to_dataframes():
     tuned = TuneResult("double", _sweep(3), 0, None, False)
     assert list(tuned.to_dataframe().columns) == list(TUNE_KEYS) and len(tuned.to_dataframe()) == 3
     assert isinstance(perf.rows, list) and isinstance(perf.rows[0], dict)  # the data itself stays plain
+
+
+def test_rows_stay_plain_dicts_and_read_as_typed_rows():
+    assert ROW_KEYS[-len(PHASES) :] == tuple(f"{phase}_ms" for phase in PHASES)
+    level = PerfRow(2, 600.0, 2.0, 2.2, 2.5, 2.9, 3, 103, queue_ms=0.1, compute_infer_ms=1.5)
+    perf = _run("double", [level.as_dict()])
+    assert perf.rows == [level.as_dict()] and list(perf.rows[0]) == list(ROW_KEYS)
+    assert perf.levels == [level] and perf.levels[0].compute_infer_ms == 1.5
+    assert pickle.loads(pickle.dumps(perf)) == perf
+
+    stream = StreamRow(1, 50.0, 10.0, 3.0, 4.0, 1.0, 2.0, 0, 10)
+    streamed = PerfResult("gen", 1.0, [stream.as_dict()], "", streaming=True)
+    assert streamed.levels == [stream] and list(streamed.rows[0]) == list(STREAM_ROW_KEYS)
+
+    run = TuneRow(BatchConfig(8, 500, 2), level, fits=False)
+    record = {"max_batch_size": 8, "batch_delay_us": 500, "instances": 2, **level.as_dict(), "fits": False}
+    assert list(run.as_dict().items()) == list(record.items())
+    assert TuneRow.from_dict(run.as_dict()) == run
+    assert TuneRow.from_dict(TuneRow(BatchConfig(0, 0, 1), stream, True).as_dict()).level == stream
+    tuned = TuneResult("double", [run.as_dict()], 0, None, False)
+    assert tuned.runs == [run] and tuned.recommendation == {"max_batch_size": 8, "batch_delay_us": 500, "instances": 2}
+    assert run.values(["instances", "p95_ms", "streams_per_s", "fits"]) == [2, 2.5, None, False]
+
+
+def test_step_progress_summarises_the_plain_rows_it_is_given(capsys):
+    level = PerfRow.from_dict(_row(4, 1234.56, 1.0, 2.25))
+    progress = StepProgress(3, "tuning", live=False)
+    progress.step(1, 3, TuneRow(BatchConfig(8, 0, 2), level, True).as_dict())
+    progress.step(2, 3, PerfRow.from_dict(_row(2, 0.0, None, None, errors=5)).as_dict())
+    assert capsys.readouterr().out.splitlines() == [
+        "tuning 1 of 3: max_batch_size=8, batch_delay_us=0, instances=2, concurrency=4, throughput=1234.6, p95_ms=2.2",
+        "tuning 2 of 3: concurrency=2, throughput=0.0",
+    ]
 
 
 def _snapshot(now: float, rate: float = 10.0, models=("double", "triple"), seconds: int = 100) -> Snapshot:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
+import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +15,7 @@ import sys
 import threading
 import time
 
+import jsonschema
 import numpy as np
 import pytest
 import yaml
@@ -19,11 +24,15 @@ from jupyter_client.manager import KernelManager
 from tritonclient.grpc import model_config_pb2
 
 import tritonnb
+from tritonnb.deploy import compose, kubernetes
+from tritonnb.deploy.compose import ExportedModel
 from tritonnb.deploy.model_config import parse_config
 from tritonnb.errors import ExportError, UnknownModelError
 from tritonnb.triton import engine
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEMPLATES = pathlib.Path(compose.__file__).parent / "templates"
+SCHEMAS = json.loads((pathlib.Path(__file__).parent / "fixtures" / "kubernetes_schemas.json").read_text())["schemas"]
 
 NOTEBOOK = """
 import numpy as np, torch
@@ -117,23 +126,178 @@ def test_exported_files(exported):
     isvc = yaml.safe_load((repo / "kubernetes-inferenceservice.yaml").read_text())
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     assert isvc["spec"]["predictor"]["model"]["modelFormat"] == {"name": "triton"}
+    for manifest in (deployment, service, isvc):
+        _check_schema(manifest)
 
 
-def test_inference_service_round_trips_through_the_kserve_sdk(exported):
-    """Read back into the SDK's classes in a fresh Python (kserve and tritonclient.grpc cannot share a process)."""
-    code = (
-        "import sys, yaml\n"
-        "from tritonnb.deploy.kubernetes import as_plain, from_plain\n"
-        "isvc = yaml.safe_load(open(sys.argv[1]).read())\n"
-        "obj = from_plain(isvc, 'V1beta1InferenceService')\n"
-        "assert type(obj).__name__ == 'V1beta1InferenceService'\n"
-        "assert obj.spec.predictor.model.model_format.name == 'triton'\n"
-        "assert as_plain(obj) == isvc, (as_plain(obj), isvc)\n"
-        "print('round trip ok')\n"
+# --- the Kubernetes manifests: the published schemas, and the SDKs' classes where installed ------------------
+
+
+def _check_schema(manifest: dict) -> None:
+    """jsonschema.ValidationError unless ``manifest`` fits its kind's schema, derived from the published one."""
+    jsonschema.Draft202012Validator(SCHEMAS[manifest["kind"]]).validate(manifest)
+
+
+def _manifests(repository: str, models: list[ExportedModel]) -> dict[str, dict]:
+    """Kind -> manifest, as ``kubernetes.manifests`` writes them."""
+    files = kubernetes.manifests(repository, models)
+    return {doc["kind"]: doc for text in files.values() for doc in yaml.safe_load_all(text)}
+
+
+MODEL_SETS = {
+    "cpu python": ("my_repo", [ExportedModel("clf", "python", False)]),
+    "gpu, python and pytorch": (
+        "Fleet Repo 2",
+        [ExportedModel("a", "pytorch", gpu=True), ExportedModel("b", "python", gpu=False)],
+    ),
+    "torchscript only": ("ts", [ExportedModel("net", "pytorch", False)]),
+    "no model": ("9lives", []),
+}
+
+
+@pytest.mark.parametrize("models", MODEL_SETS.values(), ids=MODEL_SETS.keys())
+def test_manifests_match_the_published_schemas(models):
+    manifests = _manifests(*models)
+    assert sorted(manifests) == ["Deployment", "InferenceService", "Service"]
+    for manifest in manifests.values():
+        _check_schema(manifest)
+        name = manifest["metadata"]["name"]  # a DNS-1035 label, as the API server requires of a Service's name
+        assert len(name) <= 63 and name[0].isalpha() and all(c.islower() or c.isdigit() or c == "-" for c in name)
+    container = manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert ("limits" in container["resources"]) == any(m.gpu for m in models[1])
+
+
+def _set(data: dict, path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        data = data[int(key)] if isinstance(data, list) else data[key]
+    if value is None:
+        del data[last]
+    else:
+        data[last] = value
+
+
+WRONG = {  # a change that kubectl apply (strict field validation) would refuse -> the kind and the path changed
+    "misspelled field": ("Deployment", "spec.template.spec.containers.0.readinesProbe", {}),
+    "port as text": ("Deployment", "spec.template.spec.containers.0.ports.0.containerPort", "8000"),
+    "container without a name": ("Deployment", "spec.template.spec.containers.0.name", None),
+    "not a quantity": ("Deployment", "spec.template.spec.containers.0.resources.requests.memory", "2 GiB"),
+    "service port without a port": ("Service", "spec.ports.0.port", None),
+    "other API version": ("InferenceService", "apiVersion", "serving.kserve.io/v1alpha1"),
+    "KServe field misspelled": ("InferenceService", "spec.predictor.model.storageURI", "pvc://x"),
+    "model format without a name": ("InferenceService", "spec.predictor.model.modelFormat.name", None),
+}
+
+
+@pytest.mark.parametrize("kind, path, value", WRONG.values(), ids=WRONG.keys())
+def test_the_schemas_refuse_a_wrong_manifest(kind, path, value):
+    manifest = _manifests(*MODEL_SETS["cpu python"])[kind]
+    _set(manifest, path, value)
+    with pytest.raises(jsonschema.ValidationError):
+        _check_schema(manifest)
+
+
+def _sdk_object(data: object, kind: str, modules: list) -> object:
+    """Plain data as the SDK class named ``kind``, field by field through the generated classes' type tables (the
+    SDKs' own readers resolve class names in one SDK only, and an InferenceService nests Kubernetes classes)."""
+    import re
+
+    if data is None:
+        return None
+    inner = re.fullmatch(r"(?:list|List)\[(.+)\]", kind)
+    if inner:
+        return [_sdk_object(item, inner[1], modules) for item in data]
+    inner = re.fullmatch(r"dict\(str, (.+)\)|Dict\[str, (.+)\]", kind)
+    if inner:
+        return {key: _sdk_object(value, inner[1] or inner[2], modules) for key, value in data.items()}
+    klass = next((getattr(module, kind) for module in modules if hasattr(module, kind)), None)
+    if klass is None:  # str, int, object, ...
+        return data
+    fields = {
+        attr: _sdk_object(data[klass.attribute_map[attr]], attr_kind, modules)
+        for attr, attr_kind in klass.openapi_types.items()
+        if klass.attribute_map[attr] in data
+    }
+    return klass(**fields)
+
+
+def _print_read_back(kind: str) -> None:
+    """The manifest on stdin read into SDK class ``kind`` and written out again: ``[class name, manifest]``."""
+    import json
+    import sys
+
+    import kubernetes.client
+
+    modules, client = [kubernetes.client.models], kubernetes.client.ApiClient()
+    if kind.startswith("V1beta1"):
+        import kserve
+
+        modules, client = [kserve.models, *modules], kserve.ApiClient()
+    obj = _sdk_object(json.load(sys.stdin), kind, modules)
+    print(json.dumps([type(obj).__name__, client.sanitize_for_serialization(obj)]))
+
+
+def _sdk_case(kind: str, file: str, index: int, packages: tuple[str, ...]) -> object:
+    """A case of the read-back test: SDK class ``kind`` for document ``index`` of ``file``; skipped without the SDKs."""
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    reason = (
+        f"{' and '.join(missing)} not installed (pip install 'tritonnb[kubernetes]'); "
+        "the manifests are still checked against the published schemas"
     )
-    path = exported / "python" / "kubernetes-inferenceservice.yaml"
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "round trip ok" in done.stdout, done.stderr
+    return pytest.param(kind, file, index, id=kind, marks=pytest.mark.skipif(bool(missing), reason=reason))
+
+
+SDK_CASES = [
+    _sdk_case("V1beta1InferenceService", "kubernetes-inferenceservice.yaml", 0, ("kubernetes", "kserve")),
+    _sdk_case("V1Deployment", "kubernetes-deployment.yaml", 0, ("kubernetes",)),
+    _sdk_case("V1Service", "kubernetes-deployment.yaml", 1, ("kubernetes",)),
+]
+
+
+@pytest.mark.parametrize("kind, file, index", SDK_CASES)
+def test_manifests_read_back_through_the_sdks(exported, kind, file, index, tmp_path):
+    """Each exported manifest read into its SDK class and written out again is unchanged: no field is unknown to
+    the class, none is missing that it requires. In a fresh Python: kserve and tritonclient.grpc cannot share one."""
+    manifest = list(yaml.safe_load_all((exported / "python" / file).read_text()))[index]
+    functions = "\n".join(inspect.getsource(f) for f in (_sdk_object, _print_read_back))
+    code = f"{functions}\n_print_read_back({kind!r})\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(manifest),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == [kind, manifest]
+
+
+# --- the templates shipped in the package ----------------------------------------------------------------------
+
+
+def test_serve_here_template_is_valid_bash():
+    done = subprocess.run(["bash", "-n", str(TEMPLATES / "serve_here.sh")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_model_template_compiles():
+    compile((TEMPLATES / "model.py").read_text(), "model.py", "exec")
+
+
+def test_fleet_files_fill_their_templates():
+    """Every placeholder of the formatted templates (README, Dockerfile) is filled; serve_here.sh is copied as is."""
+    from tritonnb.deploy.export import _fleet_files
+
+    runtime = compose.Runtime("3.11", "2.13.0", "3.1.1", "2.1.0")
+    models = [ExportedModel("a", "python", True, True), ExportedModel("b", "pytorch", False)]
+    files = _fleet_files("repo", models, runtime)
+    assert files["serve_here.sh"] == (TEMPLATES / "serve_here.sh").read_text()
+    assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in files["Dockerfile"]
+    assert '"torch==2.13.0" "numpy<2" "cloudpickle==3.1.1"' in files["Dockerfile"]
+    assert "| `a` | python | GPU |\n| `b` | pytorch | CPU |" in files["README.md"]
+    for rel in ("README.md", "Dockerfile"):
+        assert not re.search(r"\{[a-z_]+\}", files[rel]), rel
 
 
 def _blocker(root: pathlib.Path) -> pathlib.Path:

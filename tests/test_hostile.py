@@ -188,12 +188,17 @@ def assert_all_serve(server: Server, pid: int) -> None:
     assert server.pid == pid
 
 
+def assert_refused(server: Server, hostile: Hostile) -> None:
+    """Send a hostile request: it gets its expected error code and message."""
+    status, body = raw_post(server, hostile.model, hostile.body, hostile.headers)
+    assert status == hostile.status, body
+    assert isinstance(body.get("error"), str) and hostile.message in body["error"], body
+
+
 @pytest.mark.parametrize("hostile", CASES)
 def test_hostile_http_request_gets_an_error_and_harms_nothing(models: Server, first_pid: int, hostile: Hostile):
     assert_all_serve(models, first_pid)
-    status, body = raw_post(models, hostile.model, hostile.body, hostile.headers)
-    assert status == hostile.status, body
-    assert isinstance(body.get("error"), str) and hostile.message in body["error"], body
+    assert_refused(models, hostile)
     assert_all_serve(models, first_pid)
 
 
@@ -330,4 +335,10 @@ def test_deeply_nested_json_data_crashes_triton_and_recovery_brings_it_back(tmp_
 
 
 def test_no_restart_happened(models: Server, first_pid: int):
+    """Every hostile HTTP request back to back, after whatever this module sent before: tritonserver never exited
+    (its supervisor recorded no exit in the server's life) and is still the process it was before the first one."""
+    for case in CASES:
+        assert_refused(models, *case.values)
+    status = models.status()
+    assert status["crashes"] == [] and status["restarts"] == 0, status["recovery"]
     assert_all_serve(models, first_pid)

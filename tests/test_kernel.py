@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import queue
 import signal
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from helpers import fp32, free_ports, infer_json, process_tree, run_in_kernel, wait_gone, wait_ports_free
+from helpers import (
+    fp32,
+    free_ports,
+    infer_json,
+    kernel_text,
+    process_tree,
+    run_in_kernel,
+    wait_gone,
+    wait_ports_free,
+    wait_until,
+)
 from jupyter_client.manager import KernelManager
 
 
@@ -49,9 +61,21 @@ def _answers(http_port: int) -> bool:
     return status == 200 and body["outputs"][0]["data"] == [2, 4]
 
 
+def _wait_for_output(client: Any, msg_id: str, text: str, timeout: float = 30) -> None:
+    """Wait until the cell sent as ``msg_id`` printed ``text``: the kernel is running it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            message = client.get_iopub_msg(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            raise AssertionError(f"not within {timeout:g} s: the cell printed {text!r}") from None
+        if message["parent_header"].get("msg_id") == msg_id and text in (kernel_text(message) or ""):
+            return
+
+
 def test_interrupt_keeps_server_and_models_serving(kernel):
-    kernel.client.execute("import time\ntime.sleep(60)")
-    time.sleep(1.0)
+    cell = kernel.client.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+    _wait_for_output(kernel.client, cell, "sleeping")
     kernel.manager.interrupt_kernel()
     reply = kernel.client.get_shell_msg(timeout=30)
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
@@ -153,10 +177,7 @@ def test_sigterm_to_the_kernel_stops_the_server_and_leaves_nothing(kernel):
     the kernel ends as SIGTERM ends a process."""
     home = _server_home(kernel)
     os.kill(kernel.pids["kernel"], signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while kernel.manager.is_alive():
-        assert time.monotonic() < deadline, "the kernel outlived SIGTERM"
-        time.sleep(0.1)
+    wait_until(lambda: not kernel.manager.is_alive(), 20, "the kernel ended after SIGTERM", interval=0.1)
     assert kernel.manager.provisioner.process.returncode == -signal.SIGTERM
     assert wait_gone(kernel.served, timeout=20) == [], "processes outlived the kernel"
     assert not home.exists(), f"{home} outlived the kernel"
@@ -167,10 +188,7 @@ def test_tritonserver_restarted_after_a_crash_still_ends_with_the_kernel(kernel)
     from helpers import process_tree as tree
 
     os.kill(kernel.pids["triton"], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while not _answers_now(kernel.http):
-        assert time.monotonic() < deadline, "the model did not answer again after the crash"
-        time.sleep(0.1)
+    wait_until(lambda: _answers_now(kernel.http), 60, "the model answered again after the crash", interval=0.1)
     out, _ = run_in_kernel(kernel.client, "print(tritonnb.server().pid, tritonnb.server().status()['restarts'])")
     pid, restarts = map(int, out.split())
     assert pid != kernel.pids["triton"] and restarts == 1

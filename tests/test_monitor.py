@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import process_tree, wait_gone
+from helpers import process_tree, wait_gone, wait_until
 
 import tritonnb
 from tritonnb.observe.metrics_text import parse_metrics
@@ -28,13 +28,18 @@ def _send(count: int, batch: int = 2) -> None:
         call(np.ones((batch, 4), np.float32))
 
 
+def _successes(server) -> int:
+    """``double``'s successful requests as Triton's metrics count them now."""
+    return Monitor(target_for(server=server)).poll().models["double"].success_total
+
+
 def test_counters_become_rates_latency_split_and_batch_size(served):
     monitor = Monitor(target_for(server=served))
     first = monitor.poll()
     assert first.state == "READY" and first.version.startswith("2.")
     assert first.models["double"].success_per_s is None  # no window yet
     _send(12)
-    time.sleep(0.2)
+    wait_until(lambda: _successes(served) == 12, 10, "Triton's metrics counted the 12 requests")
     second = monitor.poll()
     model = second.models["double"]
     assert model.success_total == 12 and model.failure_total == 0
@@ -119,7 +124,7 @@ def test_server_that_stops_answering_is_down_with_a_reason(served):
     served.supervisor.enabled = False  # as with --no-restart: it stays down (recovery is tested in test_recovery)
     os.kill(served.pid, signal.SIGKILL)
     assert wait_gone(processes[:1]) == []
-    time.sleep(0.3)
+    wait_until(lambda: served.state == "DOWN", 10, "the server noticed that tritonserver exited")
     away = remote.poll()
     assert away.state == "DOWN" and "no answer" in away.reason
     assert away.models["double"].state == "UNAVAILABLE"
@@ -132,9 +137,7 @@ def test_server_that_stops_answering_is_down_with_a_reason(served):
     assert chart.update(down).startswith(b"\x89PNG")  # the chart keeps the data it had, and says why it stopped
     assert chart.note.startswith("DOWN: last data")
     assert chart.histories["double"] == down.models["double"].history and down.models["double"].history
-    deadline = time.monotonic() + 10
-    while not served.supervisor.gave_up and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: served.supervisor.gave_up, 10, "the supervisor recorded the exit it does not restart after")
     assert "restart on crash is off" in render.health_html(local.poll())
     served.supervisor.enabled = True
     served.restart()
@@ -150,11 +153,12 @@ def test_one_poller_serves_many_panels_and_stops_with_the_server(served):
     threads = [t for t in threading.enumerate() if t.name == "tritonnb-poller"]
     assert len(threads) == 1
     _send(5)
-    time.sleep(0.6)  # each new subscriber is served at once; count the steady state after that
+    burst = poller.polls  # each new subscriber is served at once; from the poll that starts next, at the interval
+    wait_until(lambda: poller.polls >= burst + 2, 10, "the poller served its new subscribers")
     before = poller.polls
-    time.sleep(1.5)
-    polls = poller.polls - before
-    assert 2 <= polls <= 5  # about 3 polls in 1.5 s at 0.5 s, not four subscribers' worth
+    started = time.monotonic()
+    wait_until(lambda: poller.polls >= before + 3, 10, "three more polls")
+    assert time.monotonic() - started >= 0.9  # 0.5 s apart (over 1 s), not four subscribers' worth (under 0.4 s)
     assert 'data-model="double"' in panels[0].models.value and "READY" in panels[0].health.value
     assert ">5</td>" in panels[1].models.value and "READY" in strip.value
     assert bytes(panels[0].chart_image.value).startswith(b"\x89PNG") and "double" in panels[0].live_chart.histories
@@ -164,13 +168,12 @@ def test_one_poller_serves_many_panels_and_stops_with_the_server(served):
     assert poller.running
     panels[2].close()
     strip.close()
-    time.sleep(1.0)
-    assert not poller.running
+    wait_until(lambda: not poller.running, 10, "the poller stopped when the last subscriber that polls left")
     panels[1].controls.pause.value = False
     assert poller.running
     tritonnb.stop()
-    time.sleep(1.5)
-    assert not poller.running and "STOPPED" in panels[1].health.value
+    wait_until(lambda: not poller.running, 10, "the poller stopped with the server")
+    assert "STOPPED" in panels[1].health.value
 
 
 def test_model_shows_loading_during_a_reload(served):

@@ -56,6 +56,7 @@ def test_percentiles_match_a_known_latency_mix(triton):
     result = run_perf(triton, "mix", concurrency=[1], duration_s=3.0, warmup_s=0)
     (row,) = result.rows
     assert set(ROW_KEYS) <= set(row)
+    assert result.levels[0].as_dict() == row  # the typed level reads the same figures
     assert row["errors"] == 0 and row["requests"] >= 50
     assert row["p50_ms"] < 55  # nine in ten requests are fast
     assert row["p95_ms"] >= 60 and row["p99_ms"] >= 60  # one in ten sleeps 60 ms
@@ -173,6 +174,7 @@ def test_tuner_changes_the_served_configuration(triton):
     )
     assert len(seen) == len(result.rows) == 6  # (0 | 4 x two delays) x two instance counts
     assert len(set(seen)) == 4
+    assert [(run.config.max_batch_size, run.config.instances) for run in result.runs] == seen
     best = result.recommendation
     assert best is not None and result.applied
     slot = triton.models["tuned"]

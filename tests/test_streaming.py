@@ -15,6 +15,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
+from helpers import wait_until
 from tritonclient.utils import InferenceServerException
 
 import tritonnb
@@ -147,12 +148,12 @@ def test_an_exception_mid_stream_reaches_the_client_after_the_responses_sent(tri
 
 
 def _counting_model(name: str) -> dict:
-    counts = {"steps": 0, "closed": 0}
+    counts = {"started": 0, "closed": 0}
 
     def counting(x):
+        counts["started"] += 1
         try:
             while True:
-                counts["steps"] += 1
                 time.sleep(0.05)
                 yield x
         finally:
@@ -162,14 +163,11 @@ def _counting_model(name: str) -> dict:
     return counts
 
 
-def _stops_counting(counts: dict) -> bool:
-    """Whether the generator was closed and counts no more steps."""
-    deadline = time.monotonic() + WAIT_S
-    while counts["closed"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    steps = counts["steps"]
-    time.sleep(0.5)  # ten steps' time: a generator still running would have counted on
-    return counts["closed"] == 1 and counts["steps"] == steps
+def _generator_stopped(counts: dict) -> bool:
+    """Whether the stream's generator was closed: the one that started has ended, and a closed generator runs no
+    further step."""
+    wait_until(lambda: counts["closed"], WAIT_S, "the generator was closed")
+    return counts["started"] == counts["closed"] == 1
 
 
 def test_a_grpc_client_leaving_the_stream_stops_the_generator(triton):
@@ -177,7 +175,7 @@ def test_a_grpc_client_leaving_the_stream_stops_the_generator(triton):
     for index, _ in enumerate(tritonnb.client("counting_grpc").stream([1.0])):
         if index == 2:
             break  # the loop's end closes the stream: the request is cancelled
-    assert _stops_counting(counts)
+    assert _generator_stopped(counts)
     assert tritonnb.server().models["counting_grpc"].stream_stats.figures().cancelled == 1
 
 
@@ -193,7 +191,7 @@ def test_an_sse_client_that_disconnects_stops_the_generator(triton):
         if events == 3:
             break
     connection.close()
-    assert _stops_counting(counts)
+    assert _generator_stopped(counts)
 
 
 def test_unbind_ends_open_streams_with_an_error_and_closes_their_generators(triton):
@@ -204,7 +202,7 @@ def test_unbind_ends_open_streams_with_an_error_and_closes_their_generators(trit
     with pytest.raises(InferenceServerException, match="stopped serving while this stream was open"):
         for _ in stream:
             pass
-    assert _stops_counting(counts)
+    assert _generator_stopped(counts)
 
 
 def _open_streams(name: str, count: int, length: int) -> tuple[list[threading.Thread], dict[int, list]]:

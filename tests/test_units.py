@@ -225,21 +225,52 @@ def test_ipv6_http_address_is_a_clear_error():
 def test_run_to_the_end_finishes_the_work_before_raising_an_interrupt():
     import os
     import signal
+    import sys
     import threading
+
+    from helpers import wait_until
 
     from tritonnb.serving.binding import run_to_the_end
 
     finished = []
+    handled = threading.Semaphore(0)
+    waiting = [threading.Condition.wait.__code__, threading.Event.wait.__code__, run_to_the_end.__code__]
+
+    def on_interrupt(signum, frame):
+        handled.release()
+        signal.default_int_handler(signum, frame)
+
+    def main_thread_waits_for_the_work() -> bool:
+        """Whether the main thread's innermost frames are run_to_the_end's wait for the work."""
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        codes = []
+        while frame is not None and len(codes) < len(waiting):
+            codes.append(frame.f_code)
+            frame = frame.f_back
+        return codes == waiting
+
+    def interrupt(number: int) -> None:
+        """A Ctrl-C while the main thread waits for the work; returns once its handler ran."""
+        wait_until(main_thread_waits_for_the_work, 10, "the main thread waits for the work", interval=0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while not handled.acquire(timeout=0.1):
+            assert time.monotonic() < deadline, f"interrupt {number} was not handled"
+            os.kill(os.getpid(), signal.SIGUSR1)  # wakes a main thread that blocked just after the SIGINT arrived
 
     def work():
-        time.sleep(0.6)
+        interrupt(1)
+        interrupt(2)
         finished.append(True)
 
-    timers = [threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)) for delay in (0.1, 0.3)]
-    for timer in timers:
-        timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_to_the_end(work)
+    handlers = {signal.SIGINT: on_interrupt, signal.SIGUSR1: lambda signum, frame: None}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_to_the_end(work)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     assert finished == [True]  # both interrupts waited for the work
     with pytest.raises(ZeroDivisionError):
         run_to_the_end(lambda: 1 / 0)
@@ -286,7 +317,7 @@ def test_calls_that_outlive_the_timeout_are_capped_and_counted():
 
 
 def test_stream_figures_count_every_response_of_a_busy_window():
-    from tritonnb.serving.stream_stats import StreamStats
+    from tritonnb.observe.stream_stats import StreamStats
 
     stats = StreamStats()
     stats.opened()

@@ -35,4 +35,5 @@ def test_wheel_ships_every_subpackage_and_no_dev_code(tmp_path):
     sources = {str(p.relative_to(ROOT)) for p in (ROOT / "tritonnb").rglob("*.py")}
     assert sources <= set(names), sorted(sources - set(names))
     assert "tritonnb/py.typed" in names
+    assert "tritonnb/triton/stub/_tritonnb_stub.py" in names  # package data, sent with each model's files
     assert not [n for n in names if n.startswith(("devtools/", "benchmarks/", "tests/"))]

@@ -2,31 +2,40 @@
 
 ``%load_ext tritonnb`` registers the magics; the same features are plain functions here. Heavy imports (PyTriton,
 torch) happen on first use, so loading the extension stays cheap. Errors the kit raises on purpose derive from
-``TritonnbError``.
+``TritonnbError`` and live in ``errors``.
 
-How a ``%%triton_model`` cell flows through the modules (each layer only calls the ones below it):
+The package, by layer (each imports only the layers below it):
 
-1. ``magics``: parses the line (IPython ``magic_arguments``), runs the cell (``cell``), calls ``bind`` below.
-2. ``tritonnb.bind`` (this module): starts the server if none runs and returns a ``card``; the magic displays it
-   with a live strip (``widgets``, fed by ``poller`` -> ``monitor`` -> ``metrics_text`` / ``statistics``).
-3. ``session.Server``: the one tritonserver of this process (``settings``, ``ports``, ``server_log``, ``leftovers``);
-   held in ``state`` with the rest of the process-wide state.
-4. ``binding.ModelSlot``: one per model name; swaps the function in place, or loads a new generation through
-   Triton's model-control API and retires the old one once it is quiet.
-5. ``served_function``: the trampoline Triton's handler threads call: numpy -> torch (``torch_bridge``) -> the
-   user's function -> numpy, with the batch merged and split.
-6. ``_pytriton``: the only module touching PyTriton's private names (and the stub code it sends to Triton);
-   ``engine`` installs PyTriton beside any numpy (``python -m tritonnb install``) and says what is missing;
-   ``signature`` and ``errors`` are the plain data and exceptions every layer shares.
-
-Load tests (``perf``, ``loadgen``, ``tune``) sit beside ``bind`` and use the same server object (their charts:
-``charts``, matplotlib; the live panel's chart: ``widgets.live_chart``); a model tritonnb did
-not bind (from a model repository the server serves, see ``repository``, or on any Triton server) gets its spec from
-the server that serves it (``remote_spec``).
+- ``ui``: what the notebook shows. ``magics`` (``%%triton_model``, ``%triton``, ``%triton_perf``, ...; the cell
+  runs through ``cell``), ``card`` (what a bind shows), ``report`` (status text), the ipywidgets ``panel``,
+  ``fleet_panel`` and per-model strip with their ``controls``, ``render`` (their HTML), ``live_chart`` and
+  ``progress``.
+- ``deploy``: a served model written to a Triton model repository (``export``, ``capture``, ``torchscript``,
+  ``model_config``, ``layout``) with what runs it elsewhere (``compose``, ``kubernetes``, ``templates/``).
+- ``loadtest``: load tests and batching sweeps that return dataclasses (``perf``, ``loadgen``, ``tune``), and the
+  ``tables`` and ``charts`` those results show themselves with.
+- ``serving``: the notebook's functions on the server. ``server.Server`` (what ``tritonnb.server()`` returns) puts
+  together the process below, the ``registry`` of models (one ``binding.ModelSlot`` per name: swap in place, or load
+  a new generation and retire the old one once quiet) and ``status``. The trampoline Triton's handler threads call
+  is ``served_function`` (numpy -> torch via ``torch_bridge`` -> the function -> numpy, with ``output_check``) and,
+  for generators, ``streaming``.
+- ``triton``: the one tritonserver of this kernel. ``lifecycle`` (start, stop, restart, crash hooks), ``supervisor``
+  (crash recovery), ``settings``, ``ports``, ``logs``, ``model_control`` (gRPC, with the access token),
+  ``repository`` (existing model repositories served beside the notebook's models), ``browser_route`` (reaching the
+  ports through Jupyter), ``leftovers`` and ``process_exit`` (nothing outlives the kernel), ``engine`` (installs
+  PyTriton beside any numpy: ``python -m tritonnb install``) and ``_pytriton``, the only module touching PyTriton's
+  private names, with the helper module it sends to the python-backend stub (``stub/``).
+- ``observe``: what a server is doing, as plain data: ``monitor`` (snapshots) and ``poller`` (shared by panels),
+  from ``metrics_text``, ``stats_api``, ``host_gpu`` and ``stream_stats``; ``remote_spec`` reads a model's spec from
+  the server that serves it.
+- At the bottom, shared by all: ``errors``, ``states`` (server and model states), ``signature`` (tensor specs) and
+  ``http_get``. At the top: this module, ``state`` (the process-wide state), ``model_client`` (what
+  ``tritonnb.client`` returns), and the documented modules ``perf``, ``tune`` and ``card``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -47,10 +56,13 @@ from tritonnb.errors import (
     ServerStartError,
     SignatureMismatch,
     SpecError,
+    StreamClosed,
+    StreamEnded,
     TritonnbError,
     UnknownModelError,
     WarmupError,
 )
+from tritonnb.states import ModelState, ServerState
 
 if TYPE_CHECKING:
     from tritonnb.deploy.export import ExportResult
@@ -68,29 +80,50 @@ __all__ = [
     "ExportError",
     "InputError",
     "ModelError",
+    "ModelState",
     "ModelTimeout",
     "NoServerError",
     "OutputError",
     "PerfError",
     "PortBusyError",
     "ServerStartError",
+    "ServerState",
     "SignatureMismatch",
     "SpecError",
+    "StreamClosed",
+    "StreamEnded",
     "TritonnbError",
     "UnknownModelError",
     "WarmupError",
     "bind",
+    "card",
     "client",
     "export",
     "metrics",
     "panel",
+    "perf",
     "restart",
     "serve_forever",
     "server",
     "start",
     "stop",
+    "tune",
     "unbind",
 ]
+DOCUMENTED_MODULES = ("perf", "tune", "card")  # reachable as tritonnb.perf etc. after ``import tritonnb`` alone
+
+
+def __getattr__(name: str) -> Any:
+    """The documented modules, imported on first use so that ``%load_ext tritonnb`` stays cheap."""
+    if name in DOCUMENTED_MODULES:
+        return importlib.import_module(f"tritonnb.{name}")
+    raise AttributeError(f"module 'tritonnb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *DOCUMENTED_MODULES})
+
+
 __version__ = "0.1.0"
 
 
@@ -111,23 +144,23 @@ def start(restart_on_crash: bool = True, **options: Any) -> Server:
     (after 3 exits within 60 s it gives up and says so), and a model whose python backend stub died is loaded
     again; ``restart_on_crash=False`` turns both off.
     """
-    from tritonnb.serving import server as session
+    from tritonnb.serving import server as serving
 
-    return session.start(restart_on_crash=restart_on_crash, **options)
+    return serving.start(restart_on_crash=restart_on_crash, **options)
 
 
 def stop() -> float | None:
     """Stop the server and every model; return the seconds it took (None if none ran)."""
-    from tritonnb.serving import server as session
+    from tritonnb.serving import server as serving
 
-    return session.stop()
+    return serving.stop()
 
 
 def server() -> Server | None:
     """The server this process started, or None."""
-    from tritonnb.serving import server as session
+    from tritonnb.serving import server as serving
 
-    return session.server()
+    return serving.server()
 
 
 def restart() -> float:
@@ -215,8 +248,7 @@ def client(name: str) -> ModelClient:
     if current is None:
         raise NoServerError("no Triton server runs")
     if name not in current.models and name not in current.repository_models:
-        served = sorted([*current.models, *current.repository_models])
-        raise UnknownModelError(f"no model named {name!r} is served; served: {served or 'none'}")
+        raise UnknownModelError.among(name, [*current.models, *current.repository_models])
     return ModelClient(name, current.http_url, current.grpc_url)
 
 
@@ -290,7 +322,7 @@ def serve_forever(poll_s: float = 1.0) -> None:
     if current is None:
         raise NoServerError("nothing to serve: bind a model first")
     try:
-        while current.state == "READY":
+        while current.state == ServerState.READY:
             time.sleep(poll_s)
     except KeyboardInterrupt:
         pass

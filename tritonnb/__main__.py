@@ -7,6 +7,8 @@ import sys
 
 from tritonnb.triton.engine import install
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the command."""

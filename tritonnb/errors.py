@@ -6,6 +6,30 @@ Each also derives from the built-in exception it used to be (``ValueError``, ``K
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+__all__ = [
+    "BindError",
+    "CellError",
+    "EngineError",
+    "ExportError",
+    "InputError",
+    "ModelError",
+    "ModelTimeout",
+    "NoServerError",
+    "OutputError",
+    "PerfError",
+    "PortBusyError",
+    "ServerStartError",
+    "SignatureMismatch",
+    "SpecError",
+    "StreamClosed",
+    "StreamEnded",
+    "TritonnbError",
+    "UnknownModelError",
+    "WarmupError",
+]
+
 
 class TritonnbError(Exception):
     """Base of every error tritonnb raises on purpose."""
@@ -32,6 +56,11 @@ class UnknownModelError(TritonnbError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+    @classmethod
+    def among(cls, name: str, served: Iterable[str]) -> UnknownModelError:
+        """The error for ``name``, listing the models that are ``served``."""
+        return cls(f"no model named {name!r} is served; served: {', '.join(sorted(served)) or 'none'}")
 
 
 class SpecError(TritonnbError, ValueError):
@@ -69,6 +98,14 @@ class OutputError(ModelError, TypeError):
 
 class ModelTimeout(ModelError, TimeoutError):
     """A served function did not return within its model's timeout (``--timeout-s``)."""
+
+
+class StreamEnded(ModelError):
+    """A stream ended by the server: its generation was retired (stop, unbind, a crash) while it was open."""
+
+
+class StreamClosed(TritonnbError, ConnectionError):
+    """A stream that ``ModelClient.close()`` ended (a server stop closes every client)."""
 
 
 class PerfError(TritonnbError, RuntimeError):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from typing import Any
+
+__all__ = ["TIMEOUT_S", "answers_ok", "base_url", "get_bytes", "get_json", "get_text"]
 
 TIMEOUT_S = 1.0
 
@@ -15,12 +18,25 @@ def base_url(url: str) -> str:
     return url if "://" in url else f"http://{url}"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the redirect is the answer: urllib raises HTTPError with its status
+
+
+def get_bytes(
+    url: str, headers: dict[str, str] | None = None, timeout: float = TIMEOUT_S, follow_redirects: bool = True
+) -> bytes:
+    """GET a URL's body; ``urllib.error.HTTPError`` for an error answer (and a redirect not followed), OSError when
+    nothing answers."""
+    opener = urllib.request.build_opener() if follow_redirects else urllib.request.build_opener(_NoRedirects)
+    with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
+        return response.read()
+
+
 def get_text(url: str, headers: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> str | None:
     """GET a URL; None for a non-200 answer; OSError when nothing answers."""
-    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read().decode()
+        return get_bytes(url, headers, timeout).decode()
     except urllib.error.HTTPError:
         return None
 

@@ -10,14 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from tritonclient.utils import InferenceServerException
 
 from tritonnb import state
-from tritonnb.errors import InputError
+from tritonnb.errors import InputError, StreamClosed
 from tritonnb.serving.torch_bridge import host_array
-from tritonnb.signature import DTYPES
+from tritonnb.signature import DTYPE_OF_TRITON
 
-_DTYPE_BY_TRITON = {triton: name for name, (_, triton) in DTYPES.items()}
+__all__ = ["ModelClient"]
 
 
 class ModelClient:
@@ -156,14 +155,10 @@ class ModelClient:
         arrays = []
         for name, datatype in declared:
             try:
-                arrays.append((name, datatype, host_array(values[name], _DTYPE_BY_TRITON[datatype])))
+                arrays.append((name, datatype, host_array(values[name], DTYPE_OF_TRITON[datatype])))
             except TypeError as error:
                 raise InputError(f"input {name!r} ({datatype}): {error}") from None
         return arrays
-
-
-class StreamClosed(InferenceServerException):
-    """A stream that ``ModelClient.close()`` ended (a server stop closes every client)."""
 
 
 def _end_stream(client: Any, cancel: bool) -> None:

@@ -11,6 +11,21 @@ import numpy as np
 
 from tritonnb.errors import SignatureMismatch, SpecError
 
+__all__ = [
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_OUTPUT",
+    "DTYPES",
+    "DTYPE_ALIASES",
+    "DTYPE_OF_TRITON",
+    "ModelSpec",
+    "TensorSpec",
+    "as_specs",
+    "default_inputs",
+    "parameters_of",
+    "parse_spec",
+    "sample_inputs",
+]
+
 # dtype name -> (numpy dtype, Triton datatype as spoken by the HTTP/gRPC protocol)
 DTYPES: dict[str, tuple[type, str]] = {
     "float16": (np.float16, "FP16"),
@@ -24,6 +39,7 @@ DTYPES: dict[str, tuple[type, str]] = {
     "bool": (np.bool_, "BOOL"),
     "bytes": (np.bytes_, "BYTES"),
 }
+DTYPE_OF_TRITON = {triton: name for name, (_, triton) in DTYPES.items()}  # e.g. "FP32" -> "float32"
 DTYPE_ALIASES = {
     "fp16": "float16",
     "half": "float16",
@@ -186,3 +202,13 @@ class ModelSpec:
     def batched(self) -> bool:
         """Whether Triton batches requests (and the first dim of every tensor is the batch)."""
         return self.max_batch_size > 0
+
+    def batching_text(self) -> str:
+        """How requests are batched and how many instances run, e.g. ``max 32, delay 100 µs, 2 inst.``."""
+        if self.stream:
+            batching = "stream"
+        elif self.batched:
+            batching = f"max {self.max_batch_size}, delay {self.batch_delay_us} µs"
+        else:
+            batching = "off"
+        return f"{batching}, {self.instances} inst."

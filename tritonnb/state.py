@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from tritonnb.serving.server import Server
     from tritonnb.ui.panel import ModelStrip
 
+__all__ = ["clients", "lock", "monitors", "pollers", "server", "strips"]
+
 server: Server | None = None
 pollers: dict[tuple[str, str], Poller] = {}
 monitors: dict[tuple[str, str], Monitor] = {}

@@ -1,1 +1,3 @@
 """From notebook to fleet: a served model exported to a Triton model repository, docker compose and Kubernetes."""
+
+__all__ = []

@@ -33,6 +33,8 @@ from tritonnb.serving.output_check import checked_outputs
 from tritonnb.serving.torch_bridge import call_with_tensors
 from tritonnb.signature import TensorSpec
 
+__all__ = ["FUNCTION_FILE", "PortableFunction", "captured_function", "used_variables"]
+
 FUNCTION_FILE = "function.pt"
 
 

@@ -15,14 +15,17 @@ import pathlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from tritonnb.deploy.compose import RepositoryModel, Runtime
+from tritonnb.deploy.compose import ExportedModel, Runtime, template
 from tritonnb.errors import ExportError, NoServerError, SpecError, UnknownModelError
 
 if TYPE_CHECKING:
     from tritonnb.deploy.capture import PortableFunction
     from tritonnb.signature import ModelSpec
 
-FORMATS = ("python", "torchscript")
+__all__ = ["BACKENDS", "FORMATS", "ExportResult", "export"]
+
+BACKENDS = {"python": "python", "torchscript": "pytorch"}  # export format -> the Triton backend that serves it
+FORMATS = tuple(BACKENDS)
 
 
 @dataclasses.dataclass
@@ -76,8 +79,7 @@ def export(
         raise NoServerError(f"no Triton server runs, so no model {name!r} to export; serve it first")
     slot = server.models.get(name)
     if slot is None or slot.fn is None:
-        served = sorted(n for n, s in server.models.items() if s.fn is not None)
-        raise UnknownModelError(f"no model named {name!r} is served; served: {', '.join(served) or 'none'}")
+        raise UnknownModelError.among(name, [n for n, s in server.models.items() if s.fn is not None])
     if slot.spec.stream:
         raise ExportError(
             f"model {name!r} streams, and export writes models that answer once: a streaming (decoupled) model is "
@@ -85,7 +87,7 @@ def export(
         )
     repository = layout.Repository(pathlib.Path(directory))
     repository.check_writable()
-    backend = "python" if model_format == "python" else "pytorch"
+    backend = BACKENDS[model_format]
     repository.check_backend(name, backend)
     number = repository.version_to_write(name, version, force)
 
@@ -102,9 +104,9 @@ def export(
         if failure:  # Triton fails the model's load when its warm-up fails: better none than a fleet that won't start
             warm_up = False
             notes.append(f"no model_warmup: the function fails on Triton's zero sample ({failure})")
-    config = config_text(model_config(slot.spec, model_format, slot.device, warm_up))
+    config = config_text(model_config(slot.spec, backend, slot.device, warm_up))
     strings = any(s.dtype == "bytes" for s in (*spec.inputs, *spec.outputs))
-    models = repository.models_after(RepositoryModel(name, backend, slot.device.startswith("cuda"), strings))
+    models = repository.models_after(ExportedModel(name, backend, slot.device.startswith("cuda"), strings))
     if strings and backend == "python" and runtime.numpy_requirement(models) == "numpy<2":
         notes.append(
             f"bytes tensors: the image's Python gets numpy<2 (this notebook has {runtime.numpy}): Triton 2.51's "
@@ -136,7 +138,7 @@ def _model_files(
         metadata.update(torch=runtime.torch, cloudpickle=runtime.cloudpickle)
         files = {
             FUNCTION_FILE: captured_function(function),
-            "model.py": (pathlib.Path(__file__).parent / "python_backend_model.py").read_bytes(),
+            "model.py": template("model.py").encode(),
             "source.py": _source_of(function.fn).encode(),
         }
     files["export.json"] = (json.dumps(metadata, indent=2) + "\n").encode()
@@ -163,7 +165,7 @@ def _source_of(fn: Any) -> str:
         return header + f"# the source of {getattr(fn, '__qualname__', fn)!r} is not available\n"
 
 
-def _fleet_files(repository: str, models: list[RepositoryModel], runtime: Runtime) -> dict[str, str]:
+def _fleet_files(repository: str, models: list[ExportedModel], runtime: Runtime) -> dict[str, str]:
     """Everything around the models: compose, Dockerfile, local script, README, Kubernetes manifests."""
     from tritonnb.deploy import compose, kubernetes
 
@@ -172,7 +174,7 @@ def _fleet_files(repository: str, models: list[RepositoryModel], runtime: Runtim
         "docker-compose.yml": compose.compose_file(repository, models),
         "Dockerfile": compose.dockerfile(models, runtime),
         ".dockerignore": "kubernetes-*.yaml\n*.new\n.tritonnb-*\n.ipynb_checkpoints\n",
-        "serve_here.sh": compose.SERVE_HERE,
+        "serve_here.sh": compose.serve_here(),
         "README.md": compose.readme(repository, models),
         **k8s,
     }

@@ -10,9 +10,11 @@ import pathlib
 import shutil
 import tempfile
 
-from tritonnb.deploy.compose import RepositoryModel
+from tritonnb.deploy.compose import ExportedModel
 from tritonnb.deploy.model_config import TYPE_NAMES, parse_config
 from tritonnb.errors import ExportError, SpecError
+
+__all__ = ["GENERATED", "Repository"]
 
 GENERATED = ".tritonnb-generated.json"  # digests of the files around the models as last written
 
@@ -71,7 +73,7 @@ class Repository:
             )
         return version
 
-    def models_after(self, exported: RepositoryModel) -> list[RepositoryModel]:
+    def models_after(self, exported: ExportedModel) -> list[ExportedModel]:
         """Every model of the repository once ``exported`` is written, by name."""
         models = {exported.name: exported}
         for config_path in sorted(self.path.glob("*/config.pbtxt")):
@@ -80,7 +82,7 @@ class Repository:
                 config = parse_config(config_path.read_text())
                 gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
                 strings = any(t.data_type == TYPE_NAMES["bytes"] for t in (*config.input, *config.output))
-                models[name] = RepositoryModel(name, config.backend, gpu, strings)
+                models[name] = ExportedModel(name, config.backend, gpu, strings)
         return sorted(models.values(), key=lambda m: m.name)
 
     def write(

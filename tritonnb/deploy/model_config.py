@@ -10,7 +10,8 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from tritonnb.signature import ModelSpec, TensorSpec
 
-BACKENDS = {"python": "python", "torchscript": "pytorch"}
+__all__ = ["TYPE_NAMES", "can_warm_up", "config_text", "model_config", "parse_config", "warmup_sample"]
+
 TYPE_NAMES = {  # spec dtype -> model-config DataType (the protocol name with TYPE_, bytes as TYPE_STRING)
     "float16": pb.TYPE_FP16,
     "float32": pb.TYPE_FP32,
@@ -25,11 +26,11 @@ TYPE_NAMES = {  # spec dtype -> model-config DataType (the protocol name with TY
 }
 
 
-def model_config(spec: ModelSpec, model_format: str, device: str, warm_up: bool = True) -> pb.ModelConfig:
+def model_config(spec: ModelSpec, backend: str, device: str, warm_up: bool = True) -> pb.ModelConfig:
     """The model config Triton serves ``spec`` with in a repository: backend, batching, instances, warm-up, policy."""
     config = pb.ModelConfig(
         name=spec.name,
-        backend=BACKENDS[model_format],
+        backend=backend,
         max_batch_size=spec.max_batch_size,
         input=[_tensor(pb.ModelInput, s) for s in spec.inputs],
         output=[_tensor(pb.ModelOutput, s) for s in spec.outputs],

@@ -21,6 +21,8 @@ from tritonnb.serving.output_check import outputs_in_order
 from tritonnb.serving.torch_bridge import to_torch
 from tritonnb.signature import ModelSpec, sample_inputs
 
+__all__ = ["MODEL_FILE", "traced_model"]
+
 MODEL_FILE = "model.pt"
 
 

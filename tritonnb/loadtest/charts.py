@@ -15,6 +15,25 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
 
+from tritonnb.loadtest.results import Level, TuneRow
+
+__all__ = [
+    "BUDGET_COLOUR",
+    "BUDGET_ROOM",
+    "COLOURS",
+    "ERROR_COLOUR",
+    "IMAGE_DPI",
+    "MAX_NAMED_FAILURES",
+    "MAX_NAMED_FRONT",
+    "SCREEN_DPI",
+    "Chart",
+    "config_name",
+    "hide_overlapping",
+    "new_figure",
+    "perf_chart",
+    "tune_chart",
+]
+
 COLOURS = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#4e342e", "#546e7a")
 BUDGET_COLOUR = "#c62828"
 ERROR_COLOUR = "#c62828"
@@ -147,23 +166,23 @@ def perf_chart(runs: Sequence[Any], labels: Sequence[str] | None = None, max_lat
     erroring = False
     for index, (run, name) in enumerate(zip(runs, names)):
         colour, dashes = COLOURS[index % len(COLOURS)], index >= len(COLOURS)  # past the palette: dotted p95 too
-        rows = sorted(run.rows, key=lambda row: row["concurrency"])
-        timed = [row for row in rows if row["p95_ms"] is not None]
+        levels = sorted(run.levels, key=lambda level: level.concurrency)
+        timed = [level for level in levels if level.p95_ms is not None]
         failed_levels += [
-            f"{name} c={row['concurrency']}: {row['errors']} errors" for row in rows if row["p95_ms"] is None
+            f"{name} c={level.concurrency}: {level.errors} errors" for level in levels if level.p95_ms is None
         ]
-        x = [row["throughput"] for row in timed]
-        p95 = [row["p95_ms"] for row in timed]
+        x = [level.throughput for level in timed]
+        p95 = [level.p95_ms for level in timed]
         (line,) = axes.plot(x, p95, ":o" if dashes else "-o", color=colour, markersize=5, label=f"{name} p95")
-        axes.plot(x, [row["p50_ms"] for row in timed], "--s", color=colour, markersize=4, alpha=0.75)
+        axes.plot(x, [level.p50_ms for level in timed], "--s", color=colour, markersize=4, alpha=0.75)
         handles += [line, Line2D([], [], color=colour, linestyle="--", marker="s", markersize=4, label=f"{name} p50")]
         top, right = max([top, *p95]), max([right, *x])
-        with_errors = [row for row in timed if row["errors"]]
+        with_errors = [level for level in timed if level.errors]
         if with_errors:
             erroring = True
             axes.plot(
-                [row["throughput"] for row in with_errors],
-                [row["p95_ms"] for row in with_errors],
+                [level.throughput for level in with_errors],
+                [level.p95_ms for level in with_errors],
                 "x",
                 color=ERROR_COLOUR,
                 markersize=10,
@@ -171,14 +190,14 @@ def perf_chart(runs: Sequence[Any], labels: Sequence[str] | None = None, max_lat
             )
         level_labels += [
             axes.annotate(
-                f"c={row['concurrency']}",
-                (row["throughput"], row["p95_ms"]),
+                f"c={level.concurrency}",
+                (level.throughput, level.p95_ms),
                 xytext=(4, 5),
                 textcoords="offset points",
                 fontsize=8,
                 color=colour,
             )
-            for row in timed
+            for level in timed
         ]
     if erroring:
         handles.append(Line2D([], [], color=ERROR_COLOUR, marker="x", linestyle="", markersize=8, label="had errors"))
@@ -194,42 +213,44 @@ def perf_chart(runs: Sequence[Any], labels: Sequence[str] | None = None, max_lat
         _failure_note(figure, failed_levels)
     hide_overlapping(figure, level_labels)
     description = f"{title}: " + "; ".join(
-        f"{name} c={row['concurrency']} {row['throughput']:.1f} req/s p95 {row['p95_ms']:.2f} ms"
+        f"{name} c={level.concurrency} {level.throughput:.1f} req/s p95 {level.p95_ms:.2f} ms"
         for run, name in zip(runs, names)
-        for row in run.rows
-        if row["p95_ms"] is not None
+        for level in run.levels
+        if level.p95_ms is not None
     )
     return Chart(figure, description)
 
 
-def config_name(row: dict[str, Any], with_concurrency: bool = False) -> str:
+def config_name(run: TuneRow, with_concurrency: bool = False) -> str:
     """A tuning configuration in short: batch size, queue delay, instances (and the load level, when a sweep ran
     several)."""
-    name = f"b{row['max_batch_size']}/d{row['batch_delay_us']}/i{row['instances']}"
-    return f"{name} c={row['concurrency']}" if with_concurrency else name
+    config = run.config
+    name = f"b{config.max_batch_size}/d{config.batch_delay_us}/i{config.instances}"
+    return f"{name} c={run.level.concurrency}" if with_concurrency else name
 
 
 def tune_chart(result: Any) -> Chart:
     """Every configuration of a sweep as a point (throughput against p95), numbered as in the result table: those
     that meet the budget without errors filled, the rest hollow, errors crossed; the Pareto front joined; the chosen
     configuration starred and named in the legend with the front."""
-    rows, budget = result.rows, result.max_latency_ms
+    runs, budget = result.runs, result.max_latency_ms
+    levels: list[Level] = [run.level for run in runs]
     figure = new_figure(7.6, 4.4)
     axes = figure.add_subplot()
-    timed = [i for i, row in enumerate(rows) if row["p95_ms"] is not None]
-    fits = [i for i in timed if rows[i]["fits"]]
-    misses = [i for i in timed if not rows[i]["fits"]]
-    errors = [i for i in timed if rows[i]["errors"]]
+    timed = [i for i, level in enumerate(levels) if level.p95_ms is not None]
+    fits = [i for i in timed if runs[i].fits]
+    misses = [i for i in timed if not runs[i].fits]
+    errors = [i for i in timed if levels[i].errors]
     front = result.front
-    several_levels = len({row["concurrency"] for row in rows}) > 1
+    several_levels = len({level.concurrency for level in levels}) > 1
 
-    def name(row: dict[str, Any]) -> str:
-        return config_name(row, several_levels)
+    def name(run: TuneRow) -> str:
+        return config_name(run, several_levels)
 
     fit_label = "meets the budget" if budget is not None else "no errors"
 
-    def xy(indexes: Sequence[int]) -> tuple[list[float], list[float]]:
-        return [rows[i]["throughput"] for i in indexes], [rows[i]["p95_ms"] for i in indexes]
+    def xy(indexes: Sequence[int]) -> tuple[list[float], list[Any]]:
+        return [levels[i].throughput for i in indexes], [levels[i].p95_ms for i in indexes]
 
     handles = []
     if fits:
@@ -244,22 +265,22 @@ def tune_chart(result: Any) -> Chart:
         ring = {"markersize": 12, "markerfacecolor": "none", "linewidth": 1.2}
         handles.append(axes.plot(*xy(front), "-o", color="#1565c0", label="Pareto front", **ring)[0])
         for i in front[-MAX_NAMED_FRONT:]:
-            handles.append(Line2D([], [], linestyle="", label=f"#{i + 1} {name(rows[i])}"))
+            handles.append(Line2D([], [], linestyle="", label=f"#{i + 1} {name(runs[i])}"))
         if len(front) > MAX_NAMED_FRONT:
             more = len(front) - MAX_NAMED_FRONT
             handles.append(Line2D([], [], linestyle="", label=f"+{more} more on the front (see the table)"))
     if result.best is not None:
-        best = rows[result.best]
+        best = levels[result.best]
         handles.append(
             axes.plot(
-                best["throughput"],
-                best["p95_ms"],
+                best.throughput,
+                best.p95_ms,
                 "*",
                 color="#f9a825",
                 markeredgecolor="black",
                 markersize=16,
-                label=f"chosen #{result.best + 1} {name(best)}: {best['throughput']:,.0f} req/s, "
-                f"p95 {best['p95_ms']:.2f} ms",
+                label=f"chosen #{result.best + 1} {name(runs[result.best])}: {best.throughput:,.0f} req/s, "
+                f"p95 {best.p95_ms:.2f} ms",
             )[0]
         )
     timed_x, timed_y = xy(timed)
@@ -268,7 +289,7 @@ def tune_chart(result: Any) -> Chart:
     numbers = [
         axes.annotate(
             f"#{i + 1}",
-            (rows[i]["throughput"], rows[i]["p95_ms"]),
+            (levels[i].throughput, levels[i].p95_ms),
             xytext=(5, 4),
             textcoords="offset points",
             fontsize=8,
@@ -278,12 +299,12 @@ def tune_chart(result: Any) -> Chart:
     ]
     _axes_from_zero(axes, max([0.0, *timed_x]), top)
     axes.set_ylabel("p95 latency (ms)")
-    axes.set_title(f"tuning {result.model}: {len(rows)} runs, # as in the table", fontsize=11, loc="left")
+    axes.set_title(f"tuning {result.model}: {len(runs)} runs, # as in the table", fontsize=11, loc="left")
     _legend_beside(axes, handles)
-    untimed = [f"#{i + 1} ({row['errors']} errors)" for i, row in enumerate(rows) if row["p95_ms"] is None]
+    untimed = [f"#{i + 1} ({level.errors} errors)" for i, level in enumerate(levels) if level.p95_ms is None]
     if untimed:
         _failure_note(figure, untimed)
     hide_overlapping(figure, numbers)
-    chosen = f"chosen #{result.best + 1} {name(rows[result.best])}" if result.best is not None else "none fits"
-    front_names = ", ".join(f"#{i + 1} {name(rows[i])}" for i in front)
-    return Chart(figure, f"tuning {result.model}: {len(rows)} runs; Pareto front {front_names or 'empty'}; {chosen}")
+    chosen = f"chosen #{result.best + 1} {name(runs[result.best])}" if result.best is not None else "none fits"
+    front_names = ", ".join(f"#{i + 1} {name(runs[i])}" for i in front)
+    return Chart(figure, f"tuning {result.model}: {len(runs)} runs; Pareto front {front_names or 'empty'}; {chosen}")

@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
+__all__ = ["error_message", "main", "read_stream", "run", "run_clients", "run_streams"]
+
 
 def error_message(payload: bytes) -> str:
     """The telling line of an error response: the served function's exception, not Triton's traceback around it."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from tritonnb.errors import NoServerError, PerfError, SpecError, UnknownModelError
 from tritonnb.http_get import base_url
+from tritonnb.loadtest.results import Level, PerfRow, StreamRow, columns
 from tritonnb.observe.metrics_text import PHASES
 from tritonnb.observe.remote_spec import remote_spec
 from tritonnb.observe.stats_api import fetch_stats
@@ -29,28 +30,29 @@ from tritonnb.signature import ModelSpec, sample_inputs
 if TYPE_CHECKING:
     from tritonnb.loadtest.charts import Chart
 
-ROW_KEYS = (
-    "concurrency",
-    "throughput",
-    "p50_ms",
-    "p90_ms",
-    "p95_ms",
-    "p99_ms",
-    "errors",
-    "requests",
-    *(f"{p}_ms" for p in PHASES),
-)
-STREAM_ROW_KEYS = (  # a streaming model's: latency is the time to the first response
-    "concurrency",
-    "throughput",
-    "streams_per_s",
-    "p50_ms",
-    "p95_ms",
-    "between_p50_ms",
-    "between_p95_ms",
-    "errors",
-    "requests",
-)
+__all__ = [
+    "ENGINES",
+    "ROW_KEYS",
+    "STREAM_ROW_KEYS",
+    "WARMUP_S",
+    "Endpoint",
+    "PerfResult",
+    "Progress",
+    "batch_size",
+    "generate_body",
+    "input_arrays",
+    "model_spec",
+    "percentiles",
+    "perf_analyzer_command",
+    "plot",
+    "request_body",
+    "rows_dataframe",
+    "run_perf",
+    "stream_row",
+]
+
+ROW_KEYS = columns(PerfRow)
+STREAM_ROW_KEYS = columns(StreamRow)  # a streaming model's: latency is the time to the first response
 WARMUP_S = 0.5
 Progress = Callable[[int, int, dict[str, Any]], None]
 
@@ -66,7 +68,11 @@ class Endpoint:
 
 @dataclasses.dataclass
 class PerfResult:
-    """Rows of one load test (one per concurrency level) and the equivalent perf_analyzer command line."""
+    """Rows of one load test (one per concurrency level) and the equivalent perf_analyzer command line.
+
+    ``rows`` is plain data: one dict per level, keyed by ``row_keys``. ``levels`` reads the same rows as typed
+    ``PerfRow`` (``StreamRow`` for a stream).
+    """
 
     model: str
     duration_s: float
@@ -82,12 +88,18 @@ class PerfResult:
         """The columns of the rows."""
         return STREAM_ROW_KEYS if self.streaming else ROW_KEYS
 
+    @property
+    def levels(self) -> list[Level]:
+        """The rows as typed levels, in the same order."""
+        row_type = StreamRow if self.streaming else PerfRow
+        return [row_type.from_dict(row) for row in self.rows]
+
     def __repr__(self) -> str:
         from tritonnb.loadtest.tables import rows_text
 
         reproduce = f"\nreproduce with NVIDIA's tool:\n{self.perf_analyzer}" if self.perf_analyzer else ""
         return (
-            f"load test of {self.model!r}, {self.duration_s:g} s per level\n{rows_text(self.rows, self.row_keys)}\n"
+            f"load test of {self.model!r}, {self.duration_s:g} s per level\n{rows_text(self.levels, self.row_keys)}\n"
             + reproduce
         )
 
@@ -254,7 +266,7 @@ class _BuiltinEngine:
         self._body.write(body)
         self._body.flush()
 
-    def measure(self, level: int) -> tuple[dict[str, Any], list[str]]:
+    def measure(self, level: int) -> tuple[Level, list[str]]:
         """One level: client-side latencies and errors, and Triton's split over the same window."""
         endpoint, name = self.endpoint, self.spec.name
         # a stream's row has no server-side split: its statistics are not read
@@ -281,14 +293,14 @@ class _BuiltinEngine:
             return stream_row(level, measured), measured["error_samples"]
         after = (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
         latencies = measured["latencies_ms"]
-        row = {
-            "concurrency": level,
-            "throughput": len(latencies) / measured["elapsed_s"],
+        row = PerfRow(
+            concurrency=level,
+            throughput=len(latencies) / measured["elapsed_s"],
             **percentiles(latencies),
-            "errors": measured["errors"],
-            "requests": len(latencies) + measured["errors"],
+            errors=measured["errors"],
+            requests=len(latencies) + measured["errors"],
             **_server_split(before, after),
-        }
+        )
         return row, measured["error_samples"]
 
     def close(self) -> None:
@@ -321,7 +333,7 @@ class _PerfAnalyzerEngine:
         ]
         self._data.write_text(json.dumps({"data": samples}))
 
-    def measure(self, level: int) -> tuple[dict[str, Any], list[str]]:
+    def measure(self, level: int) -> tuple[Level, list[str]]:
         """One level, measured over three windows that together take about ``duration_s``."""
         report = pathlib.Path(self._folder.name) / f"c{level}.csv"
         window_ms = max(200, int(self.duration_s * 1000 / 3))
@@ -368,14 +380,7 @@ class _PerfAnalyzerEngine:
         throughput = float(row["Inferences/Second"]) / self.batch  # samples/s to requests/s
         counts = re.findall(r"Request count: (\d+)", done.stdout)  # of the stable window it reports
         requests = int(counts[-1]) if counts else None
-        return {
-            "concurrency": level,
-            "throughput": throughput,
-            **{k: ms[k] for k in ms if k.startswith("p")},
-            "errors": 0,
-            "requests": requests,
-            **{k: ms[k] for k in ms if not k.startswith("p")},
-        }, []
+        return PerfRow(concurrency=level, throughput=throughput, errors=0, requests=requests, **ms), []
 
     def close(self) -> None:
         """Remove the input data and reports."""
@@ -389,34 +394,35 @@ def generate_body(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> tuple[bytes
             f"cannot load-test stream {spec.name!r}: inputs {spec.shaped_inputs} have more than one dim per sample, "
             "and Triton's generate extension, which the load generator streams through, takes each input as a flat list"
         )
-    body = {
-        name: [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
-        for name, array in arrays.items()
-    }
+    body = {name: _json_values(array) for name, array in arrays.items()}
     return json.dumps(body).encode(), 0
 
 
-def stream_row(level: int, measured: dict[str, Any]) -> dict[str, Any]:
+def stream_row(level: int, measured: dict[str, Any]) -> StreamRow:
     """One level of a stream's load test: responses/s, streams/s, time to first response and between responses."""
     first, between = measured["latencies_ms"], measured["between_ms"]
     p_first, p_between = percentiles(first), percentiles(between)
-    return {
-        "concurrency": level,
-        "throughput": measured["responses"] / measured["elapsed_s"],
-        "streams_per_s": len(first) / measured["elapsed_s"],
-        "p50_ms": p_first["p50_ms"],
-        "p95_ms": p_first["p95_ms"],
-        "between_p50_ms": p_between["p50_ms"],
-        "between_p95_ms": p_between["p95_ms"],
-        "errors": measured["errors"],
-        "requests": len(first) + measured["errors"],
-    }
+    return StreamRow(
+        concurrency=level,
+        throughput=measured["responses"] / measured["elapsed_s"],
+        streams_per_s=len(first) / measured["elapsed_s"],
+        p50_ms=p_first["p50_ms"],
+        p95_ms=p_first["p95_ms"],
+        between_p50_ms=p_between["p50_ms"],
+        between_p95_ms=p_between["p95_ms"],
+        errors=measured["errors"],
+        requests=len(first) + measured["errors"],
+    )
+
+
+def _json_values(array: np.ndarray) -> list[Any]:
+    """An array's values as a flat JSON list, row-major (bytes as text)."""
+    return [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
 
 
 def _json_tensor(array: np.ndarray) -> dict[str, Any]:
     """One input of one perf_analyzer data entry: its values, row-major, and its shape."""
-    content = [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
-    return {"content": content, "shape": list(array.shape)}
+    return {"content": _json_values(array), "shape": list(array.shape)}
 
 
 ENGINES = ("builtin", "perf_analyzer")
@@ -444,7 +450,8 @@ def run_perf(
     With ``url``, the model is any Triton server's (``server`` may be None): its inputs, outputs and batching are
     read from that server, and ``token`` is sent to its statistics API if it restricts it (else Triton's
     server-side columns stay empty). A model of a served model repository is read from the server in the same way.
-    ``max_latency_ms``: a p95 budget, drawn as a line on the result's chart.
+    ``max_latency_ms``: a p95 budget, drawn as a line on the result's chart. ``on_progress`` is called after each
+    level with the levels done, their number and that level's row, a plain dict like those of the result's ``rows``.
     """
     if url is not None and server is not None and base_url(url) == server.http_url:
         url = token = None  # this kernel's own server: its bindings, and its token
@@ -470,10 +477,10 @@ def run_perf(
     try:
         for index, level in enumerate(levels):
             row, errors = runner.measure(level)
-            rows.append(row)
+            rows.append(row.as_dict())
             samples += errors
             if on_progress is not None:
-                on_progress(index + 1, len(levels), row)
+                on_progress(index + 1, len(levels), row.as_dict())
     finally:
         runner.close()
     command = ""  # perf_analyzer measures no stream's time between responses
@@ -497,5 +504,4 @@ def model_spec(server: Any, name: str, url: str | None = None, token: str | None
         return server.models[name].spec
     if name in server.repository_models:
         return remote_spec(server.http_url, name, server.access_token)
-    served = sorted([*server.models, *server.repository_models])
-    raise UnknownModelError(f"no model named {name!r} is served; served: {served or 'none'}")
+    raise UnknownModelError.among(name, [*server.models, *server.repository_models])

@@ -6,6 +6,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+__all__ = ["nvml_gpus"]
+
 
 @functools.lru_cache(maxsize=1)
 def _nvml() -> Any:

@@ -12,6 +12,8 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
+__all__ = ["MEDIAN", "PHASES", "parse_metrics"]
+
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 MEDIAN = "nv_inference_request_summary_us"
 

@@ -13,22 +13,64 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Protocol
 
 from tritonnb.errors import NoServerError, SpecError
 from tritonnb.http_get import answers_ok, base_url, get_json, get_text
 from tritonnb.observe.host_gpu import nvml_gpus
 from tritonnb.observe.metrics_text import PHASES, parse_metrics
 from tritonnb.observe.stats_api import fetch_stats
-from tritonnb.serving.stream_stats import StreamFigures
+from tritonnb.observe.stream_stats import StreamFigures
+from tritonnb.signature import ModelSpec
+from tritonnb.states import ModelState, ServerState
+
+__all__ = [
+    "AWAY",
+    "COUNTERS",
+    "HISTORY_S",
+    "ModelFacts",
+    "ModelMetrics",
+    "Monitor",
+    "OwnServer",
+    "Snapshot",
+    "Target",
+    "target_for",
+]
 
 HISTORY_S = 300.0
 AWAY = {  # our own server's states in which it is not polled, and why
-    "STOPPED": "stopped with %triton stop",
-    "DOWN": "tritonserver exited",
-    "RECOVERING": "tritonserver exited; starting it again and binding every model again",
+    ServerState.STOPPED: "stopped with %triton stop",
+    ServerState.DOWN: "tritonserver exited",
+    ServerState.RECOVERING: "tritonserver exited; starting it again and binding every model again",
 }
 COUNTERS = ("success", "failure", "inferences", "executions", *(f"{p}_ns" for p in PHASES))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFacts:
+    """What the server that owns a model knows of it beyond Triton's figures."""
+
+    source: str  # "notebook" (bound here) or "repository" (a served model repository's)
+    spec: ModelSpec | None  # None: a repository model not loaded, or with a dtype tritonnb does not handle
+    device: str | None = None
+    version: str = ""
+    loading: bool = False  # a new generation is loading; the old one still serves
+    stream: StreamFigures | None = None  # a stream's figures, measured in the kernel
+
+
+class OwnServer(Protocol):
+    """What the monitor reads of the server this kernel owns (``tritonnb.serving.server.Server``)."""
+
+    http_url: str
+    metrics_url: str
+    access_token: str
+    uptime_s: float
+
+    @property
+    def state(self) -> ServerState: ...
+    def logs(self, lines: int = 40) -> str: ...
+    def recovery_summary(self) -> str: ...
+    def model_facts(self) -> dict[str, ModelFacts]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +81,7 @@ class Target:
     http_url: str
     metrics_url: str
     access_token: str | None = None
-    server: Any = None  # tritonnb.serving.server.Server when the server is ours
+    server: OwnServer | None = None  # when the server is ours
     browser_url: str | None = None
 
     @property
@@ -54,7 +96,7 @@ class ModelMetrics:
 
     name: str
     version: str = "1"
-    state: str = "UNKNOWN"
+    state: str = ModelState.UNAVAILABLE
     source: str = ""  # "notebook" (bound here), "repository" (a served model repository's), "" (another server's)
     device: str | None = None
     inputs: str = ""
@@ -86,7 +128,7 @@ class Snapshot:
     time: float
     http_url: str
     metrics_url: str
-    state: str  # READY, NOT READY, RECOVERING, DOWN or STOPPED
+    state: ServerState
     browser_url: str | None = None  # the HTTP base URL as the browser reaches it, when known
     reason: str = ""
     recovery: str = ""  # what crash recovery did last (our own server only)
@@ -100,7 +142,7 @@ class Snapshot:
     gpus: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def of(cls, target: Target, state: str, now: float, reason: str = "") -> Snapshot:
+    def of(cls, target: Target, state: ServerState, now: float, reason: str = "") -> Snapshot:
         """A snapshot of ``target`` with only its endpoints, state and reason filled in."""
         return cls(
             time=now,
@@ -134,14 +176,14 @@ class Monitor:
         now = time.time()
         target = self.target
         server = target.server
-        snapshot = Snapshot.of(target, "DOWN", now)
+        snapshot = Snapshot.of(target, ServerState.DOWN, now)
         server_state = server.state if server is not None else None  # read once: it may change meanwhile
         if server is not None:
-            snapshot.recovery = server.supervisor.summary()
+            snapshot.recovery = server.recovery_summary()
         if server is not None and server_state in AWAY:
             snapshot.state = server_state
             snapshot.reason = AWAY[server_state]
-            snapshot.log_tail = server.logs(12) if server_state != "STOPPED" else ""
+            snapshot.log_tail = server.logs(12) if server_state != ServerState.STOPPED else ""
             snapshot.models = {n: self._unavailable(n) for n in _own_models(server)}
             return snapshot
         try:
@@ -154,7 +196,7 @@ class Monitor:
             snapshot.models = {n: self._unavailable(n) for n in self._last_models}
             self._previous.clear()
             return snapshot
-        snapshot.state = "READY" if snapshot.ready else "NOT READY"
+        snapshot.state = ServerState.READY if snapshot.ready else ServerState.NOT_READY
         if not self._version:
             with contextlib.suppress(OSError, ValueError):  # some servers restrict their metadata
                 self._version = get_json(f"{target.http_url}/v2").get("version", "")
@@ -183,7 +225,7 @@ class Monitor:
 
     def _unavailable(self, name: str) -> ModelMetrics:
         """A model of a server that is away: its last totals, no rates."""
-        model = self._static_model(name, "UNAVAILABLE")
+        model = self._static_model(name, ModelState.UNAVAILABLE)
         last = self._last_models.get(name)
         if last is not None:
             model.version, model.failures_by_reason = last.version, last.failures_by_reason
@@ -195,43 +237,27 @@ class Monitor:
         token = server.access_token if server is not None else self.target.access_token  # new on every restart
         return fetch_stats(self.target.http_url, token)
 
-    def _static_model(self, name: str, state: str) -> ModelMetrics:
+    def _static_model(self, name: str, state: ModelState) -> ModelMetrics:
         model = ModelMetrics(name=name, state=state)
         server = self.target.server
-        slot = server.models.get(name) if server is not None else None
-        from_repository = server.repository_models.get(name) if server is not None else None
-        if from_repository is not None:
-            model.source = "repository"
-            if from_repository.version:
-                model.version = from_repository.version
-            if from_repository.spec is not None:
-                spec = from_repository.spec
-                model.inputs = ", ".join(map(str, spec.inputs))
-                model.outputs = ", ".join(map(str, spec.outputs))
-                model.batching = f"max {spec.max_batch_size}" if spec.batched else "off"
-                model.batching += f", {spec.instances} inst."
-        if slot is not None:
-            model.source = "notebook"
-            model.device = slot.device
-            model.inputs = ", ".join(map(str, slot.spec.inputs))
-            model.outputs = ", ".join(map(str, slot.spec.outputs))
-            spec = slot.spec
-            if spec.stream:
-                model.batching = "stream"
-            else:
-                model.batching = f"max {spec.max_batch_size}, delay {spec.batch_delay_us} µs" if spec.batched else "off"
-            model.batching += f", {spec.instances} inst."
-            if spec.stream:
-                model.stream = slot.stream_stats.figures()
-            if slot.loading:
-                model.state = "LOADING"
+        facts = server.model_facts().get(name) if server is not None else None
+        if facts is not None:
+            model.source, model.device, model.stream = facts.source, facts.device, facts.stream
+            if facts.version:
+                model.version = facts.version
+            if facts.spec is not None:
+                model.inputs = ", ".join(map(str, facts.spec.inputs))
+                model.outputs = ", ".join(map(str, facts.spec.outputs))
+                model.batching = facts.spec.batching_text()
+            if facts.loading:
+                model.state = ModelState.LOADING
         model.history = list(self._history.get(name, ()))
         return model
 
     def _model(self, name: str, counters: dict[str, float], failures: dict[str, float], now: float) -> ModelMetrics:
         ready = answers_ok(f"{self.target.http_url}/v2/models/{name}/ready")
-        model = self._static_model(name, "READY" if ready else "UNAVAILABLE")
-        if model.state == "LOADING" or not counters:
+        model = self._static_model(name, ModelState.READY if ready else ModelState.UNAVAILABLE)
+        if model.state == ModelState.LOADING or not counters:
             return model
         model.version = str(counters.get("version", "1"))
         # the statistics API counts failures at once; the metrics' per-reason counters can lag a moment
@@ -265,13 +291,13 @@ class Monitor:
         return model
 
 
-def _own_models(server: Any) -> list[str]:
-    """The names of the models our own server serves: bound here, then from its model repositories."""
-    return [*list(server.models), *list(server.repository_models)]
+def _own_models(server: OwnServer) -> list[str]:
+    """The names of the models our own server serves."""
+    return list(server.model_facts())
 
 
 def target_for(
-    url: str | None = None, metrics_url: str | None = None, token: str | None = None, server: Any = None
+    url: str | None = None, metrics_url: str | None = None, token: str | None = None, server: OwnServer | None = None
 ) -> Target:
     """The server at ``url`` (metrics at ``metrics_url``, else the same host on port + 2), or ``server``."""
     if url is None or (server is not None and base_url(url) == server.http_url):

@@ -9,6 +9,9 @@ from collections.abc import Callable
 
 from tritonnb import state
 from tritonnb.observe.monitor import Monitor, Snapshot, Target
+from tritonnb.states import ServerState
+
+__all__ = ["Poller", "Subscriber"]
 
 Subscriber = Callable[[Snapshot], None]
 
@@ -81,7 +84,7 @@ class Poller:
                 snapshot = self.monitor.poll()
             except Exception as error:  # whatever happens, the panels get told and polling goes on
                 reason = f"polling failed: {type(error).__name__}: {error}"
-                snapshot = Snapshot.of(self.monitor.target, "DOWN", time.time(), reason)
+                snapshot = Snapshot.of(self.monitor.target, ServerState.DOWN, time.time(), reason)
             for callback, _ in subscribers:
                 try:
                     callback(snapshot)
@@ -89,7 +92,7 @@ class Poller:
                     continue
             self.cpu_seconds += time.thread_time() - started
             self.polls += 1
-            if snapshot.state == "STOPPED":
+            if snapshot.state == ServerState.STOPPED:
                 with self._lock:
                     self._subscribers.clear()
                     self._thread = None

@@ -10,10 +10,12 @@ import urllib.request
 from typing import Any
 
 from tritonnb.errors import NoServerError, SpecError, UnknownModelError
-from tritonnb.signature import DTYPES, ModelSpec, TensorSpec
+from tritonnb.http_get import get_bytes
+from tritonnb.signature import DTYPE_OF_TRITON, ModelSpec, TensorSpec
+
+__all__ = ["TIMEOUT_S", "remote_spec"]
 
 TIMEOUT_S = 10.0
-_DTYPE_BY_TRITON = {triton: name for name, (_, triton) in DTYPES.items()}
 
 
 def remote_spec(http_url: str, name: str, token: str | None = None) -> ModelSpec:
@@ -41,11 +43,11 @@ def remote_spec(http_url: str, name: str, token: str | None = None) -> ModelSpec
 
 
 def _tensor(entry: dict[str, Any], batched: bool, model: str) -> TensorSpec:
-    dtype = _DTYPE_BY_TRITON.get(entry["datatype"])
+    dtype = DTYPE_OF_TRITON.get(entry["datatype"])
     if dtype is None:
         raise SpecError(
             f"{entry['name']!r} is {entry['datatype']}, which tritonnb does not handle "
-            f"(it does {', '.join(_DTYPE_BY_TRITON)})"
+            f"(it does {', '.join(DTYPE_OF_TRITON)})"
         )
     shape = [int(d) for d in entry["shape"]]
     dims = shape[1:] if batched else shape  # the metadata's shape includes the batch dim of a batching model
@@ -55,10 +57,8 @@ def _tensor(entry: dict[str, Any], batched: bool, model: str) -> TensorSpec:
 
 
 def _get(url: str, headers: dict[str, str], name: str, http_url: str) -> dict[str, Any]:
-    request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return json.loads(response.read())
+        return json.loads(get_bytes(url, headers, TIMEOUT_S))
     except urllib.error.HTTPError as error:
         raise UnknownModelError(f"model {name!r} at {http_url}: {_triton_error(error)}") from None
     except ValueError as error:  # an answer that is not JSON, or a bad URL

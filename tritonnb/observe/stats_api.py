@@ -5,6 +5,8 @@ from __future__ import annotations
 from tritonnb.http_get import get_json
 from tritonnb.observe.metrics_text import PHASES
 
+__all__ = ["counters_from_stats", "fetch_stats"]
+
 
 def counters_from_stats(stats: dict) -> dict[str, dict[str, float]]:
     """Per-model counters from Triton's statistics API response."""

@@ -14,11 +14,22 @@ from typing import Protocol
 import numpy as np
 
 from tritonnb.errors import BindError, ModelError, SpecError, WarmupError
+from tritonnb.observe.stream_stats import StreamStats
 from tritonnb.serving.served_function import ErrorReporter, ServedFunction, Trampoline
-from tritonnb.serving.stream_stats import StreamStats
 from tritonnb.serving.streaming import StreamTrampoline, first_response
 from tritonnb.signature import ModelSpec, sample_inputs
 from tritonnb.triton._pytriton import Generation
+
+__all__ = [
+    "RETIRE_MAX_WAIT_S",
+    "RETIRE_QUIET_S",
+    "BindResult",
+    "ModelControl",
+    "ModelSlot",
+    "retire_side_by_side",
+    "run_to_the_end",
+    "warm_up",
+]
 
 RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no request in flight for this long
 RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case
@@ -71,18 +82,16 @@ def run_to_the_end(work: Callable[[], None]) -> None:
 
     thread = threading.Thread(target=run, name="tritonnb-load")
     interrupted = False
-    try:
-        thread.start()
-    except KeyboardInterrupt:
-        interrupted = True
-    if thread.ident is None:  # interrupted before the work began: nothing to finish
-        raise KeyboardInterrupt
-    while True:
+    while True:  # one try around starting and waiting: an interrupt between the two must not escape
         try:
+            if thread.ident is None:
+                thread.start()
             done.wait()
             break
         except KeyboardInterrupt:
             interrupted = True
+            if thread.ident is None:  # interrupted before the work began: nothing to finish
+                raise
     if failure:
         raise failure[0]
     if interrupted:

@@ -15,6 +15,8 @@ from tritonnb.errors import OutputError
 from tritonnb.serving.torch_bridge import host_array
 from tritonnb.signature import TensorSpec
 
+__all__ = ["checked_outputs", "outputs_in_order"]
+
 
 def checked_outputs(result: Any, specs: Sequence[TensorSpec], batch: int | None) -> dict[str, np.ndarray]:
     """Map a return value (tensor, tuple/list, or dict) onto ``specs`` as host arrays of the declared dtypes.

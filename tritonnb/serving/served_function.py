@@ -16,6 +16,16 @@ from tritonnb.serving.torch_bridge import call_with_tensors, torch_threads, use_
 from tritonnb.signature import TensorSpec, parameters_of
 from tritonnb.triton._pytriton import ERROR_OUTPUT, error_response
 
+__all__ = [
+    "MAX_RUNNING_LATE",
+    "ErrorReporter",
+    "InFlight",
+    "ServedFunction",
+    "Trampoline",
+    "calls_by_keyword",
+    "failure_of",
+]
+
 ErrorReporter = Callable[[str, str], None]
 MAX_RUNNING_LATE = 8  # abandoned calls of one function still running, beyond which requests fail at once
 

@@ -21,11 +21,22 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tritonnb.errors import ModelError, OutputError
+from tritonnb.errors import ModelError, OutputError, StreamEnded
+from tritonnb.observe.stream_stats import StreamStats
 from tritonnb.serving.served_function import InFlight, ServedFunction
-from tritonnb.serving.stream_stats import StreamStats
 from tritonnb.serving.torch_bridge import no_autograd, use_torch_threads
 from tritonnb.triton._pytriton import STREAM_PARAMETER, error_response
+
+__all__ = [
+    "END",
+    "StepThread",
+    "StreamTrampoline",
+    "close_stream",
+    "first_response",
+    "is_stream_function",
+    "next_response",
+    "start_stream",
+]
 
 T = TypeVar("T")
 END = object()  # what a step returns once the generator is done
@@ -156,10 +167,6 @@ def close_stream(stream: Iterator | AsyncIterator | None, steps: StepThread) -> 
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
-
-
-class StreamEnded(ModelError):
-    """A stream ended by the server: its generation was retired (stop, unbind, a crash) while it was open."""
 
 
 class StreamTrampoline:

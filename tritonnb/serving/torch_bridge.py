@@ -12,6 +12,16 @@ import numpy as np
 from tritonnb.errors import SpecError
 from tritonnb.signature import DTYPES, TensorSpec
 
+__all__ = [
+    "call_with_tensors",
+    "host_array",
+    "no_autograd",
+    "resolve_device",
+    "to_torch",
+    "torch_threads",
+    "use_torch_threads",
+]
+
 
 def resolve_device(device: str | None) -> str:
     """Return the torch device to serve on: ``cuda`` when available unless told otherwise."""

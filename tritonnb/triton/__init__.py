@@ -5,3 +5,5 @@ module sent beside each model), settings and ports, the process's lifecycle and 
 control over gRPC, loading existing model repositories, the server's status, and cleaning up what a killed kernel
 left behind (``leftovers``, ``process_exit``).
 """
+
+__all__ = []

@@ -5,7 +5,8 @@ These live here:
   cannot kill it), its output sent to a log sink instead of the user's cells, and the libpython fix.
 - ``Generation``: one loaded instance of a model: its own workspace (own sockets), a PyTriton ``Model`` proxy
   whose handlers run in this process, loaded through Triton's model-control API and retired on its own.
-- Patches to the stub files sent with each load: a handshake that survives a loaded machine, and per-request errors.
+- Hooks into the stub files sent with each load, calling the helper module sent with them (``stub/``): a handshake
+  that survives a loaded machine, per-request errors, stream cancellation, and DLPack under numpy 2.
 
 ``tests/test_pytriton_contract.py`` pins the private names used below, so an upgrade fails loudly there first.
 """
@@ -18,6 +19,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import importlib.resources
 import json
 import logging
 import os
@@ -37,7 +39,7 @@ from tritonnb.signature import TensorSpec
 from tritonnb.triton.engine import require_pytriton, stub_environment
 
 try:
-    from pytriton.constants import PYTRITON_HOME as PYTRITON_HOME  # re-exported: session reads it
+    from pytriton.constants import PYTRITON_HOME as PYTRITON_HOME  # re-exported: triton.lifecycle reads it
     from pytriton.decorators import TritonContext
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.models.model import Model, ModelEvent
@@ -49,6 +51,47 @@ try:
 except ImportError:
     require_pytriton()  # raises EngineError naming the fix where PyTriton is missing
     raise
+
+__all__ = [
+    "DLPACK_PATCHES",
+    "ERROR_OUTPUT",
+    "ERROR_RESPONSE_PATCHES",
+    "HANDSHAKE_PATCHES",
+    "LOGGER",
+    "MODEL_IMPORT_PATCHES",
+    "NO_AUTO_COMPLETE",
+    "NO_INFERENCE_IN_FLIGHT",
+    "PROXY_PATCHES",
+    "PR_SET_PDEATHSIG",
+    "PYTRITON_HOME",
+    "SERVICE_STARTED",
+    "SHM_FOLDER",
+    "STREAM_PARAMETER",
+    "STREAM_PATCHES",
+    "STUB_IMPORT",
+    "STUB_MODULE",
+    "TENSOR_STORE_REGION",
+    "ExitHandler",
+    "Generation",
+    "LogSink",
+    "Patch",
+    "ServerProcess",
+    "Stub",
+    "TritonConfig",
+    "error_response",
+    "is_model_copy",
+    "patched_file",
+    "patched_proxy_files",
+    "process_group",
+    "process_running",
+    "remove_shared_memory",
+    "shared_memory_mapped_by",
+    "stub_module_source",
+    "stubs_among",
+    "triton_config_fields",
+    "triton_config_from_env",
+    "tritonserver_args",
+]
 
 LOGGER = logging.getLogger("tritonnb")
 LogSink = Callable[[str], None]
@@ -425,41 +468,46 @@ def triton_config_from_env() -> dict[str, Any]:
     return {k: v for k, v in TritonConfig.from_env().to_dict().items() if v is not None}
 
 
+# The stub-side helper module, sent beside PyTriton's model.py with each load and imported by the copies of PyTriton's
+# stub files sent with it (the stub imports model.py as ``<version>.model``, so its siblings import relatively). Each
+# patch below is a hook into it, anchored on PyTriton 0.7.0's exact text: (old, new), old found exactly once.
+STUB_MODULE = "_tritonnb_stub"
+STUB_IMPORT = f"from . import {STUB_MODULE}\n"
+Patch = tuple[str, str]
+
 # PyTriton's stub-side handshake: a second model instance, loaded in parallel with the first, may find the first's
 # socket file bound but not yet listening (ConnectionRefusedError), and gives up after 1 s, which a loaded machine
 # can exceed. The copy of communication.py sent to Triton retries the connection, within a longer deadline.
-HANDSHAKE_PATCHES = (
+HANDSHAKE_PATCHES: tuple[Patch, ...] = (
+    (
+        "import zmq.asyncio  # pytype: disable=import-error\n",
+        f"import zmq.asyncio  # pytype: disable=import-error\n\n{STUB_IMPORT}",
+    ),
     (
         "def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 1.0) -> dict:",
-        "def get_config_from_handshake_server(socket_path: pathlib.Path, timeout_s: float = 30.0) -> dict:",
+        "def get_config_from_handshake_server(\n"
+        "    socket_path: pathlib.Path, timeout_s: float = _tritonnb_stub.HANDSHAKE_TIMEOUT_S\n"
+        ") -> dict:",
     ),
     (
         "        sock.connect(socket_path.as_posix())\n",
-        "        while True:\n"
-        "            try:\n"
-        "                sock.connect(socket_path.as_posix())\n"
-        "                break\n"
-        "            except ConnectionRefusedError:\n"
-        "                if time.time() >= should_stop_before_s:\n"
-        "                    raise\n"
-        "                time.sleep(0.005)\n",
+        "        _tritonnb_stub.connect(sock, socket_path, should_stop_before_s)\n",
     ),
 )
 
+MODEL_IMPORT_PATCHES: tuple[Patch, ...] = (
+    ("from . import communication, data\n", f"from . import {STUB_MODULE}, communication, data\n"),
+)
 
 # A response that carries only this output is sent to its own client as an error; the other requests of the same
 # batch get their results. PyTriton fails a whole batch when the callable raises; the stub's ``_wrap_response`` in the
-# copy of model.py sent to Triton is patched to turn this output into that request's error instead.
+# copy of model.py sent to Triton is decorated to turn this output into that request's error instead.
 ERROR_OUTPUT = "__tritonnb_error__"
-ERROR_RESPONSE_PATCHES = (
+ERROR_RESPONSE_PATCHES: tuple[Patch, ...] = (
     (
-        "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
-        "    if response.data is not None:\n",
-        "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n"
-        f"    if response.data is not None and {ERROR_OUTPUT!r} in response.data:\n"
-        f"        message = response.data[{ERROR_OUTPUT!r}].item(0).decode('utf-8', 'replace')\n"
-        "        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))\n"
-        "    if response.data is not None:\n",
+        "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n",
+        "@_tritonnb_stub.per_request_errors\n"
+        "def _wrap_response(response: Response, requested_outputs_names, model_outputs_dict):\n",
     ),
 )
 
@@ -467,136 +515,61 @@ ERROR_RESPONSE_PATCHES = (
 # only the stub can ask (``request.is_cancelled()``), and PyTriton has no way back to the kernel that runs the
 # generator. The copy of model.py sent to Triton gives each request of a decoupled model a marker path (the parameter
 # STREAM_PARAMETER, which the kernel sees); while it streams, the stub checks for cancellation on each response and
-# every POLL seconds, then creates that file once, sends nothing more, ends the request as cancelled and removes the
+# every 0.2 s, then creates that file once, sends nothing more, ends the request as cancelled and removes the
 # file when the stream is over. The kernel checks for the file before each step of the generator and closes it (see
 # ``tritonnb.serving.streaming``).
 STREAM_PARAMETER = "tritonnb-cancel-marker"
-STREAM_PATCHES = (
+STREAM_PATCHES: tuple[Patch, ...] = (
     (
-        "class DecoupledResponsesHandler:\n",
-        "_TRITONNB_POLL_S = 0.2\n"
-        "\n"
-        "\n"
-        "def _tritonnb_marker(requests_id):\n"
-        "    return f'{_TRITONNB_WORKSPACE}/{os.getpid()}-{requests_id.hex()}.cancelled'\n"
-        "\n"
-        "\n"
-        "_TRITONNB_MARKED = set()\n"
-        "\n"
-        "\n"
-        "def _tritonnb_cancelled(triton_requests, requests_id):\n"
-        "    if requests_id in _TRITONNB_MARKED:\n"
-        "        return True\n"
-        "    if not any(request.is_cancelled() for request in triton_requests):\n"
-        "        return False\n"
-        "    _TRITONNB_MARKED.add(requests_id)\n"
-        "    pathlib.Path(_tritonnb_marker(requests_id)).touch()\n"
-        "    return True\n"
-        "\n"
-        "\n"
-        "async def _tritonnb_next_response(responses_queue, triton_requests, requests_id):\n"
-        "    while True:\n"
-        "        try:\n"
-        "            return await asyncio.wait_for(responses_queue.get(), _TRITONNB_POLL_S)\n"
-        "        except asyncio.TimeoutError:\n"
-        "            _tritonnb_cancelled(triton_requests, requests_id)\n"
-        "\n"
-        "\n"
-        "class DecoupledResponsesHandler:\n",
+        "            self._tracable_model = TracableModel()\n",
+        "            _tritonnb_stub.use_workspace(workspace_path)\n"
+        "            self._tracable_model = TracableModel()\n",
     ),
     (
-        "        eos = False\n"
-        "        while not eos:\n"
+        "        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n",
+        "        _tritonnb_stub.add_markers(requests, requests_id, self._model_config)\n"
+        "        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n",
+    ),
+    (
+        "            try:\n                flags, responses_payload = await responses_queue.get()\n\n",
         "            try:\n"
-        "                flags, responses_payload = await responses_queue.get()\n",
-        "        eos = False\n"
-        "        cancelled = False\n"
-        "        while not eos:\n"
-        "            try:\n"
-        "                flags, responses_payload = await _tritonnb_next_response(\n"
+        "                flags, responses_payload = await _tritonnb_stub.next_response(\n"
         "                    responses_queue, triton_requests, requests_id\n"
-        "                )\n",
+        "                )\n\n",
     ),
     (
         "                triton_flags = 0\n                if eos:\n",
-        "                cancelled = cancelled or _tritonnb_cancelled(triton_requests, requests_id)\n"
-        "                if cancelled and not eos:\n"
+        "                if _tritonnb_stub.cancelled(triton_requests, requests_id) and not eos:\n"
         "                    continue\n"
-        "                if cancelled:\n"
-        "                    triton_responses = [\n"
-        "                        pb_utils.InferenceResponse(\n"
-        "                            error=pb_utils.TritonError(\n"
-        "                                'the client cancelled the stream', pb_utils.TritonError.CANCELLED\n"
-        "                            )\n"
-        "                        )\n"
-        "                        for _ in triton_senders\n"
-        "                    ]\n"
-        "                triton_flags = 0\n"
-        "                if eos:\n",
+        "                triton_responses = _tritonnb_stub.unless_cancelled(\n"
+        "                    triton_responses, len(triton_senders), requests_id\n"
+        "                )\n"
+        "                triton_flags = 0\n                if eos:\n",
     ),
     (
         "        self._requests_map.pop(requests_id)\n        responses_future.set_result(None)\n",
-        "        if requests_id in _TRITONNB_MARKED:  # the stream has ended: the marker has done its job\n"
-        "            _TRITONNB_MARKED.discard(requests_id)\n"
-        "            pathlib.Path(_tritonnb_marker(requests_id)).unlink(missing_ok=True)\n"
-        "        self._requests_map.pop(requests_id)\n"
-        "        responses_future.set_result(None)\n",
-    ),
-    (
-        "            self._tracable_model = TracableModel()\n",
-        "            global _TRITONNB_WORKSPACE\n"
-        "            _TRITONNB_WORKSPACE = workspace_path.as_posix()\n"
-        "            self._tracable_model = TracableModel()\n",
-    ),
-    (
-        "        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n",
-        '        if self._model_config.get("model_transaction_policy", {}).get("decoupled", False):\n'
-        "            for request in requests:\n"
-        "                request.parameters = dict(request.parameters or {})\n"
-        f"                request.parameters[{STREAM_PARAMETER!r}] = _tritonnb_marker(requests_id)\n"
-        "        requests_payload = self._serializer_deserializer.serialize_requests(requests)\n",
+        "        _tritonnb_stub.stream_ended(requests_id)\n"
+        "        self._requests_map.pop(requests_id)\n        responses_future.set_result(None)\n",
     ),
 )
+
 # numpy 2. The stub (C++, built with pybind11 2.10 against numpy 1) makes its numpy arrays through numpy 1's C API
 # and, under numpy 2, reads every dtype's item size as 0 (numpy 2 moved that field of PyArray_Descr): inputs arrive
 # as copies of their first element and outputs fail with "output tensor shape does not match size". DLPack does not
 # go through that ABI, so where the stub's Python has numpy 2, the copy of model.py sent to Triton moves numeric
 # tensors through it, both ways. Under numpy 1 the stub keeps its own path (its DLPack export names the capsule
 # "used_dlpack", which numpy 1's deleter rejects). Bytes have no DLPack form: see ``tritonnb.triton.engine``.
-DLPACK_PATCHES = (
-    (
-        "class BatchResponsesHandler:\n",
-        "import numpy as _tritonnb_np\n"
-        "\n"
-        "_TRITONNB_DLPACK = int(_tritonnb_np.__version__.split('.')[0]) >= 2\n"
-        "\n"
-        "\n"
-        "def _tritonnb_tensor(name, array):\n"
-        "    if not _TRITONNB_DLPACK or array.dtype.kind in 'OSU':\n"
-        "        return pb_utils.Tensor(name, array)\n"
-        "    return pb_utils.Tensor.from_dlpack(name, _tritonnb_np.require(array, requirements='CW'))\n"
-        "\n"
-        "\n"
-        "class BatchResponsesHandler:\n",
-    ),
-    (
-        '        self._model_inputs_names = [model_input["name"] for model_input in model_config["input"]]\n',
-        '        self._model_inputs_names = [model_input["name"] for model_input in model_config["input"]]\n'
-        "        self._tritonnb_bytes = {i['name'] for i in model_config['input']"
-        " if i['data_type'] == 'TYPE_STRING'}\n",
-    ),
+DLPACK_PATCHES: tuple[Patch, ...] = (
     (
         "                request[input_name] = input_tensor.as_numpy()\n",
-        "                if not _TRITONNB_DLPACK or input_name in self._tritonnb_bytes:\n"
-        "                    request[input_name] = input_tensor.as_numpy()\n"
-        "                else:\n"
-        "                    request[input_name] = _tritonnb_np.from_dlpack(input_tensor)\n",
+        "                request[input_name] = "
+        "_tritonnb_stub.input_array(input_tensor, input_name, self._model_config)\n",
     ),
-    ("                pb_utils.Tensor(name, value)\n", "                _tritonnb_tensor(name, value)\n"),
+    ("                pb_utils.Tensor(name, value)\n", "                _tritonnb_stub.output_tensor(name, value)\n"),
 )
-PROXY_PATCHES = {
+PROXY_PATCHES: dict[str, tuple[Patch, ...]] = {
     "communication.py": HANDSHAKE_PATCHES,
-    "model.py": ERROR_RESPONSE_PATCHES + STREAM_PATCHES + DLPACK_PATCHES,
+    "model.py": MODEL_IMPORT_PATCHES + ERROR_RESPONSE_PATCHES + STREAM_PATCHES + DLPACK_PATCHES,
 }
 
 
@@ -605,17 +578,28 @@ def error_response(message: str) -> dict[str, np.ndarray]:
     return {ERROR_OUTPUT: np.array([message.encode("utf-8", "replace")], dtype=object)}
 
 
+def stub_module_source() -> bytes:
+    """The stub-side helper module (``tritonnb/triton/stub``), as sent to Triton."""
+    return (importlib.resources.files("tritonnb.triton") / "stub" / f"{STUB_MODULE}.py").read_bytes()
+
+
+def patched_file(key: str, content: bytes) -> bytes:
+    """One of PyTriton's stub files with its ``PROXY_PATCHES`` applied."""
+    text = content.decode()
+    for old, new in PROXY_PATCHES.get(key.rsplit("/", 1)[-1], ()):
+        if text.count(old) != 1:
+            raise RuntimeError(f"PyTriton's {key} changed: cannot apply {old.strip()!r}")
+        text = text.replace(old, new)
+    return text.encode()
+
+
 def patched_proxy_files(files: dict[str, bytes]) -> dict[str, bytes]:
-    """PyTriton's stub files with ``PROXY_PATCHES`` applied."""
-    patched = dict(files)
-    for key, content in files.items():
-        patches = PROXY_PATCHES.get(key.rsplit("/", 1)[-1], ())
-        text = content.decode()
-        for old, new in patches:
-            if text.count(old) != 1:
-                raise RuntimeError(f"PyTriton's {key} changed: cannot apply {old.strip()!r}")
-            text = text.replace(old, new)
-        patched[key] = text.encode()
+    """PyTriton's stub files with ``PROXY_PATCHES`` applied, and the helper module beside each ``model.py``."""
+    patched = {key: patched_file(key, content) for key, content in files.items()}
+    for key in files:
+        folder, _, name = key.rpartition("/")
+        if name == "model.py":
+            patched[f"{folder}/{STUB_MODULE}.py"] = stub_module_source()
     return patched
 
 

@@ -23,6 +23,17 @@ import urllib.request
 from typing import Any
 
 from tritonnb.errors import SpecError
+from tritonnb.http_get import get_bytes
+
+__all__ = [
+    "PROBE_TIMEOUT_S",
+    "PUBLIC_URL_ENV",
+    "BrowserRoute",
+    "browser_route",
+    "check_public_url",
+    "given_public_url",
+    "jupyter_server_of_this_kernel",
+]
 
 PUBLIC_URL_ENV = "TRITONNB_PUBLIC_URL"
 PROBE_TIMEOUT_S = 3.0
@@ -126,21 +137,14 @@ def jupyter_server_of_this_kernel() -> dict[str, Any] | None:
     return None
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # a redirect (to a login page) is an answer of its own here
-
-
 def _proxy_answers(server: dict[str, Any], port: int) -> bool:
     """Whether ``{base_url}proxy/{port}/`` is a route of that Jupyter server (404 means no jupyter-server-proxy)."""
     url = f"{server['url'].rstrip('/')}/proxy/{port}/v2/health/live"
     token = server.get("token") or os.environ.get("JUPYTERHUB_API_TOKEN")
     headers = {"Authorization": f"token {token}"} if token else {}
     try:
-        with urllib.request.build_opener(_NoRedirects).open(
-            urllib.request.Request(url, headers=headers), timeout=PROBE_TIMEOUT_S
-        ):
-            return True
+        get_bytes(url, headers, PROBE_TIMEOUT_S, follow_redirects=False)  # a redirect to a login page: an answer
+        return True
     except urllib.error.HTTPError as error:
         return error.code != 404  # 403, or a redirect to a login page: the route exists, our credentials differ
     except OSError:  # the Jupyter server does not answer: assume its proxy is there, as on JupyterHub

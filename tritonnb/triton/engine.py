@@ -22,6 +22,19 @@ import numpy as np
 
 from tritonnb.errors import EngineError, SpecError
 
+__all__ = [
+    "INSTALL_COMMAND",
+    "PYTRITON",
+    "STUB_NUMPY",
+    "check_bytes_supported",
+    "install",
+    "numpy_2",
+    "require_pytriton",
+    "stub_environment",
+    "stub_numpy_folder",
+    "stub_numpy_ready",
+]
+
 PYTRITON = "nvidia-pytriton==0.7.0"
 STUB_NUMPY = "numpy==1.26.4"  # the last numpy 1: wheels for CPython 3.9 to 3.12
 INSTALL_COMMAND = f"{sys.executable} -m tritonnb install"  # this environment's Python, by its full path

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 
 from tritonnb.triton._pytriton import is_model_copy, process_running, remove_shared_memory
 
+__all__ = ["OWNER_FILE", "pid_namespace", "process_exists", "record_owner", "remove_leftovers", "remove_stale_folders"]
+
 OWNER_FILE = "owner.json"
 
 

@@ -7,6 +7,8 @@ import logging
 import pathlib
 import threading
 
+__all__ = ["WATCHED_LOGGERS", "ServerLog"]
+
 WATCHED_LOGGERS = ("pytriton", "tritonnb")
 
 

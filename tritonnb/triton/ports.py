@@ -7,6 +7,8 @@ from collections.abc import Collection
 
 from tritonnb.errors import PortBusyError
 
+__all__ = ["next_free_port", "port_is_free"]
+
 
 def port_is_free(address: str, port: int) -> bool:
     """True when a listening socket could bind ``address:port`` right now."""

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+__all__ = ["register", "run_stops", "unregister"]
+
 _stops: list[Callable[[], None]] = []
 _lock = threading.Lock()
 _previous_sigterm: Any = None

@@ -3,15 +3,32 @@ the notebook's models: the folders are checked before tritonserver starts; their
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from tritonnb.errors import SpecError
+from tritonnb.errors import SpecError, TritonnbError
+from tritonnb.observe.remote_spec import remote_spec
 from tritonnb.signature import ModelSpec
+from tritonnb.states import ModelState
+from tritonnb.triton.model_control import ModelControl
+
+__all__ = [
+    "LAYOUT",
+    "RepositoryModel",
+    "RepositoryModels",
+    "failure_text",
+    "find_models",
+    "index_states",
+    "models_in",
+    "needs_auto_complete",
+    "repository_paths",
+    "triton_reason",
+]
 
 LAYOUT = "DIR/<model>/config.pbtxt and DIR/<model>/<version>/<model file>"
 _COMMENT = re.compile(r"#[^\n]*")
@@ -24,7 +41,7 @@ class RepositoryModel:
 
     name: str
     repository: pathlib.Path
-    state: str = "UNAVAILABLE"  # READY, UNAVAILABLE, LOADING, ...
+    state: ModelState = ModelState.UNAVAILABLE
     version: str = ""  # the versions Triton serves, e.g. "1" or "1,2"
     reason: str = ""  # why it is not ready, from Triton (or tritonnb when it was not loaded)
     spec: ModelSpec | None = None  # as the server reports it once loaded (None: not loaded, or a dtype not handled)
@@ -127,7 +144,7 @@ def triton_reason(message: str) -> str:
     return "\n".join(lines).strip()
 
 
-def index_states(index: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
+def index_states(index: Sequence[dict[str, Any]]) -> dict[str, tuple[ModelState, str, str]]:
     """Triton's repository index (one entry per model version) as state, versions and reason per model: READY if
     any version is, the ready versions joined by commas."""
     entries: dict[str, list[dict[str, Any]]] = {}
@@ -137,9 +154,80 @@ def index_states(index: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str, s
     for name, versions in entries.items():
         ready = [str(v.get("version", "")) for v in versions if v.get("state") == "READY"]
         if ready:
-            states[name] = ("READY", ",".join(sorted(ready, key=lambda v: (len(v), v))), "")
+            states[name] = (ModelState.READY, ",".join(sorted(ready, key=lambda v: (len(v), v))), "")
         else:
             last = versions[-1]
             reason = triton_reason(last.get("reason", ""))
-            states[name] = (last.get("state") or "UNAVAILABLE", str(last.get("version", "")), reason)
+            states[name] = (ModelState.from_triton(last.get("state")), str(last.get("version", "")), reason)
     return states
+
+
+class RepositoryModels:
+    """The models of the served repositories, loaded by name through model control, with their states."""
+
+    def __init__(self, repositories: Sequence[pathlib.Path], control: ModelControl, log: Callable[[str], None]):
+        self.repositories = tuple(repositories)
+        self.models: dict[str, RepositoryModel] = {}
+        self._control = control
+        self._log = log
+
+    def load(self, notebook_models: Sequence[str]) -> dict[str, str]:
+        """Load the repositories' models, found again in their folders (a model added since is served too), except
+        those whose name clashes with one of ``notebook_models``; return those not loaded, with why."""
+        from tritonclient.utils import InferenceServerException
+
+        if not self.repositories:
+            return {}
+        found, unloaded = find_models(self.repositories)
+        models: dict[str, RepositoryModel] = {}
+        for name, repository in found.items():
+            notebook = next((n for n in notebook_models if n.lower() == name.lower()), None)
+            if notebook is not None:
+                unloaded[name] = (
+                    f"model {name!r} of {str(repository)!r} clashes with the notebook's model {notebook!r}: "
+                    "rename one of them"
+                )
+                continue
+            models[name] = RepositoryModel(name, repository)
+            self._log(f"[tritonnb] loading model {name!r} from the model repository {repository}")
+            try:
+                self._control.load_model(name)
+            except InferenceServerException as error:
+                unloaded[name] = f"model {name!r} of {str(repository)!r}: {triton_reason(error.message())}"
+        self.models = models
+        self.refresh()
+        for name, model in models.items():
+            if model.state == ModelState.READY:
+                with contextlib.suppress(TritonnbError):  # a dtype tritonnb does not handle: shown without spec
+                    model.spec = remote_spec(self._control.http_url, name)
+        for why in unloaded.values():
+            self._log(f"[tritonnb] not loaded: {why}")
+        return unloaded
+
+    def refresh(self) -> None:
+        """The models' states, versions and reasons, from Triton's repository index."""
+        if not self.models:
+            return
+        try:
+            states = index_states(self._control.repository_index())
+        except Exception:  # tritonserver went away meanwhile: say so
+            states = {}
+        for name, model in self.models.items():
+            model.state, model.version, model.reason = states.get(
+                name, (ModelState.UNAVAILABLE, model.version, model.reason)
+            )
+
+    def mark_unavailable(self) -> None:
+        """Every model UNAVAILABLE (the server is not running)."""
+        for model in self.models.values():
+            model.state = ModelState.UNAVAILABLE
+
+    def clashing_with(self, name: str) -> RepositoryModel | None:
+        """The repository model Triton would confuse with ``name`` (names are case-insensitive), if any."""
+        return next((m for m in self.models.values() if m.name.lower() == name.lower()), None)
+
+
+def failure_text(unloaded: dict[str, str]) -> str:
+    """Why models of the repositories were not loaded, one line each."""
+    lines = [f"- {why}" for why in unloaded.values()]
+    return "\n".join(["these models of the model repositories were not loaded:", *lines])

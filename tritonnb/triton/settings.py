@@ -14,6 +14,17 @@ from tritonnb.triton._pytriton import triton_config_fields, triton_config_from_e
 from tritonnb.triton.ports import next_free_port, port_is_free
 from tritonnb.triton.repository import repository_paths
 
+__all__ = [
+    "ALL_INTERFACES",
+    "DEFAULTS",
+    "ENDPOINTS",
+    "LOOPBACK",
+    "UNSUPPORTED",
+    "ServerSettings",
+    "is_loopback",
+    "resolve_settings",
+]
+
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
 ENDPOINTS = ("http", "grpc", "metrics")

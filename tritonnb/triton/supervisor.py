@@ -16,7 +16,9 @@ import dataclasses
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+__all__ = ["MAX_EXITS", "WINDOW_S", "Crash", "Supervisor", "describe_exit", "exits_in_window"]
 
 MAX_EXITS = 3  # this many unexpected exits ...
 WINDOW_S = 60.0  # ... within this many seconds are a crash loop: stop restarting
@@ -35,6 +37,11 @@ class Crash:
     def as_dict(self) -> dict[str, object]:
         """Plain data, e.g. for ``status()``."""
         return dataclasses.asdict(self)
+
+
+def exits_in_window(exit_times: Sequence[float], now: float) -> int:
+    """How many exits (clock times) count towards a crash loop at ``now``: those less than ``WINDOW_S`` before it."""
+    return sum(at > now - WINDOW_S for at in exit_times)
 
 
 def describe_exit(exit_code: int | None) -> str:
@@ -60,18 +67,21 @@ class Supervisor:
         write_log: Callable[[str], None],
         heal_models: Callable[[], None],
         enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = enabled
         self.crashes: list[Crash] = []
         self.gave_up: str | None = None  # why it stopped restarting, until a restart by hand
         self.recovering = False
+        self.checks = 0  # how many times it has looked at the server (about once a second while it watches)
         self._relaunch = relaunch
         self._is_down = is_down
         self._log_tail = log_tail
         self._write_log = write_log
         self._heal_models = heal_models
+        self._clock = clock
         self._exit_codes: list[int | None] = []
-        self._count_from = 0.0  # crashes before this time.time() do not count towards a crash loop
+        self._exit_times: list[float] = []  # clock times of the unexpected exits since the last restart by hand
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="tritonnb-supervisor", daemon=True)
@@ -94,7 +104,7 @@ class Supervisor:
         """Forget the crash-loop count (after the user restarted the server by hand)."""
         self.gave_up = None
         self._exit_codes.clear()
-        self._count_from = time.time()
+        self._exit_times.clear()
 
     def close(self) -> None:
         """Stop watching (the server is stopping)."""
@@ -117,9 +127,13 @@ class Supervisor:
         while not self._closed:
             self._wake.wait(1.0)  # the exit handler wakes it; the timeout also catches an exit it did not report
             self._wake.clear()
-            self._guarded(self._tick)
+            self._guarded(self.check)
 
-    def _tick(self) -> None:
+    def check(self) -> None:
+        """Look at the server once: restart it if it exited unasked (unless in a crash loop), else heal its models.
+
+        The watching thread calls this about once a second; a tritonserver it restarts dies with the calling thread."""
+        self.checks += 1
         if not self._closed:
             down = self._is_down()
             if down is None:  # busy (a bind, a restart by hand): look again at the next tick
@@ -146,6 +160,8 @@ class Supervisor:
     def _on_exit(self, exit_code: int | None) -> None:
         if self._closed:
             return
+        now = self._clock()
+        self._exit_times.append(now)
         crash = Crash(at=time.time(), exit=describe_exit(exit_code), log_tail=self._log_tail())
         self.crashes.append(crash)
         self._write_log(f"[tritonnb] tritonserver exited unexpectedly ({crash.exit})")
@@ -153,11 +169,11 @@ class Supervisor:
             crash.outcome = "not restarted (restart on crash is off)"
             self.gave_up = f"tritonserver {crash.exit}; restart on crash is off: %triton restart to start it again"
             return
-        recent = [c for c in self.crashes if c.at > max(crash.at - WINDOW_S, self._count_from)]
-        if len(recent) >= MAX_EXITS:
-            crash.outcome = f"gave up: {len(recent)} exits within {WINDOW_S:.0f} s"
+        recent = exits_in_window(self._exit_times, now)
+        if recent >= MAX_EXITS:
+            crash.outcome = f"gave up: {recent} exits within {WINDOW_S:.0f} s"
             self.gave_up = (
-                f"crash loop: tritonserver exited {len(recent)} times within {WINDOW_S:.0f} s (last: {crash.exit}); "
+                f"crash loop: tritonserver exited {recent} times within {WINDOW_S:.0f} s (last: {crash.exit}); "
                 "not restarting it again: read %triton logs, then %triton restart"
             )
             self._write_log(f"[tritonnb] {self.gave_up}")
@@ -171,7 +187,7 @@ class Supervisor:
             self._write_log(f"[tritonnb] restart after a crash failed: {error}")
         else:
             crash.outcome = "restarted" if relaunched else "restarted by hand meanwhile"
-            crash.recovered_in_s = time.time() - crash.at
+            crash.recovered_in_s = self._clock() - now
             self._write_log(f"[tritonnb] tritonserver restarted {crash.recovered_in_s:.1f} s after it exited")
         finally:
             self.recovering = False

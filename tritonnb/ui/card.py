@@ -14,6 +14,8 @@ from tritonnb.triton.browser_route import BrowserRoute
 if TYPE_CHECKING:
     from tritonnb.serving.binding import BindResult
 
+__all__ = ["ModelCard", "curl_command", "example_shape", "generate_curl", "grpc_stream_snippet", "python_snippet"]
+
 
 def example_shape(spec: TensorSpec, batched: bool) -> list[int]:
     """A concrete shape for an example request: -1 dims become 1, plus a batch of 1 when batched."""
@@ -187,14 +189,6 @@ class ModelCard:
             ]
         return [(title, short, text) for title, short, text in shown if text is not None]
 
-    def _batching(self) -> str:
-        s = self.spec
-        if s.stream:
-            return f"off (a stream: one response per yield); {s.instances} instance(s)"
-        if not s.batched:
-            return f"off; {s.instances} instance(s)"
-        return f"dynamic, max batch {s.max_batch_size}, delay {s.batch_delay_us} µs; {s.instances} instance(s)"
-
     def _checks(self) -> str:
         timeout = "no timeout" if self.timeout_s is None else f"timeout {self.timeout_s:g} s per call"
         return f"outputs checked against the declared dtypes and dims; {timeout}"
@@ -219,7 +213,7 @@ class ModelCard:
         return (
             f"{self._summary()}\n  HTTP   {self._http_endpoint()}\n{browser}"
             f"  gRPC   {self.grpc_url.removeprefix('grpc://')}\n"
-            f"  device {self.device}; batching {self._batching()}\n  {self._checks()}\n{tensors}\n\n"
+            f"  device {self.device}; batching {self.spec.batching_text()}\n  {self._checks()}\n{tensors}\n\n"
             + "\n\n".join(f"{short}:\n{text}" for _, short, text in self._snippets())
         )
 
@@ -247,7 +241,7 @@ class ModelCard:
             f"<div>{browser}kernel <code>{e(self._http_endpoint())}</code> &nbsp; gRPC <code>"
             f"{e(self.grpc_url.removeprefix('grpc://'))}</code></div>"
             f'<div>open in browser: {links} &nbsp;<small class="tnb-route">({e(self._route_note())})</small></div>'
-            f"<div>device <code>{e(self.device)}</code> &nbsp; batching {e(self._batching())}</div>"
+            f"<div>device <code>{e(self.device)}</code> &nbsp; batching {e(self.spec.batching_text())}</div>"
             f"<div>{e(self._checks())}</div>"
             f"<table><tr><th></th><th>name</th><th>dtype</th><th>dims</th></tr>{rows}</table>"
             + "".join(

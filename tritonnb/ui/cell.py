@@ -9,6 +9,8 @@ from typing import Any
 
 from tritonnb.errors import CellError
 
+__all__ = ["run_cell_and_pick"]
+
 
 def run_cell_and_pick(source: str, name: str, namespace: dict[str, Any], filename: str) -> Callable:
     """Execute ``source`` in ``namespace`` and return the function named ``name``, else the only one defined."""

@@ -8,6 +8,8 @@ import ipywidgets as widgets
 
 from tritonnb.observe.poller import Poller, Subscriber
 
+__all__ = ["INTERVALS", "RefreshControls", "closest_interval"]
+
 INTERVALS = [("0.5 s", 0.5), ("1 s", 1.0), ("2 s", 2.0), ("5 s", 5.0), ("10 s", 10.0)]
 
 

@@ -13,6 +13,8 @@ from tritonnb.observe.poller import Poller
 from tritonnb.ui import render
 from tritonnb.ui.controls import RefreshControls
 
+__all__ = ["RENDER_GAP_S", "FleetPanel"]
+
 RENDER_GAP_S = 0.25
 
 

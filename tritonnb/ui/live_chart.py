@@ -23,6 +23,9 @@ from PIL import Image
 
 from tritonnb.loadtest.charts import COLOURS, ERROR_COLOUR, Chart, new_figure
 from tritonnb.observe.monitor import HISTORY_S, Snapshot
+from tritonnb.states import ServerState
+
+__all__ = ["MAX_LEGEND", "SHRINK_BELOW", "SPANS_S", "History", "LiveChart", "nice_ceiling"]
 
 MAX_LEGEND = 6  # models named in the legend; more are summed up as "+N more"
 SHRINK_BELOW = 0.35  # a scale comes down once the data fills less than this share of it
@@ -90,10 +93,10 @@ class LiveChart:
         with self._lock:
             if self._drawn[0] is snapshot:
                 return self._drawn[1]
-            if snapshot.models or snapshot.state == "READY":
+            if snapshot.models or snapshot.state == ServerState.READY:
                 self.histories = {name: list(model.history) for name, model in snapshot.models.items()}
             last = max((history[-1][0] for history in self.histories.values() if history), default=None)
-            away = snapshot.state != "READY"
+            away = snapshot.state != ServerState.READY
             self._now = last if away and last is not None else snapshot.time
             when = "none" if last is None else time.strftime("%H:%M:%S", time.localtime(last))
             self.note = f"{snapshot.state}: last data {when}" if away else ""

@@ -28,9 +28,13 @@ from IPython.display import display
 from IPython.utils.process import arg_split
 
 import tritonnb
+from tritonnb.deploy.export import FORMATS
 from tritonnb.errors import BindError, SpecError, TritonnbError
 from tritonnb.signature import TensorSpec, parse_spec
+from tritonnb.states import ModelState
 from tritonnb.ui.report import format_models, format_status
+
+__all__ = ["HELP_FLAGS", "INPUT_DATA", "MAX_LATENCY", "TritonMagics", "subcommand"]
 
 HELP_FLAGS = {"-h", "--help"}
 
@@ -260,7 +264,7 @@ class TritonMagics(Magics):
         argument(
             "--format",
             dest="model_format",
-            choices=["python", "torchscript"],
+            choices=FORMATS,
             default="python",
             help="python: the function with all it uses, for the python backend; torchscript: traced, no Python",
         ),
@@ -525,7 +529,8 @@ class TritonMagics(Magics):
         elif route.note:
             print(f"note: {route.note}")
         for path in server.settings.repositories:
-            names = [n for n, m in server.repository_models.items() if m.repository == path and m.state == "READY"]
+            models = server.repository_models.items()
+            names = [n for n, m in models if m.repository == path and m.state == ModelState.READY]
             print(f"model repository {path}: serving {', '.join(names) or 'no model'}")
 
     @staticmethod

@@ -10,12 +10,15 @@ import ipywidgets as widgets
 from tritonnb import state
 from tritonnb.observe.monitor import Snapshot, Target
 from tritonnb.observe.poller import Poller
+from tritonnb.states import ServerState
 from tritonnb.ui import render
 from tritonnb.ui.controls import RefreshControls
 from tritonnb.ui.live_chart import LiveChart
 
 if TYPE_CHECKING:
     from tritonnb.loadtest.charts import Chart
+
+__all__ = ["ModelStrip", "Panel"]
 
 
 class Panel(widgets.VBox):
@@ -65,7 +68,7 @@ class Panel(widgets.VBox):
 
     def _update_log(self) -> None:
         server = self.target.server
-        if self.show_log.value and server is not None and server.state != "STOPPED":
+        if self.show_log.value and server is not None and server.state != ServerState.STOPPED:
             self.log_view.value = f'<pre style="max-height:16em;overflow:auto">{html.escape(server.logs(30))}</pre>'
         else:
             self.log_view.value = ""

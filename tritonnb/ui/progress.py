@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tritonnb.loadtest.results import Row, TuneRow, row_from_dict
+
+__all__ = ["StepProgress", "summary"]
+
 
 class StepProgress:
     """Shows ``done / total`` steps with a short description of the last one."""
@@ -23,14 +27,26 @@ class StepProgress:
             display(widgets.HBox([self._bar, self._text]))
 
     def step(self, done: int, total: int, row: dict[str, Any]) -> None:
-        """Record that step ``done`` of ``total`` finished with ``row``."""
-        summary = f"{done} of {total}: " + ", ".join(
-            f"{k}={row[k]:.1f}" if isinstance(row[k], float) else f"{k}={row[k]}"
-            for k in ("max_batch_size", "batch_delay_us", "instances", "concurrency", "throughput", "p95_ms")
-            if k in row and row[k] is not None
-        )
+        """Record that step ``done`` of ``total`` finished with ``row`` (a load test's or tuning sweep's plain row)."""
+        text = f"{done} of {total}: {summary(row_from_dict(row))}"
         if self._bar is not None:
             self._bar.value = done
-            self._text.value = summary
+            self._text.value = text
         else:
-            print(f"{self.label} {summary}")
+            print(f"{self.label} {text}")
+
+
+def summary(row: Row) -> str:
+    """A row in short: its configuration when tuning, the load level, throughput and p95 (where measured)."""
+    level = row.level if isinstance(row, TuneRow) else row
+    figures = {
+        **(row.config.as_dict() if isinstance(row, TuneRow) else {}),
+        "concurrency": level.concurrency,
+        "throughput": level.throughput,
+        "p95_ms": level.p95_ms,
+    }
+    return ", ".join(
+        f"{name}={value:.1f}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in figures.items()
+        if value is not None
+    )

@@ -6,16 +6,31 @@ import collections
 import html
 from collections.abc import Sequence
 
+from tritonnb.loadtest.tables import scrolling
+from tritonnb.observe.metrics_text import PHASES
 from tritonnb.observe.monitor import ModelMetrics, Snapshot
+from tritonnb.states import ModelState, ServerState
+
+__all__ = [
+    "STATE_COLOURS",
+    "fleet_html",
+    "fleet_row_html",
+    "health_html",
+    "host_html",
+    "models_html",
+    "streams_html",
+    "strip_html",
+]
 
 STATE_COLOURS = {
-    "READY": "#2e7d32",
-    "NOT READY": "#ef6c00",
-    "LOADING": "#ef6c00",
-    "RECOVERING": "#ef6c00",
-    "DOWN": "#c62828",
-    "UNAVAILABLE": "#c62828",
-    "STOPPED": "#757575",
+    ServerState.READY: "#2e7d32",
+    ServerState.NOT_READY: "#ef6c00",
+    ModelState.LOADING: "#ef6c00",
+    ModelState.UNLOADING: "#ef6c00",
+    ServerState.RECOVERING: "#ef6c00",
+    ServerState.DOWN: "#c62828",
+    ModelState.UNAVAILABLE: "#c62828",
+    ServerState.STOPPED: "#757575",
 }
 
 
@@ -86,9 +101,7 @@ def _p50(model: ModelMetrics) -> str:
 def _latency(model: ModelMetrics) -> str:
     if not model.latency_ms:
         return "–"
-    split = " / ".join(
-        _num(model.latency_ms[p], 2) for p in ("queue", "compute_input", "compute_infer", "compute_output")
-    )
+    split = " / ".join(_num(model.latency_ms[p], 2) for p in PHASES)
     return f"{_num(model.total_latency_ms, 2)} <small>({split})</small>"
 
 
@@ -161,11 +174,6 @@ def streams_html(snapshot: Snapshot) -> str:
     )
 
 
-def scrolling(table: str) -> str:
-    """A table in a box that scrolls sideways when the cell is narrower than the table, so nothing is cut off."""
-    return f'<div class="tnb-table-scroll" style="max-width:100%;overflow-x:auto">{table}</div>'
-
-
 def _usage(figures: dict, utilization_key: str) -> list[str]:
     """Utilisation and used/total memory, from the keys a host or GPU entry carries."""
     parts = []
@@ -195,7 +203,8 @@ def strip_html(name: str, snapshot: Snapshot | None) -> str:
     model = snapshot.models.get(name) if snapshot else None
     if snapshot is None:
         return f'<span class="tnb-strip" data-model="{html.escape(name)}">waiting for the first sample…</span>'
-    state = model.state if model else ("UNAVAILABLE" if snapshot.state == "READY" else snapshot.state)
+    away = snapshot.state != ServerState.READY
+    state = model.state if model else (snapshot.state if away else ModelState.UNAVAILABLE)
     recovery = (
         f' &nbsp;<small class="tnb-recovery">{html.escape(snapshot.recovery)}</small>' if snapshot.recovery else ""
     )
@@ -244,7 +253,7 @@ def fleet_row_html(url: str, snapshot: Snapshot | None) -> str:
         row += f'<br><small class="tnb-fleet-reason" style="color:#c62828">{html.escape(snapshot.reason)}</small>'
     models = list(snapshot.models.values())
     names = ", ".join(
-        html.escape(m.name) + ("" if m.state == "READY" else f" <small>({m.state})</small>") for m in models
+        html.escape(m.name) + ("" if m.state == ModelState.READY else f" <small>({m.state})</small>") for m in models
     )
     busiest = _busiest(models)
     p50 = "–" if busiest is None else _p50(busiest)

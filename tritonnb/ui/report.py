@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tritonnb.states import ModelState
+
+__all__ = ["format_models", "format_status"]
+
 
 def format_models(status: dict[str, Any]) -> str:
     """One line per model: the notebook's (name, state, device, binds), then the model repositories' (name, state,
@@ -17,7 +21,7 @@ def format_models(status: dict[str, Any]) -> str:
     for name, m in from_repositories.items():
         line = f"{name:<{width}}  {m['state']:<11}  v{m['version'] or '-':<5}  from repository {m['repository']}"
         reason = m["reason"].strip().splitlines()
-        lines.append(line + (f": {reason[0]}" if reason and m["state"] != "READY" else ""))
+        lines.append(line + (f": {reason[0]}" if reason and m["state"] != ModelState.READY else ""))
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+__all__ = ["KEPT", "WINDOW_S", "StreamFigures", "StreamStats"]
+
 WINDOW_S = 10.0  # rates and percentiles cover the last this many seconds
 KEPT = 4096  # time samples kept per figure (the percentiles of a busy window are of its last ones)
 

@@ -1,0 +1,50 @@
+"""A server's status as plain data: state, URLs, crash recovery, the notebook's models and the repositories'."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from tritonnb.states import ModelState, ServerState
+
+if TYPE_CHECKING:
+    from tritonnb.serving.server import Server
+
+__all__ = ["server_status"]
+
+
+def server_status(server: Server) -> dict[str, Any]:
+    """What ``Server.status()`` returns (and ``%triton status`` shows)."""
+    ready = server.state == ServerState.READY
+    states = server.registry.states() if ready else {}
+    if ready:
+        server.repositories.refresh()
+    else:
+        server.repositories.mark_unavailable()
+    return {
+        "state": server.state,
+        "pid": server.pid,
+        "version": server.version,
+        "uptime_s": round(server.uptime_s, 1),
+        "http_url": server.http_url,
+        "grpc_url": server.grpc_url,
+        "metrics_url": server.metrics_url,
+        "public": server.settings.public,
+        "browser": dataclasses.asdict(server.browser_route),
+        "log_file": str(server.log.path),
+        "restart_on_crash": server.supervisor.enabled,
+        "restarts": server.supervisor.restarts,
+        "recovery": server.supervisor.summary(),
+        "crashes": [c.as_dict() for c in server.supervisor.crashes[-5:]],
+        "models": {
+            name: {
+                "state": states.get(name, ModelState.UNAVAILABLE),
+                "device": slot.device,
+                "binds": slot.binds,
+                "stub_restarts": slot.stub_restarts,
+            }
+            for name, slot in server.models.items()
+        },
+        "repositories": [str(path) for path in server.settings.repositories],
+        "repository_models": {name: model.as_dict() for name, model in server.repository_models.items()},
+    }

@@ -1,0 +1,344 @@
+"""The lifecycle of this kernel's tritonserver: start, stop, restart, and relaunch after a crash.
+
+``TritonServer`` knows the process, its folders, ports, log and supervisor, and nothing of the models served on it:
+``tritonnb.serving.server.Server`` builds on it and fills in the hooks (``_before_end_process``, ``_before_stop``,
+``_after_stop``, ``_serve_again``, ``_heal``) with what its models need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+from tritonnb.errors import BindError, NoServerError, PortBusyError, ServerStartError
+from tritonnb.http_get import answers_ok, get_json
+from tritonnb.states import ServerState
+from tritonnb.triton import process_exit
+from tritonnb.triton._pytriton import PYTRITON_HOME, ServerProcess, TritonConfig
+from tritonnb.triton.browser_route import BrowserRoute, browser_route
+from tritonnb.triton.leftovers import record_owner, remove_leftovers
+from tritonnb.triton.logs import ServerLog
+from tritonnb.triton.model_control import ModelControl
+from tritonnb.triton.repository import needs_auto_complete
+from tritonnb.triton.settings import ServerSettings
+from tritonnb.triton.supervisor import Supervisor
+
+__all__ = ["EXIT_WAIT_S", "HOME_PREFIX", "STARTUP_TIMEOUT_S", "TritonServer"]
+
+STARTUP_TIMEOUT_S = 120.0
+EXIT_WAIT_S = 2.0  # when the process ends, how long a stop waits for a recovery in progress (Jupyter: 2.5 s)
+HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
+
+
+class TritonServer:
+    """A background tritonserver owned by this process.
+
+    If tritonserver exits without being asked (OOM killer, a crash, a stray kill), it is started again on the same
+    ports and ``_serve_again`` runs, unless ``restart_on_crash`` is False (see ``tritonnb.triton.supervisor``).
+    """
+
+    def __init__(
+        self, settings: ServerSettings, restart_on_crash: bool = True, public_url: tuple[str, str] | None = None
+    ) -> None:
+        self.settings = settings
+        self.public_url = public_url  # (URL, where it came from): where a browser reaches the HTTP port, if given
+        self._browser_route: BrowserRoute | None = None
+        remove_leftovers(PYTRITON_HOME, HOME_PREFIX)
+        self.home = PYTRITON_HOME / f"{HOME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        self.home.mkdir(parents=True)
+        record_owner(self.home)
+        self.sockets = _socket_root(self.home)
+        self.log = ServerLog(self.home / "tritonserver.log")
+        self.log.capture_python_logging()
+        self.version = ""
+        self.started_at = 0.0
+        self.control = ModelControl(self.grpc_url.removeprefix("grpc://"), self.http_url, lambda: self.access_token)
+        self._process: ServerProcess | None = None
+        self._stopped = False
+        self._finishing: threading.Thread | None = None
+        self._lifecycle = threading.RLock()  # one of start, bind, unbind, restart, recovery or stop at a time
+        process_exit.register(self._stop_at_exit)
+        self.supervisor = Supervisor(
+            self._recover,
+            self._is_down,
+            lambda: self.log.tail(15),
+            self.log.write,
+            self._heal,
+            enabled=restart_on_crash,
+        )
+
+    def _start(self) -> None:
+        """Launch tritonserver and start watching it; stops everything again if the launch fails."""
+        try:
+            with self._lifecycle:
+                self._launch()
+        except BaseException:
+            self.stop()
+            raise
+        self.supervisor.watch()
+
+    # -- endpoints -------------------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP/REST endpoint, e.g. ``http://127.0.0.1:8000``."""
+        return f"http://{self.settings.url_host('http')}:{self.settings.port('http')}"
+
+    @property
+    def grpc_url(self) -> str:
+        """gRPC target, e.g. ``grpc://127.0.0.1:8001`` (tritonclient takes the part after ``grpc://``)."""
+        return f"grpc://{self.settings.url_host('grpc')}:{self.settings.port('grpc')}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Prometheus metrics URL."""
+        return f"http://{self.settings.url_host('metrics')}:{self.settings.port('metrics')}/metrics"
+
+    @property
+    def browser_route(self) -> BrowserRoute:
+        """How a browser reaches this server (``--public-url``, ``$TRITONNB_PUBLIC_URL`` or jupyter-server-proxy);
+        found on first use, as the ports never change."""
+        if self._browser_route is None:
+            self._browser_route = browser_route(
+                self.settings.port("http"), self.settings.port("metrics"), self.public_url
+            )
+        return self._browser_route
+
+    @property
+    def access_token(self) -> str:
+        """The token that Triton's repository, statistics, trace and logging endpoints require."""
+        assert self._process is not None
+        return self._process.get_access_token()
+
+    @property
+    def pid(self) -> int | None:
+        """tritonserver's process id while it runs."""
+        return self._process.pid if self._process else None
+
+    # -- state -----------------------------------------------------------------------------------------
+    @property
+    def state(self) -> ServerState:
+        """READY, RECOVERING (restarting after a crash), DOWN (tritonserver died) or STOPPED."""
+        if self._stopped:
+            return ServerState.STOPPED
+        if self.supervisor.recovering:
+            return ServerState.RECOVERING
+        alive = self._process is not None and self._process.process_alive()
+        return ServerState.READY if alive else ServerState.DOWN
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since tritonserver became ready."""
+        return time.monotonic() - self.started_at if self.state == ServerState.READY else 0.0
+
+    def recovery_summary(self) -> str:
+        """What crash recovery did last, in one line (empty if nothing)."""
+        return self.supervisor.summary()
+
+    def logs(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of tritonserver's log (with tritonnb's messages and model tracebacks)."""
+        return self.log.tail(lines)
+
+    def _check_ready(self) -> None:
+        """NoServerError unless the server is READY."""
+        if self.state != ServerState.READY:
+            raise NoServerError(f"the server is {self.state}; run %triton restart (or tritonnb.restart())")
+
+    # -- launching -------------------------------------------------------------------------------------
+    def _launch(self) -> None:
+        self.log.write(f"[tritonnb] starting tritonserver with {json.dumps(self.settings.config, default=str)}")
+        workspace = self.home / f"triton-{secrets.token_hex(2)}"
+        repositories = self.settings.repositories
+        auto_complete = needs_auto_complete(repositories)
+        if auto_complete:
+            self.log.write("[tritonnb] a repository model's config relies on Triton's auto-complete: it stays on")
+        self._process = ServerProcess(
+            TritonConfig(**self.settings.config),
+            workspace,
+            self.log.write,
+            self.supervisor.notice_exit,
+            repositories,
+            auto_complete,
+        )
+        record_owner(self.home, self._process.shm_prefix)  # so a later start can clean up after a kill -9
+        self._process.launch()
+        _import_torch()  # every bind needs torch: import it while tritonserver starts, not after
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self._all_endpoints_answer():
+            if not self._process.process_alive():
+                tail = self.log.tail(15)
+                if "already in use" in tail:
+                    raise PortBusyError(f"a port was taken while tritonserver started. Last log lines:\n{tail}")
+                raise ServerStartError(f"tritonserver exited during start-up. Last log lines:\n{tail}")
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"tritonserver not ready after {STARTUP_TIMEOUT_S:.0f} s:\n{self.log.tail(15)}")
+            time.sleep(0.02)
+        self.started_at = time.monotonic()
+        with contextlib.suppress(Exception):
+            self.version = get_json(f"{self.http_url}/v2")["version"]
+
+    def _all_endpoints_answer(self) -> bool:
+        """HTTP ready, metrics served (unless turned off) and gRPC ready: Triton starts them one after another.
+        Each must also be one tritonserver said it listens on: a port can answer for another kernel's server."""
+        metrics_on = self.settings.config.get("allow_metrics") is not False
+        assert self._process is not None
+        return (
+            {"http", "grpc", *(["metrics"] if metrics_on else [])} <= self._process.listening
+            and answers_ok(f"{self.http_url}/v2/health/ready")
+            and (not metrics_on or answers_ok(self.metrics_url))
+            and self.control.server_ready()
+        )
+
+    def _end_process(self, graceful: bool = True) -> None:
+        """End tritonserver and its stubs now (after the requests in flight, when ``graceful``)."""
+        self._before_end_process()
+        if self._process is not None:
+            self._process.stop(graceful)
+            self._process.remove_shared_memory()  # left behind when tritonserver was killed
+
+    # -- stopping --------------------------------------------------------------------------------------
+    def stop(self) -> float:
+        """Stop tritonserver, its processes and every model; return the seconds it took.
+
+        When it returns, no process of the server is left and its ports are free. The models' threads wait up to a
+        second on PyTriton's socket polling, with nothing left to serve: they finish, and the server's folder goes,
+        in the background (``wait_stopped()`` waits for that).
+        """
+        return self._stop(in_background=True)
+
+    def wait_stopped(self, timeout: float | None = 30.0) -> bool:
+        """Wait until a stopped server's threads have finished and its folder is gone; False on timeout (or if it
+        was not stopped)."""
+        if not self._stopped:
+            return False
+        if self._finishing is not None:
+            self._finishing.join(timeout)
+        return self._finishing is None or not self._finishing.is_alive()
+
+    def _stop_at_exit(self) -> None:
+        """When this process ends (see ``process_exit``): no thread may start; the models' threads are daemons and
+        end with the process.
+
+        Nothing waits for requests in flight here: the functions that would answer them die with this process, and
+        Jupyter sends SIGTERM to a kernel still running 2.5 s after its shutdown request."""
+        self._stop(in_background=False)
+
+    def _stop(self, in_background: bool) -> float:
+        if self._stopped:
+            return 0.0
+        started = time.perf_counter()
+        # first the lock (a recovery may be busy; an interrupt here changes nothing), then end tritonserver, and only
+        # then the supervisor: tritonserver dies with the thread that started it, which may be the supervisor's
+        locked = self._lifecycle.acquire(timeout=-1 if in_background else EXIT_WAIT_S)
+        try:
+            if self._stopped:
+                return 0.0
+            self._stopped = True
+            process_exit.unregister(self._stop_at_exit)
+            self._before_stop()
+            try:
+                self._end_process(graceful=in_background)
+            finally:
+                self.supervisor.close()
+                finish = self._after_stop()
+                if in_background:
+                    self._finishing = threading.Thread(target=self._clean_up, args=(finish,), name="tritonnb-stop")
+                    self._finishing.start()
+                else:
+                    self._clean_up(None)
+        finally:
+            if locked:
+                self._lifecycle.release()
+        return time.perf_counter() - started
+
+    def _clean_up(self, finish: Callable[[], None] | None) -> None:
+        try:
+            if finish is not None:
+                finish()
+        finally:
+            self.log.close()  # after what ``finish`` writes, which belongs in it
+            shutil.rmtree(self.home, ignore_errors=True)
+            shutil.rmtree(self.sockets, ignore_errors=True)
+
+    # -- restarting ------------------------------------------------------------------------------------
+    def restart(self) -> float:
+        """Stop and start tritonserver on the same ports, and serve every model again (also after a crash loop)."""
+        with self._lifecycle:
+            if self._stopped:
+                raise NoServerError("this server was stopped; start a new one with tritonnb.start()")
+            self.supervisor.reset()
+            return self._relaunch()
+
+    def _is_down(self) -> bool | None:
+        """Whether tritonserver died; None while someone is busy with the server (a restart by hand, say, which
+        passes through DOWN)."""
+        if not self._lifecycle.acquire(blocking=False):
+            return None
+        try:
+            return self.state == ServerState.DOWN
+        finally:
+            self._lifecycle.release()
+
+    def _recover(self) -> bool:
+        """The supervisor's relaunch after tritonserver exited by itself; False if it runs again already (a restart
+        by hand came first)."""
+        with self._lifecycle:
+            if self._stopped:
+                raise NoServerError("the server was stopped meanwhile")
+            if self._process is not None and self._process.process_alive():
+                return False
+            self._relaunch()
+            return True
+
+    def _relaunch(self) -> float:
+        started = time.perf_counter()
+        try:
+            self._end_process()
+        finally:
+            finish = self._after_stop()
+            threading.Thread(target=finish, name="tritonnb-retire", daemon=True).start()
+        self._launch()  # while the old models' threads retire
+        problems = self._serve_again()
+        if problems:
+            raise BindError("Triton restarted, but " + "; and ".join(problems))
+        return time.perf_counter() - started
+
+    # -- hooks for what is served on the server ----------------------------------------------------------
+    def _before_end_process(self) -> None:
+        """Before tritonserver ends (a stop or a relaunch): let go of what would hold its exit up."""
+
+    def _before_stop(self) -> None:
+        """Before a stop ends tritonserver."""
+
+    def _after_stop(self) -> Callable[[], None]:
+        """Once tritonserver has ended: what is left to finish, run in the background."""
+        return lambda: None
+
+    def _serve_again(self) -> list[str]:
+        """After a relaunch: serve everything again; what could not be, one sentence each."""
+        return []
+
+    def _heal(self) -> None:
+        """Called by the supervisor while tritonserver runs: repair what died on it."""
+
+
+def _import_torch() -> None:
+    import torch  # noqa: F401
+
+
+def _socket_root(home: pathlib.Path) -> pathlib.Path:
+    """Where model workspaces (and so PyTriton's unix sockets) live: under ``home`` if short enough."""
+    if len(str(home)) <= 48:
+        root = home / "sockets"
+        root.mkdir()
+        return root
+    root = pathlib.Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-"))
+    record_owner(root)
+    return root
