@@ -23,7 +23,7 @@ PACKAGE = ROOT / "tritonnb"
 NOT_IMPORTABLE = ("tritonnb.deploy.templates", "tritonnb.triton.stub")
 # Each layer may import itself and the layers after it in this list, never one before it.
 LAYERS = ("ui", "deploy", "loadtest", "serving", "triton", "observe")
-BOTTOM = ("errors", "states", "signature", "http_get")  # shared by every layer
+BOTTOM = ("errors", "states", "signature", "http_get", "state")  # shared by every layer
 DOTTED = re.compile(r"\btritonnb(?:\.[A-Za-z_]\w*)+")
 FROM_IMPORT = re.compile(r"^\s*from (tritonnb(?:\.\w+)*) import ([\w, ]+)", re.M)
 
@@ -108,10 +108,21 @@ def test_every_error_class_lives_in_errors_and_is_a_tritonnb_error():
     assert defined <= set(tritonnb.__all__), f"errors not exported from tritonnb: {defined - set(tritonnb.__all__)}"
 
 
+def _run_time_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of a module but those under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    skipped = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
+    return [node for node in ast.walk(tree) if id(node) not in skipped]
+
+
 def _imported_layers(path: pathlib.Path) -> set[str]:
-    """The ``tritonnb.<layer>`` packages a module imports (at any depth of its code)."""
+    """The ``tritonnb.<layer>`` packages a module imports at run time (at any depth of its code)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _run_time_nodes(ast.parse(path.read_text())):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]

@@ -277,7 +277,7 @@ def test_run_to_the_end_finishes_the_work_before_raising_an_interrupt():
 
 
 def test_magic_lines_split_like_a_shell():
-    from tritonnb.ui.magics import TritonMagics, _parse
+    from tritonnb.magics import TritonMagics, _parse
 
     args = _parse(TritonMagics.triton_perf, "m --input-data 'my data.npz' --concurrency 1,2")
     assert args.input_data == "my data.npz" and args.concurrency == [1, 2]

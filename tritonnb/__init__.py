@@ -6,10 +6,13 @@ torch) happen on first use, so loading the extension stays cheap. Errors the kit
 
 The package, by layer (each imports only the layers below it):
 
-- ``ui``: what the notebook shows. ``magics`` (``%%triton_model``, ``%triton``, ``%triton_perf``, ...; the cell
-  runs through ``cell``), ``card`` (what a bind shows), ``report`` (status text), the ipywidgets ``panel``,
-  ``fleet_panel`` and per-model strip with their ``controls``, ``render`` (their HTML), ``live_chart`` and
-  ``progress``.
+- Two front ends at the top: this module (the Python API) and ``magics`` (``%%triton_model``, ``%triton``,
+  ``%triton_perf``, ``%triton_tune``), which parses lines and calls the Python API; beside them the documented
+  modules ``perf``, ``tune`` and ``card``, ``model_client`` (what ``tritonnb.client`` returns) and ``__main__``
+  (``python -m tritonnb install``).
+- ``ui``: what the notebook shows. ``card`` (what a bind shows), ``report`` (status text), the ipywidgets ``panel``,
+  ``fleet_panel`` and per-model strip with their ``controls``, ``render`` (their HTML), ``live_chart``,
+  ``progress``, and ``cell``, which runs a ``%%triton_model`` cell and picks its function.
 - ``deploy``: a served model written to a Triton model repository (``export``, ``capture``, ``torchscript``,
   ``model_config``, ``layout``) with what runs it elsewhere (``compose``, ``kubernetes``, ``templates/``).
 - ``loadtest``: load tests and batching sweeps that return dataclasses (``perf``, ``loadgen``, ``tune``), and the
@@ -28,9 +31,9 @@ The package, by layer (each imports only the layers below it):
 - ``observe``: what a server is doing, as plain data: ``monitor`` (snapshots) and ``poller`` (shared by panels),
   from ``metrics_text``, ``stats_api``, ``host_gpu`` and ``stream_stats``; ``remote_spec`` reads a model's spec from
   the server that serves it.
-- At the bottom, shared by all: ``errors``, ``states`` (server and model states), ``signature`` (tensor specs) and
-  ``http_get``. At the top: this module, ``state`` (the process-wide state), ``model_client`` (what
-  ``tritonnb.client`` returns), and the documented modules ``perf``, ``tune`` and ``card``.
+- At the bottom, shared by all: ``errors``, ``states`` (server and model states), ``signature`` (tensor specs),
+  ``http_get``, and ``state``, the process-wide state (the server, pollers, clients and strips this process holds;
+  it imports the types it holds for type checking only).
 """
 
 from __future__ import annotations
@@ -332,7 +335,7 @@ def serve_forever(poll_s: float = 1.0) -> None:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext tritonnb``: register the magics (no server starts yet)."""
-    from tritonnb.ui.magics import TritonMagics
+    from tritonnb.magics import TritonMagics
 
     ipython.register_magics(TritonMagics)
 
