@@ -44,6 +44,7 @@ class _Streams:
 
 
 _STREAMS = _Streams()
+_BYTES_INPUTS: dict[int, frozenset[str]] = {}  # by id() of the model config it was worked out from
 
 
 def per_request_errors(wrap_response: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,9 +128,13 @@ def input_array(input_tensor: Any, name: str, model_config: dict[str, Any]) -> n
     return np.from_dlpack(input_tensor)
 
 
-def bytes_inputs(model_config: dict[str, Any]) -> set[str]:
-    """The names of the model's bytes inputs."""
-    return {spec["name"] for spec in model_config["input"] if spec["data_type"] == "TYPE_STRING"}
+def bytes_inputs(model_config: dict[str, Any]) -> frozenset[str]:
+    """The names of the model's bytes inputs, worked out once per model config (a stub serves one model)."""
+    names = _BYTES_INPUTS.get(id(model_config))
+    if names is None:
+        names = frozenset(spec["name"] for spec in model_config["input"] if spec["data_type"] == "TYPE_STRING")
+        _BYTES_INPUTS[id(model_config)] = names
+    return names
 
 
 def connect(sock: socket.socket, socket_path: pathlib.Path, should_stop_before_s: float) -> None:
