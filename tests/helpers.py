@@ -68,6 +68,14 @@ def process_tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def command_line(process: psutil.Process) -> list[str]:
+    """A process's command line; empty once it has exited (a zombie not yet reaped, or gone)."""
+    try:
+        return process.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []
+
+
 def wait_gone(processes: list[psutil.Process], timeout: float = 15.0) -> list[psutil.Process]:
     """Wait until every process has exited; return the ones still alive after ``timeout``."""
     _, alive = psutil.wait_procs(processes, timeout=timeout)

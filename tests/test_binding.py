@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from helpers import fp32, infer_json
+from helpers import command_line, fp32, infer_json, wait_until
 
 import tritonnb
 from tritonnb.errors import BindError
@@ -122,10 +122,11 @@ def _under_load(http_url: str, model: str, action, clients: int = 4):
     threads = [threading.Thread(target=_hammer, args=(http_url, model, stop, seen, failures)) for _ in range(clients)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    try:
+    try:  # requests flow before the action, and answers come after it
+        wait_until(lambda: len(seen) >= 2 * clients or failures, 30, "answers before the action")
         action()
-        time.sleep(0.3)
+        answered = len(seen)
+        wait_until(lambda: len(seen) >= answered + 2 * clients or failures, 30, "answers after the action")
     finally:
         stop.set()
         for t in threads:
@@ -175,12 +176,10 @@ def test_signature_change_reloads_under_load_with_no_failure(triton):
     assert status == 200 and body["outputs"][0]["shape"] == [1, 6]
 
     def stubs_of_grow() -> int:
-        return sum("grow_0_0" in p.cmdline() for p in psutil.Process(triton.pid).children())
+        return sum("grow_0_0" in command_line(p) for p in psutil.Process(triton.pid).children())
 
-    deadline = time.monotonic() + 15
-    while stubs_of_grow() > 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert stubs_of_grow() == 1  # replaced generations are retired once quiet, not kept until stop
+    # replaced generations are retired once quiet, not kept until stop
+    wait_until(lambda: stubs_of_grow() == 1, 15, lambda: f"{stubs_of_grow()} stubs of 'grow' serve")
 
 
 def test_two_models_coexist_and_unbind_leaves_the_other(triton):

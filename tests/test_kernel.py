@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from helpers import (
+    command_line,
     fp32,
     free_ports,
     infer_json,
@@ -205,7 +206,8 @@ def test_the_next_start_removes_what_a_killed_kernel_left(kernel):
 
     import tritonnb
 
-    stubs = [p.cmdline() for p in kernel.served if p.cmdline()[0].endswith("triton_python_backend_stub")]
+    command_lines = [command_line(p) for p in kernel.served]
+    stubs = [argv for argv in command_lines if argv and argv[0].endswith("triton_python_backend_stub")]
     copies = {pathlib.Path(argv[1]).parent.parent for argv in stubs}
     assert copies and all(c.name.startswith("folder") for c in copies), copies
     os.kill(kernel.pids["kernel"], signal.SIGKILL)

@@ -10,7 +10,7 @@ import threading
 
 import psutil
 import pytest
-from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone, wait_until
+from helpers import command_line, fp32, free_ports, infer_json, port_ports, process_tree, wait_gone, wait_until
 
 import tritonnb
 from tritonnb.observe.monitor import Monitor, target_for
@@ -174,8 +174,8 @@ def test_no_restart_leaves_it_down_and_says_why(shell):
 
 
 def test_a_killed_stub_gets_its_model_loaded_again(served):
-    stubs = [p for p in process_tree(served.pid) if "triton_python_backend_stub" in " ".join(p.cmdline())]
-    victim = next(p for p in stubs if "triple_0_0" in p.cmdline())
+    stubs = [p for p in process_tree(served.pid) if "triton_python_backend_stub" in " ".join(command_line(p))]
+    victim = next(p for p in stubs if "triple_0_0" in command_line(p))
     victim.kill()
     wait_until(lambda: _all_answer(served), ANSWER_DEADLINE_S, lambda: f"no answers:\n{served.logs(30)}", interval=0.1)
     models = served.status()["models"]
