@@ -23,13 +23,17 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None  # the redirect is the answer: urllib raises HTTPError with its status
 
 
+_NO_REDIRECTS = urllib.request.build_opener(_NoRedirects)  # built once: panels poll several times a second
+
+
 def get_bytes(
     url: str, headers: dict[str, str] | None = None, timeout: float = TIMEOUT_S, follow_redirects: bool = True
 ) -> bytes:
     """GET a URL's body; ``urllib.error.HTTPError`` for an error answer (and a redirect not followed), OSError when
     nothing answers."""
-    opener = urllib.request.build_opener() if follow_redirects else urllib.request.build_opener(_NoRedirects)
-    with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
+    request = urllib.request.Request(url, headers=headers or {})
+    opener = urllib.request.urlopen if follow_redirects else _NO_REDIRECTS.open
+    with opener(request, timeout=timeout) as response:
         return response.read()
 
 

@@ -178,13 +178,14 @@ class Monitor:
         server = target.server
         snapshot = Snapshot.of(target, ServerState.DOWN, now)
         server_state = server.state if server is not None else None  # read once: it may change meanwhile
+        facts = server.model_facts() if server is not None else {}  # once per sample: each model reads its own
         if server is not None:
             snapshot.recovery = server.recovery_summary()
         if server is not None and server_state in AWAY:
             snapshot.state = server_state
             snapshot.reason = AWAY[server_state]
             snapshot.log_tail = server.logs(12) if server_state != ServerState.STOPPED else ""
-            snapshot.models = {n: self._unavailable(n) for n in _own_models(server)}
+            snapshot.models = {n: self._unavailable(n, facts) for n in facts}
             return snapshot
         try:
             snapshot.live = get_text(f"{target.http_url}/v2/health/live") is not None
@@ -193,7 +194,7 @@ class Monitor:
             snapshot.reason = f"no answer from {target.http_url}: {_reason(error)}"
             if server is not None:
                 snapshot.log_tail = server.logs(12)
-            snapshot.models = {n: self._unavailable(n) for n in self._last_models}
+            snapshot.models = {n: self._unavailable(n, facts) for n in self._last_models}
             self._previous.clear()
             return snapshot
         snapshot.state = ServerState.READY if snapshot.ready else ServerState.NOT_READY
@@ -214,18 +215,17 @@ class Monitor:
         if stats is not None:
             for name, counters in stats.items():
                 per_model.setdefault(name, {}).update(counters)
-        names = list(per_model)
-        if server is not None:
-            names += [n for n in _own_models(server) if n not in per_model]
+        names = [*per_model, *(n for n in facts if n not in per_model)]
         snapshot.models = {
-            name: self._model(name, per_model.get(name, {}), failures.get(name, {}), now) for name in names
+            name: self._model(name, per_model.get(name, {}), failures.get(name, {}), now, facts.get(name))
+            for name in names
         }
         self._last_models = snapshot.models
         return snapshot
 
-    def _unavailable(self, name: str) -> ModelMetrics:
+    def _unavailable(self, name: str, facts: dict[str, ModelFacts]) -> ModelMetrics:
         """A model of a server that is away: its last totals, no rates."""
-        model = self._static_model(name, ModelState.UNAVAILABLE)
+        model = self._static_model(name, ModelState.UNAVAILABLE, facts.get(name))
         last = self._last_models.get(name)
         if last is not None:
             model.version, model.failures_by_reason = last.version, last.failures_by_reason
@@ -237,10 +237,8 @@ class Monitor:
         token = server.access_token if server is not None else self.target.access_token  # new on every restart
         return fetch_stats(self.target.http_url, token)
 
-    def _static_model(self, name: str, state: ModelState) -> ModelMetrics:
+    def _static_model(self, name: str, state: ModelState, facts: ModelFacts | None) -> ModelMetrics:
         model = ModelMetrics(name=name, state=state)
-        server = self.target.server
-        facts = server.model_facts().get(name) if server is not None else None
         if facts is not None:
             model.source, model.device, model.stream = facts.source, facts.device, facts.stream
             if facts.version:
@@ -254,9 +252,11 @@ class Monitor:
         model.history = list(self._history.get(name, ()))
         return model
 
-    def _model(self, name: str, counters: dict[str, float], failures: dict[str, float], now: float) -> ModelMetrics:
+    def _model(
+        self, name: str, counters: dict[str, float], failures: dict[str, float], now: float, facts: ModelFacts | None
+    ) -> ModelMetrics:
         ready = answers_ok(f"{self.target.http_url}/v2/models/{name}/ready")
-        model = self._static_model(name, ModelState.READY if ready else ModelState.UNAVAILABLE)
+        model = self._static_model(name, ModelState.READY if ready else ModelState.UNAVAILABLE, facts)
         if model.state == ModelState.LOADING or not counters:
             return model
         model.version = str(counters.get("version", "1"))
@@ -289,11 +289,6 @@ class Monitor:
             history.popleft()
         model.history = list(history)
         return model
-
-
-def _own_models(server: OwnServer) -> list[str]:
-    """The names of the models our own server serves."""
-    return list(server.model_facts())
 
 
 def target_for(
