@@ -18,7 +18,13 @@ from helpers import free_ports, port_ports, process_tree, wait_gone
 from IPython.core.error import UsageError
 
 import tritonnb
-from tritonnb.triton.browser_route import PUBLIC_URL_ENV, browser_route, given_public_url
+from tritonnb.triton.browser_route import (
+    PUBLIC_URL_ENV,
+    RouteProbe,
+    browser_route,
+    given_public_url,
+    jupyter_server_of_this_kernel,
+)
 
 
 @pytest.fixture
@@ -173,8 +179,33 @@ def test_the_kernels_own_jupyter_server_is_found_and_its_proxy_checked(clean_env
         clean_environment.setenv("JUPYTER_RUNTIME_DIR", runtime_dir)
         clean_environment.setenv("JPY_PARENT_PID", str(server.pid))  # what jupyter_client gives the kernels it starts
         route = browser_route(8000, 8002)
+        assert RouteProbe(8000, 8002).result() == route  # the same, with the proxy's check on a thread of its own
+        # found without importing the Jupyter server (1.5 s of a kernel's first start), as in a fresh kernel
+        script = (
+            "import sys; from tritonnb.triton.browser_route import jupyter_server_of_this_kernel as find; "
+            "print(find()['pid'], 'jupyter_server.serverapp' in sys.modules)"
+        )
+        found = subprocess.check_output([sys.executable, "-c", script], text=True)
+        assert found.split() == [str(server.pid), "False"]
     if proxy:
         assert (route.http, route.via) == ("/user/carol/proxy/8000", "jupyter-server-proxy under /user/carol/")
     else:
         assert route.http is None
         assert "has no jupyter-server-proxy" in route.note
+
+
+def test_a_runtime_file_left_by_a_server_that_died_is_not_this_kernels_server(clean_environment, tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    info = {"pid": gone.pid, "url": "http://127.0.0.1:1/", "base_url": "/", "token": ""}
+    (tmp_path / f"jpserver-{gone.pid}.json").write_text(json.dumps(info))
+    (tmp_path / "jpserver-broken.json").write_text("{")  # being written: skipped
+    clean_environment.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    clean_environment.setenv("JPY_PARENT_PID", str(gone.pid))
+    assert jupyter_server_of_this_kernel() is None
+    assert RouteProbe(8000, 8002).result() == browser_route(8000, 8002)
+
+
+def test_a_given_url_needs_no_probe(clean_environment):
+    probe = RouteProbe(8000, 8002, given_public_url("https://gpu-box.example/proxy/{port}"))
+    assert probe.result().http == "https://gpu-box.example/proxy/8000"

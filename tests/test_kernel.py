@@ -223,3 +223,15 @@ def test_the_next_start_removes_what_a_killed_kernel_left(kernel):
         assert leftover == [], leftover
     finally:
         tritonnb.stop()
+
+
+def test_a_kernel_serves_without_importing_the_jupyter_server_or_matplotlib(kernel):
+    """What made a kernel's first answer seconds slower than a plain process's: finding the kernel's Jupyter server
+    imported all of jupyter_server, and a model's live strip imported matplotlib with the dashboard."""
+    code = (
+        "import sys\n"
+        "print(sorted(m for m in ('jupyter_server.serverapp', 'matplotlib') if m in sys.modules), "
+        "type(tritonnb.state.strips.get('double')).__name__)"
+    )
+    out, _ = run_in_kernel(kernel.client, code)
+    assert out.strip().splitlines()[-1] == "[] ModelStrip"

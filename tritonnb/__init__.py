@@ -19,15 +19,17 @@ The package, by layer (each imports only the layers below it):
   ``tables`` and ``charts`` those results show themselves with.
 - ``serving``: the notebook's functions on the server. ``server.Server`` (what ``tritonnb.server()`` returns) puts
   together the process below, the ``registry`` of models (one ``binding.ModelSlot`` per name: swap in place, or load
-  a new generation and retire the old one once quiet) and ``status``. The trampoline Triton's handler threads call
+  a new generation and retire the old one once quiet) and ``status``. The trampoline the kernel's channel threads call
   is ``served_function`` (numpy -> torch via ``torch_bridge`` -> the function -> numpy, with ``output_check``) and,
   for generators, ``streaming``.
 - ``triton``: the one tritonserver of this kernel. ``lifecycle`` (start, stop, restart, crash hooks), ``supervisor``
   (crash recovery), ``settings``, ``ports``, ``logs``, ``model_control`` (gRPC, with the access token),
   ``repository`` (existing model repositories served beside the notebook's models), ``browser_route`` (reaching the
   ports through Jupyter), ``leftovers`` and ``process_exit`` (nothing outlives the kernel), ``engine`` (installs
-  PyTriton beside any numpy: ``python -m tritonnb install``) and ``_pytriton``, the only module touching PyTriton's
-  private names, with the helper module it sends to the python-backend stub (``stub/``).
+  PyTriton beside any numpy: ``python -m tritonnb install``), ``channel`` (the short path from each python-backend
+  stub to the kernel: one unix socket and one kernel thread per stub) and ``_pytriton``, the only module touching
+  PyTriton's private names (the server process; streams through its proxy), with the files both send to the stub
+  (``stub/``).
 - ``observe``: what a server is doing, as plain data: ``monitor`` (snapshots) and ``poller`` (shared by panels),
   from ``metrics_text``, ``stats_api``, ``host_gpu`` and ``stream_stats``; ``remote_spec`` reads a model's spec from
   the server that serves it.

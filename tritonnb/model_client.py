@@ -1,4 +1,10 @@
-"""A callable client for a served model: numpy arrays or torch tensors in, a dict of numpy arrays out."""
+"""A callable client for a served model: numpy arrays or torch tensors in, a dict of numpy arrays out.
+
+Calls go over HTTP with tensors as binary data both ways (Triton's binary tensor extension: a JSON header, then the
+raw bytes). On loopback that was about 12 % faster than JSON or gRPC for a float32[64] request and 70-90 times
+faster than JSON for a float32[3,224,224] one (gRPC there: 6-13 % faster); bytes tensors keep their exact bytes,
+where JSON answers them as text (README, "30-second example"). Streams use gRPC.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ __all__ = ["ModelClient"]
 
 
 class ModelClient:
-    """Calls model ``name`` over HTTP (and streams over gRPC); inputs by position (declared order) or by name."""
+    """Calls model ``name`` over HTTP with binary tensor data (and streams over gRPC); inputs by position (declared
+    order) or by name."""
 
     def __init__(self, name: str, url: str, grpc_url: str | None = None) -> None:
         self.name = name
@@ -28,7 +35,7 @@ class ModelClient:
         self.grpc_url = None if grpc_url is None else grpc_url.removeprefix("grpc://")
         self._streams: dict[Any, queue.SimpleQueue] = {}  # gRPC clients of streams open now, and where they deliver
         self._local = threading.local()  # one tritonclient per thread (they are not thread-safe)
-        self._inputs: list[tuple[str, str]] | None = None
+        self._metadata: tuple[list[tuple[str, str]], list[str]] | None = None  # inputs, output names
         self._lock = threading.Lock()
         self._generation = 0  # close() starts a new one: older connections are not used again
         self._open: weakref.WeakSet[Any] = weakref.WeakSet()  # every thread's; gone with its thread
@@ -74,23 +81,38 @@ class ModelClient:
 
     def input_names(self) -> list[tuple[str, str]]:
         """The model's inputs as (name, Triton datatype), read once from its metadata."""
-        if self._inputs is None:
+        return self._signature()[0]
+
+    def output_names(self) -> list[str]:
+        """The model's output names, read once from its metadata."""
+        return self._signature()[1]
+
+    def _signature(self) -> tuple[list[tuple[str, str]], list[str]]:
+        """The model's inputs and output names, read over HTTP the first time."""
+        if self._metadata is None:
             with self._connection() as client:
-                metadata = client.get_model_metadata(self.name)
-            self._inputs = [(i["name"], i["datatype"]) for i in metadata["inputs"]]
-        return self._inputs
+                self._read_metadata(client.get_model_metadata(self.name))
+        assert self._metadata is not None
+        return self._metadata
+
+    def _read_metadata(self, metadata: dict[str, Any]) -> None:
+        """Keep the input (name, datatype) pairs and output names of the model's metadata."""
+        inputs = [(i["name"], i["datatype"]) for i in metadata["inputs"]]
+        self._metadata = inputs, [o["name"] for o in metadata.get("outputs", [])]
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
-        """Run one inference; arrays must carry the batch dim when the model batches."""
+        """Run one inference; arrays must carry the batch dim when the model batches. Tensors travel as binary data
+        both ways."""
         import tritonclient.http as httpclient
 
         infer_inputs = []
         for name, datatype, array in self._arrays(args, kwargs):
             infer_input = httpclient.InferInput(name, list(array.shape), datatype)
-            infer_input.set_data_from_numpy(array)
+            infer_input.set_data_from_numpy(array, binary_data=True)
             infer_inputs.append(infer_input)
+        outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in self.output_names()]
         with self._connection() as client:
-            result = client.infer(self.name, infer_inputs)
+            result = client.infer(self.name, infer_inputs, outputs=outputs)
         return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
@@ -104,9 +126,8 @@ class ModelClient:
             raise InputError(f"no gRPC endpoint is known for model {self.name!r}")
         client = grpcclient.InferenceServerClient(self.grpc_url)
         try:
-            if self._inputs is None:  # over this connection: no HTTP client for a thread that only streams
-                metadata = client.get_model_metadata(self.name, as_json=True)
-                self._inputs = [(i["name"], i["datatype"]) for i in metadata["inputs"]]
+            if self._metadata is None:  # over this connection: no HTTP client for a thread that only streams
+                self._read_metadata(client.get_model_metadata(self.name, as_json=True))
             infer_inputs = []
             for name, datatype, array in self._arrays(args, kwargs):
                 infer_input = grpcclient.InferInput(name, list(array.shape), datatype)

@@ -19,11 +19,13 @@ from tritonnb.serving.served_function import ErrorReporter, ServedFunction, Tram
 from tritonnb.serving.streaming import StreamTrampoline, first_response
 from tritonnb.signature import ModelSpec, sample_inputs
 from tritonnb.triton._pytriton import Generation
+from tritonnb.triton.channel import ChannelGeneration
 
 __all__ = [
     "RETIRE_MAX_WAIT_S",
     "RETIRE_QUIET_S",
     "BindResult",
+    "LoadedGeneration",
     "ModelControl",
     "ModelSlot",
     "retire_side_by_side",
@@ -53,7 +55,7 @@ def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
             raise WarmupError(f"warm-up batch {number} of {batches} failed: {error}") from None
 
 
-def retire_side_by_side(generations: list[Generation]) -> None:
+def retire_side_by_side(generations: list[LoadedGeneration]) -> None:
     """Retire generations in parallel: each waits about a second on PyTriton's socket polling.
 
     Plain threads, not an executor: this also runs while the interpreter winds down, when executors refuse work.
@@ -98,6 +100,16 @@ def run_to_the_end(work: Callable[[], None]) -> None:
         raise KeyboardInterrupt
 
 
+class LoadedGeneration(Protocol):
+    """One loaded instance of a model: through a channel (``ChannelGeneration``) or, for a stream, PyTriton's proxy."""
+
+    def load_request(self) -> tuple[str, dict[str, bytes]]: ...
+    def attach(self) -> None: ...
+    def is_alive(self) -> bool: ...
+    def unlink_shared_memory(self) -> None: ...
+    def retire(self) -> None: ...
+
+
 class ModelControl(Protocol):
     """What a slot needs from the server: load and unload models and ask for readiness."""
 
@@ -132,10 +144,10 @@ class ModelSlot:
         self._report_error = report_error
         self.stream_stats = StreamStats()  # of every generation, while it streams
         self._stream_trampolines: weakref.WeakSet[StreamTrampoline] = weakref.WeakSet()  # of loaded generations
-        self._generation: Generation | None = None
+        self._generation: LoadedGeneration | None = None
         self._trampoline: Trampoline | StreamTrampoline | None = None
         self._generation_number = 0
-        self._pending_retire: dict[Generation, threading.Event] = {}
+        self._pending_retire: dict[LoadedGeneration, threading.Event] = {}
         self._lock = threading.Lock()
 
     @property
@@ -209,7 +221,7 @@ class ModelSlot:
         """Stop every generation's threads now, side by side (model unbound)."""
         retire_side_by_side(self.take_generations())
 
-    def take_generations(self) -> list[Generation]:
+    def take_generations(self) -> list[LoadedGeneration]:
         """Hand every generation (current and awaiting retirement) to the caller to retire, their open streams
         ended; the slot keeps none."""
         self.end_streams()
@@ -244,16 +256,24 @@ class ModelSlot:
             self._stream_trampolines.add(trampoline)
         else:
             trampoline = Trampoline(target, spec.batched)
-        generation = Generation(
-            spec.name,
-            trampoline.handlers(spec.instances),
-            spec.inputs,
-            spec.outputs,
-            spec.max_batch_size,
-            spec.batch_delay_us,
-            self._workspace / f"g{self._generation_number}",
-            decoupled=spec.stream,
-        )
+        generation: LoadedGeneration
+        workspace = self._workspace / f"g{self._generation_number}"
+        handlers = trampoline.handlers(spec.instances)
+        if spec.stream:  # any number of responses per request: PyTriton's proxy
+            generation = Generation(
+                spec.name,
+                handlers,
+                spec.inputs,
+                spec.outputs,
+                spec.max_batch_size,
+                spec.batch_delay_us,
+                workspace,
+                decoupled=True,
+            )
+        else:
+            generation = ChannelGeneration(
+                spec.name, handlers, spec.inputs, spec.outputs, spec.max_batch_size, spec.batch_delay_us, workspace
+            )
         config, files = generation.load_request()
         try:
             self._control.load_model(spec.name, config, files)
@@ -273,7 +293,7 @@ class ModelSlot:
 
     def _retire_when_quiet(
         self,
-        generation: Generation,
+        generation: LoadedGeneration,
         trampoline: Trampoline | StreamTrampoline,
         quiet_s: float,
         cancelled: threading.Event,
@@ -289,7 +309,7 @@ class ModelSlot:
                 self._retire(generation)
                 return
 
-    def _retire(self, generation: Generation) -> None:
+    def _retire(self, generation: LoadedGeneration) -> None:
         cancelled = self._pending_retire.pop(generation, None)
         if cancelled is not None:  # whoever pops it first retires it, exactly once
             cancelled.set()

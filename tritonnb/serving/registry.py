@@ -9,12 +9,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from tritonnb.errors import SpecError, UnknownModelError
-from tritonnb.serving.binding import BindResult, ModelControl, ModelSlot
+from tritonnb.serving.binding import BindResult, LoadedGeneration, ModelControl, ModelSlot
 from tritonnb.serving.served_function import ErrorReporter
 from tritonnb.serving.torch_bridge import resolve_device
 from tritonnb.signature import DEFAULT_OUTPUT, ModelSpec, TensorSpec, as_specs, default_inputs
 from tritonnb.states import ModelState
-from tritonnb.triton._pytriton import Generation
 from tritonnb.triton.engine import check_bytes_supported
 
 __all__ = ["HEAL_RETRY_S", "RESERVED_NAMES", "SOCKET_PATH_MAX", "SOCKET_SUFFIX_MAX", "ModelRegistry"]
@@ -119,7 +118,7 @@ class ModelRegistry:
         for slot in self.slots.values():
             slot.end_streams()
 
-    def take_generations(self) -> list[Generation]:
+    def take_generations(self) -> list[LoadedGeneration]:
         """Every model's generations, still to be retired (the slots keep their functions and specs), once the
         process has ended: their tensor-store memory, which the dead stubs cannot unlink, is unlinked here."""
         generations = [g for slot in self.slots.values() for g in slot.take_generations()]

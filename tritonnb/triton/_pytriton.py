@@ -3,8 +3,9 @@
 These live here:
 - ``ServerProcess``: PyTriton's ``Triton`` with tritonserver started in its own session (so "Interrupt kernel"
   cannot kill it), its output sent to a log sink instead of the user's cells, and the libpython fix.
-- ``Generation``: one loaded instance of a model: its own workspace (own sockets), a PyTriton ``Model`` proxy
-  whose handlers run in this process, loaded through Triton's model-control API and retired on its own.
+- ``Generation``: one loaded instance of a stream (a decoupled model): its own workspace (own sockets), a PyTriton
+  ``Model`` proxy whose handlers run in this process, loaded through Triton's model-control API and retired on its
+  own. Every other model goes through ``tritonnb.triton.channel`` instead.
 - Hooks into the stub files sent with each load, calling the helper module sent with them (``stub/``): a handshake
   that survives a loaded machine, per-request errors, stream cancellation, and DLPack under numpy 2.
 
@@ -86,7 +87,7 @@ __all__ = [
     "process_running",
     "remove_shared_memory",
     "shared_memory_mapped_by",
-    "stub_module_source",
+    "stub_file",
     "stubs_among",
     "triton_config_fields",
     "triton_config_from_env",
@@ -578,9 +579,9 @@ def error_response(message: str) -> dict[str, np.ndarray]:
     return {ERROR_OUTPUT: np.array([message.encode("utf-8", "replace")], dtype=object)}
 
 
-def stub_module_source() -> bytes:
-    """The stub-side helper module (``tritonnb/triton/stub``), as sent to Triton."""
-    return (importlib.resources.files("tritonnb.triton") / "stub" / f"{STUB_MODULE}.py").read_bytes()
+def stub_file(name: str = f"{STUB_MODULE}.py") -> bytes:
+    """A file of ``tritonnb/triton/stub``, as sent to Triton (by default the stub-side helper module)."""
+    return (importlib.resources.files("tritonnb.triton") / "stub" / name).read_bytes()
 
 
 def patched_file(key: str, content: bytes) -> bytes:
@@ -599,7 +600,7 @@ def patched_proxy_files(files: dict[str, bytes]) -> dict[str, bytes]:
     for key in files:
         folder, _, name = key.rpartition("/")
         if name == "model.py":
-            patched[f"{folder}/{STUB_MODULE}.py"] = stub_module_source()
+            patched[f"{folder}/{STUB_MODULE}.py"] = stub_file()
     return patched
 
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
+import pathlib
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,6 +32,7 @@ __all__ = [
     "PROBE_TIMEOUT_S",
     "PUBLIC_URL_ENV",
     "BrowserRoute",
+    "RouteProbe",
     "browser_route",
     "check_public_url",
     "given_public_url",
@@ -89,7 +93,8 @@ def browser_route(http_port: int, metrics_port: int, given: tuple[str, str] | No
     """The route a browser takes to these ports: the ``given_public_url``, else through the Jupyter server."""
     if given is not None:
         return _given(*given, http_port, metrics_port)
-    return _through_jupyter(http_port, metrics_port)
+    server = jupyter_server_of_this_kernel()
+    return _through_jupyter(server, http_port, metrics_port, server is None or _proxy_answers(server, http_port))
 
 
 def _given(url: str, source: str, http_port: int, metrics_port: int) -> BrowserRoute:
@@ -102,14 +107,15 @@ def _given(url: str, source: str, http_port: int, metrics_port: int) -> BrowserR
     )
 
 
-def _through_jupyter(http_port: int, metrics_port: int) -> BrowserRoute:
-    server = jupyter_server_of_this_kernel()
+def _through_jupyter(server: dict[str, Any] | None, http_port: int, metrics_port: int, proxied: bool) -> BrowserRoute:
+    """The route through ``server`` (this kernel's Jupyter server) or JupyterHub's prefix; ``proxied``: whether
+    ``server`` has jupyter-server-proxy (see ``_proxy_answers``)."""
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
     if server is None and not prefix:
         return BrowserRoute()  # a terminal, a script, or a kernel whose Jupyter server we cannot see
     stripped = (server or {}).get("base_url", prefix or "/").strip("/")
     base_url = f"/{stripped}/" if stripped else "/"
-    if server is not None and not _proxy_answers(server, http_port):
+    if server is not None and not proxied:
         return BrowserRoute(
             note=f"the Jupyter server at {server.get('url', base_url)} has no jupyter-server-proxy: install it in that "
             "server's environment and restart it, or give --public-url, for links that work in a remote browser"
@@ -122,19 +128,36 @@ def _through_jupyter(http_port: int, metrics_port: int) -> BrowserRoute:
 
 
 def jupyter_server_of_this_kernel() -> dict[str, Any] | None:
-    """The running Jupyter server that started this kernel (its ``jpserver-*.json`` info), or None."""
+    """The running Jupyter server that started this kernel (its ``jpserver-*.json`` info), or None.
+
+    Read straight from Jupyter's runtime folder, as ``jupyter_server.serverapp.list_running_servers`` does: importing
+    that module (all of the Jupyter server) took 1.5 s of a kernel's first start."""
     parent = os.environ.get("JPY_PARENT_PID")
-    if not parent:
+    if not parent or not parent.isdigit():
         return None
     try:
-        from jupyter_server.serverapp import list_running_servers
-    except ImportError:  # the kernel's environment has no Jupyter server package
+        from jupyter_core.paths import jupyter_runtime_dir
+    except ImportError:  # the kernel's environment has no Jupyter at all
         return None
     with contextlib.suppress(OSError, ValueError):
-        for info in list_running_servers():
-            if str(info.get("pid")) == parent:
-                return info
+        runtime = pathlib.Path(jupyter_runtime_dir())
+        for path in sorted(runtime.glob("jpserver-*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                info = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(info, dict) and str(info.get("pid")) == parent and _running(int(parent)):
+                    return info
     return None
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id runs (a server's runtime file can outlive it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
 
 
 def _proxy_answers(server: dict[str, Any], port: int) -> bool:
@@ -149,3 +172,41 @@ def _proxy_answers(server: dict[str, Any], port: int) -> bool:
         return error.code != 404  # 403, or a redirect to a login page: the route exists, our credentials differ
     except OSError:  # the Jupyter server does not answer: assume its proxy is there, as on JupyterHub
         return True
+
+
+class RouteProbe:
+    """``browser_route``, with its one slow part, the request that checks the Jupyter server's proxy (up to
+    ``PROBE_TIMEOUT_S``), on a background thread: started as soon as the ports are known, it runs while tritonserver
+    starts. ``result()`` waits for it. The rest (reading the Jupyter server's runtime file) takes a few
+    milliseconds and runs in the caller's thread, so that the thread imports nothing."""
+
+    def __init__(self, http_port: int, metrics_port: int, given: tuple[str, str] | None = None) -> None:
+        self._route: BrowserRoute | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if given is not None:
+            self._route = _given(*given, http_port, metrics_port)
+            return
+        server = jupyter_server_of_this_kernel()
+        if server is None:
+            self._route = _through_jupyter(None, http_port, metrics_port, True)
+            return
+        self._thread = threading.Thread(
+            target=self._probe, args=(server, http_port, metrics_port), name="tritonnb-route", daemon=True
+        )
+        self._thread.start()
+
+    def _probe(self, server: dict[str, Any], http_port: int, metrics_port: int) -> None:
+        try:
+            self._route = _through_jupyter(server, http_port, metrics_port, _proxy_answers(server, http_port))
+        except BaseException as error:  # raised again to whoever asks for the route
+            self._error = error
+
+    def result(self) -> BrowserRoute:
+        """The route, once found."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._route is not None
+        return self._route

@@ -23,7 +23,7 @@ from tritonnb.http_get import answers_ok, get_json
 from tritonnb.states import ServerState
 from tritonnb.triton import process_exit
 from tritonnb.triton._pytriton import PYTRITON_HOME, ServerProcess, TritonConfig
-from tritonnb.triton.browser_route import BrowserRoute, browser_route
+from tritonnb.triton.browser_route import BrowserRoute, RouteProbe
 from tritonnb.triton.leftovers import record_owner, remove_leftovers
 from tritonnb.triton.logs import ServerLog
 from tritonnb.triton.model_control import ModelControl
@@ -50,7 +50,8 @@ class TritonServer:
     ) -> None:
         self.settings = settings
         self.public_url = public_url  # (URL, where it came from): where a browser reaches the HTTP port, if given
-        self._browser_route: BrowserRoute | None = None
+        # probed in the background while tritonserver starts: a Jupyter server's proxy can take a request to answer
+        self._route_probe = RouteProbe(settings.port("http"), settings.port("metrics"), public_url)
         remove_leftovers(PYTRITON_HOME, HOME_PREFIX)
         self.home = PYTRITON_HOME / f"{HOME_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.home.mkdir(parents=True)
@@ -104,12 +105,8 @@ class TritonServer:
     @property
     def browser_route(self) -> BrowserRoute:
         """How a browser reaches this server (``--public-url``, ``$TRITONNB_PUBLIC_URL`` or jupyter-server-proxy);
-        found on first use, as the ports never change."""
-        if self._browser_route is None:
-            self._browser_route = browser_route(
-                self.settings.port("http"), self.settings.port("metrics"), self.public_url
-            )
-        return self._browser_route
+        found once, in the background from the moment the server is created, as the ports never change."""
+        return self._route_probe.result()
 
     @property
     def access_token(self) -> str:

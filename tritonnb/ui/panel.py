@@ -13,7 +13,6 @@ from tritonnb.observe.poller import Poller
 from tritonnb.states import ServerState
 from tritonnb.ui import render
 from tritonnb.ui.controls import RefreshControls
-from tritonnb.ui.live_chart import LiveChart
 
 if TYPE_CHECKING:
     from tritonnb.loadtest.charts import Chart
@@ -25,6 +24,8 @@ class Panel(widgets.VBox):
     """Health, models, live metrics with a chart, host figures and controls for one Triton server."""
 
     def __init__(self, target: Target, interval_s: float = 1.0) -> None:
+        from tritonnb.ui.live_chart import LiveChart  # matplotlib: not imported for a model's strip
+
         self.target = target
         self.health = widgets.HTML()
         self.models = widgets.HTML()

@@ -1,9 +1,10 @@
 """tritonnb's additions to PyTriton's python-backend stub, called from hooks in the stub files sent with each load.
 
-Sent beside PyTriton's ``model.py`` and imported by it (``from . import _tritonnb_stub``); see ``PROXY_PATCHES`` in
-``tritonnb.triton._pytriton`` for where each hook sits. It runs inside Triton's stub, an isolated Python where
-``triton_python_backend_utils`` exists, so it imports nothing from tritonnb, and it reads ``pb_utils``' attributes
-only when called: the stub fills them in after it has imported the model's module.
+Sent beside PyTriton's ``model.py`` (streams) and imported by it (``from . import _tritonnb_stub``); see
+``PROXY_PATCHES`` in ``tritonnb.triton._pytriton`` for where each hook sits. tritonnb's own ``channel_model.py``
+(every other model) uses its DLPack conversions and its patient ``connect`` too. It runs inside Triton's stub, an
+isolated Python where ``triton_python_backend_utils`` exists, so it imports nothing from tritonnb, and it reads
+``pb_utils``' attributes only when called: the stub fills them in after it has imported the model's module.
 
 - Per-request errors: a response carrying only ``ERROR_OUTPUT`` fails its own request, not the whole batch.
 - Streams: a request of a decoupled model gets a marker path (parameter ``STREAM_PARAMETER``); once its client

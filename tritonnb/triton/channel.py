@@ -1,0 +1,242 @@
+"""The kernel's end of the short request path: Triton's python-backend stub to the notebook's function and back.
+
+Each loaded generation of a model listens on a unix socket in its own workspace. Every stub instance Triton starts
+for it (``stub/channel_model.py``) connects once, and a thread of the kernel's serves that connection alone: it reads a
+batch, calls the handler and writes the answers back (``stub/_tritonnb_wire.py`` says how they are framed). A request
+thus wakes one thread per direction and crosses no queue, no second thread and no other process on the way.
+
+Streams (decoupled models, any number of responses per request) still go through PyTriton's proxy
+(``tritonnb.triton._pytriton.Generation``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import pathlib
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tritonnb.errors import TritonnbError
+from tritonnb.signature import TensorSpec
+from tritonnb.triton._pytriton import ERROR_OUTPUT, LOGGER, STUB_MODULE, stub_file
+from tritonnb.triton.stub import _tritonnb_wire as wire
+
+__all__ = ["Channel", "ChannelGeneration", "ChannelStats", "Request", "channel_model_config", "channel_stats"]
+
+Handler = Callable[[list["Request"]], list[dict[str, np.ndarray]]]
+SOCKET_NAME = "channel.sock"
+WIRE_MODULE = "_tritonnb_wire"
+CLOSE_WAIT_S = 2.0  # how long retiring waits for a connection's thread to finish the batch it holds
+
+
+@dataclasses.dataclass
+class Request:
+    """One request of a batch, as a handler gets it: its input arrays and its parameters."""
+
+    data: dict[str, np.ndarray]
+    parameters: dict[str, Any]
+
+
+@dataclasses.dataclass
+class ChannelStats:
+    """What the channels of one model have served: batches, requests, and where their time went (nanoseconds)."""
+
+    batches: int = 0
+    requests: int = 0
+    kernel_ns: int = 0  # from a batch read in full to its answers ready to send, the handler included
+    stub_ns: int = 0  # inside the stubs' execute(), as they report it (one batch late)
+
+
+_STATS: dict[str, ChannelStats] = {}
+_STATS_LOCK = threading.Lock()
+
+
+def channel_stats(model_name: str) -> ChannelStats | None:
+    """A copy of what the channels of ``model_name`` have served in this process; None if none has."""
+    with _STATS_LOCK:
+        stats = _STATS.get(model_name)
+        return None if stats is None else dataclasses.replace(stats)
+
+
+def _record(model_name: str, requests: int, kernel_ns: int, stub_ns: int) -> None:
+    with _STATS_LOCK:
+        stats = _STATS.setdefault(model_name, ChannelStats())
+        stats.batches += 1
+        stats.requests += requests
+        stats.kernel_ns += kernel_ns
+        stats.stub_ns += stub_ns
+
+
+class Channel:
+    """Listens on ``socket_path``; each stub that connects gets a thread calling the next of ``handlers`` in turn."""
+
+    def __init__(self, model_name: str, socket_path: pathlib.Path, handlers: Sequence[Handler]) -> None:
+        self.model_name = model_name
+        self.socket_path = socket_path
+        self._handlers = list(handlers)
+        self._connections: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._closed = threading.Event()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(socket_path.as_posix())
+        self._listener.listen(16)
+        self._acceptor = threading.Thread(target=self._accept, name=f"tritonnb-channel-{model_name}", daemon=True)
+        self._acceptor.start()
+
+    def is_alive(self) -> bool:
+        """Whether the channel still takes stubs (not closed, its accepting thread running)."""
+        return not self._closed.is_set() and self._acceptor.is_alive()
+
+    @property
+    def connected(self) -> int:
+        """How many stubs have connected so far."""
+        return len(self._connections)
+
+    def close(self) -> None:
+        """Stop taking stubs, close every connection, and wait a moment for their threads to end."""
+        self._closed.set()
+        for sock in [self._listener, *self._connections]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept() or recv()
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        for thread in [self._acceptor, *self._threads]:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        for sock in [self._listener, *self._connections]:
+            sock.close()
+        self.socket_path.unlink(missing_ok=True)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            handler = self._handlers[len(self._connections) % len(self._handlers)]
+            self._connections.append(connection)
+            thread = threading.Thread(
+                target=self._serve,
+                args=(connection, handler),
+                name=f"tritonnb-channel-{self.model_name}-{len(self._threads)}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, connection: socket.socket, handler: Handler) -> None:
+        """Answer one stub's batches until it disconnects or the channel closes."""
+        while True:
+            try:
+                frame = wire.receive(connection)
+            except OSError:
+                return
+            if frame is None:
+                return
+            started = time.perf_counter_ns()
+            header, body = frame
+            requests = [Request(inputs, parameters) for inputs, parameters in wire.read_requests(header, body)]
+            reply = self._answer(handler, requests)
+            _record(self.model_name, len(requests), time.perf_counter_ns() - started, header.get("stub_ns", 0))
+            try:
+                wire.send(connection, *reply)
+            except OSError:
+                return
+
+    def _answer(self, handler: Handler, requests: list[Request]) -> tuple[dict[str, Any], list[Any]]:
+        """The reply frame: each request's outputs or error, or one error for the whole batch if the handler raised."""
+        try:
+            responses = handler(requests)
+            return wire.responses_frame([_error_or_outputs(response) for response in responses])
+        except Exception as error:  # the handler reports a model's failures itself; this says what reaches Triton
+            if not isinstance(error, TritonnbError):
+                LOGGER.exception("model %s: serving a batch failed", self.model_name)
+            return {"error": str(error) or type(error).__name__}, []
+
+
+def _error_or_outputs(response: dict[str, np.ndarray]) -> dict[str, np.ndarray] | str:
+    error = response.get(ERROR_OUTPUT)
+    return response if error is None else error.item(0).decode("utf-8", "replace")
+
+
+def config_datatype(spec: TensorSpec) -> str:
+    """The model config's data type of a tensor, e.g. ``TYPE_FP32`` (bytes are ``TYPE_STRING``)."""
+    return "TYPE_STRING" if spec.triton_dtype == "BYTES" else f"TYPE_{spec.triton_dtype}"
+
+
+def channel_model_config(
+    name: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    max_batch_size: int,
+    batch_delay_us: int,
+    instances: int,
+    socket_path: pathlib.Path,
+) -> dict[str, Any]:
+    """The Triton model config of a generation served through a channel at ``socket_path``."""
+    config: dict[str, Any] = {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": max_batch_size,
+        "input": [{"name": s.name, "data_type": config_datatype(s), "dims": list(s.dims)} for s in inputs],
+        "output": [{"name": s.name, "data_type": config_datatype(s), "dims": list(s.dims)} for s in outputs],
+        "instance_group": [{"count": instances, "kind": "KIND_CPU"}],
+        "parameters": {wire.SOCKET_PARAMETER: {"string_value": socket_path.as_posix()}},
+    }
+    if max_batch_size > 0:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": batch_delay_us}
+    return config
+
+
+class ChannelGeneration:
+    """One loaded instance of a model served through a channel: its workspace, socket and Triton model config."""
+
+    def __init__(
+        self,
+        name: str,
+        handlers: Sequence[Handler],
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        max_batch_size: int,
+        batch_delay_us: int,
+        workspace: pathlib.Path,
+    ) -> None:
+        self.workspace = workspace
+        workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.channel = Channel(name, workspace / SOCKET_NAME, handlers)
+        self._config = channel_model_config(
+            name, inputs, outputs, max_batch_size, batch_delay_us, len(handlers), self.channel.socket_path
+        )
+
+    def load_request(self) -> tuple[str, dict[str, bytes]]:
+        """The model config (JSON) and files that Triton's load API takes."""
+        files = {
+            "file:1/model.py": stub_file("channel_model.py"),
+            f"file:1/{WIRE_MODULE}.py": stub_file(f"{WIRE_MODULE}.py"),
+            f"file:1/{STUB_MODULE}.py": stub_file(),
+        }
+        return json.dumps(self._config), files
+
+    def attach(self) -> None:
+        """Nothing to do: each stub connected while Triton loaded it."""
+
+    def is_alive(self) -> bool:
+        """Whether the channel still takes stubs."""
+        return self.channel.is_alive()
+
+    def unlink_shared_memory(self) -> None:
+        """Nothing to do: a channel shares no memory."""
+
+    def retire(self) -> None:
+        """Close the channel and remove the workspace (after Triton has stopped routing to it)."""
+        try:
+            self.channel.close()
+        finally:
+            shutil.rmtree(self.workspace, ignore_errors=True)

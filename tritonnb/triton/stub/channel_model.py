@@ -1,0 +1,71 @@
+"""tritonnb's python-backend model: hands each batch to the kernel that serves it, over one unix socket.
+
+Sent to Triton as a model's ``model.py`` with ``_tritonnb_wire.py`` (the frame format) and ``_tritonnb_stub.py``
+(DLPack under numpy 2, the patient connect) beside it. One stub instance, one connection, one thread: a batch goes
+out as one frame, and its answers come back as one, with no hand-off between threads on this side.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+import time
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+
+from . import _tritonnb_stub as stub
+from . import _tritonnb_wire as wire
+
+
+class TritonPythonModel:
+    """Relays batches to the kernel's channel named by the model config's ``tritonnb-channel`` parameter."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Connect to the kernel's socket."""
+        self.config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        self.input_names = [spec["name"] for spec in self.config["input"]]
+        path = pathlib.Path(self.config["parameters"][wire.SOCKET_PARAMETER]["string_value"])
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stub.connect(self.sock, path, time.time() + stub.HANDSHAKE_TIMEOUT_S)
+        self.stub_ns = 0  # time spent in the previous execute(), reported with the next batch
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """Send the batch to the kernel and answer each request with what came back."""
+        started = time.perf_counter_ns()
+        batch = []
+        for request in requests:
+            inputs = {}
+            for name in self.input_names:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    inputs[name] = stub.input_array(tensor, name, self.config)
+            parameters = request.parameters()
+            batch.append((inputs, json.loads(parameters) if parameters not in ("", "{}") else {}))
+        header, buffers = wire.requests_frame(batch, self.stub_ns)
+        try:
+            wire.send(self.sock, header, buffers)
+            reply = wire.receive(self.sock)
+        except OSError:
+            reply = None
+        if reply is None:
+            raise pb_utils.TritonModelException(f"the kernel serving model '{self.name}' no longer answers")
+        header, body = reply
+        if "error" in header:
+            raise pb_utils.TritonModelException(header["error"])
+        responses = [_response(answer) for answer in wire.read_responses(header, body)]
+        self.stub_ns = time.perf_counter_ns() - started
+        return responses
+
+    def finalize(self) -> None:
+        """Close the connection (the kernel's thread for it ends)."""
+        self.sock.close()
+
+
+def _response(answer: dict[str, Any] | str) -> Any:
+    """A request's response: its outputs, or the error that fails it alone."""
+    if isinstance(answer, str):
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(answer))
+    return pb_utils.InferenceResponse(output_tensors=[stub.output_tensor(name, a) for name, a in answer.items()])
