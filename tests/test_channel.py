@@ -23,7 +23,8 @@ def _exchange(header: dict, buffers: list) -> tuple[dict, memoryview]:
     """Send one frame over a real socket pair and read it back on the other end."""
     left, right = socket.socketpair()
     with left, right:
-        sender = threading.Thread(target=wire.send, args=(left, header, buffers))
+        right.settimeout(30)  # a sender that failed must fail the test, not hang it
+        sender = threading.Thread(target=wire.send, args=(left, header, buffers), daemon=True)
         sender.start()
         frame = wire.receive(right)
         sender.join()
@@ -42,6 +43,7 @@ def test_every_dtype_crosses_a_frame_unchanged():
         "flag": np.array([[True, False]]),
         "strided": np.arange(20, dtype=np.int32).reshape(4, 5)[:, ::2],  # not contiguous: sent as a copy
         "empty": np.zeros((0, 3), dtype=np.float32),
+        "scalar": np.array(2.5),
         "blob": np.array([[b""], [b"a\x00b"], [bytes(range(256))]], dtype=object),
     }
     header, buffers = wire.requests_frame([(tensors, {"k": 1}), ({"f32": tensors["f32"] * 2}, {})], stub_ns=7)
@@ -54,6 +56,7 @@ def test_every_dtype_crosses_a_frame_unchanged():
         np.testing.assert_array_equal(first[name], array)
     np.testing.assert_array_equal(second["f32"], tensors["f32"] * 2)
     assert first["f32"].flags.writeable, "a function may write to its inputs"
+    assert all(a.ctypes.data % 16 == 0 for a in first.values() if a.dtype != object), "arrays start aligned"
 
 
 def test_str_outputs_travel_as_utf8_bytes_and_errors_as_messages():
@@ -96,7 +99,7 @@ def test_each_stub_gets_its_own_handler_thread_and_close_ends_them(tmp_path):
 
         return handle
 
-    channel = Channel("m", tmp_path / "c.sock", [handler(0), handler(1)])
+    channel = Channel("unit_m", tmp_path / "c.sock", [handler(0), handler(1)])
     first, second = _connect(channel.socket_path), _connect(channel.socket_path)
     with first, second:
         (answer, body), (other, other_body) = _ask(first, np.array([1.0])), _ask(second, np.array([1.0]))
@@ -105,10 +108,10 @@ def test_each_stub_gets_its_own_handler_thread_and_close_ends_them(tmp_path):
         assert one["thread"][0] != two["thread"][0]
         assert wire.read_responses(*_ask(first, np.array([0.0]))) == ["model 'm' raised ValueError: zero"]
         assert _ask(first, np.array([-1.0]))[0] == {"error": "every request failed: negative"}
-        stats = channel_stats("m")
+        stats = channel_stats("unit_m")
         assert stats is not None and (stats.batches, stats.requests, stats.stub_ns) == (4, 4, 4000)
         assert stats.kernel_ns > 0
-        threads = [t for t in threading.enumerate() if t.name.startswith("tritonnb-channel-m")]
+        threads = [t for t in threading.enumerate() if t.name.startswith("tritonnb-channel-unit_m")]
         assert len(threads) == 3 and channel.is_alive()
         channel.close()
         assert not channel.is_alive() and not channel.socket_path.exists()
@@ -170,3 +173,37 @@ def test_the_files_sent_to_the_stub_stand_alone(tmp_path):
     for alias, module in (("stub", "_tritonnb_stub.py"), ("wire", "_tritonnb_wire.py")):
         used = {attr for name, attr in calls if name == alias}
         assert used and used <= defined[module], (module, sorted(used - defined[module]))
+
+
+def test_a_failing_handler_or_a_broken_stub_never_leaves_a_stub_waiting(tmp_path):
+    def handle(requests: list[Request]) -> list[dict[str, np.ndarray]]:
+        x = requests[0].data["x"]
+        if x[0] == 1:
+            raise SystemExit(3)  # a user's sys.exit() in a served function
+        if x[0] == 2:
+            raise KeyError("x")
+        if x[0] == 3:
+            return [{"y": np.array([object()], dtype=object)}]  # not bytes: cannot be sent
+        return [{"y": x}]
+
+    channel = Channel("unit_failing", tmp_path / "c.sock", [handle])
+    try:
+        with _connect(channel.socket_path) as stub:
+            assert _ask(stub, np.array([1.0]))[0] == {"error": "model 'unit_failing': SystemExit: 3"}
+            assert _ask(stub, np.array([2.0]))[0] == {"error": "model 'unit_failing': KeyError: 'x'"}
+            assert "expected bytes or str" in _ask(stub, np.array([3.0]))[0]["error"]
+            header, body = _ask(stub, np.array([4.0]))
+            assert wire.read_responses(header, body)[0]["y"].tolist() == [4.0], "the thread serves on after failures"
+        wait_until(lambda: channel.connected == 0, 5, "the kernel closed the connection of a stub that left")
+
+        with _connect(channel.socket_path) as dying:  # dies half-way through a frame
+            dying.sendall(wire.PREFIX.pack(10, 1000) + b"{}")
+        wait_until(lambda: channel.connected == 0, 5, "a stub that died mid-frame leaves no connection open")
+        assert channel.is_alive(), "one stub's death does not stop the others'"
+
+        with _connect(channel.socket_path) as garbage:
+            garbage.sendall(wire.PREFIX.pack(4, 0) + b"nope")
+            assert wire.receive(garbage) is None, "a frame that is none of ours closes that connection"
+        wait_until(lambda: not channel.is_alive(), 5, "a channel out of step says so, for the slot to load again")
+    finally:
+        channel.close()

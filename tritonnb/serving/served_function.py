@@ -126,8 +126,6 @@ class ServedFunction:
                     f"model {self.model_name!r}: {self._running_late} calls that outlived the timeout of "
                     f"{self.timeout_s:g} s still run; no new call starts until one returns"
                 )
-        # the inputs may be views of shared memory that PyTriton reuses once this request is answered
-        arrays = {name: np.array(array) for name, array in arrays.items()}
         outcome: list[Any] = []
         done = threading.Event()
         abandoned = False

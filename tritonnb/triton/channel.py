@@ -82,83 +82,110 @@ class Channel:
         self.model_name = model_name
         self.socket_path = socket_path
         self._handlers = list(handlers)
-        self._connections: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
+        self._connections: dict[socket.socket, threading.Thread] = {}  # open now, each with the thread serving it
+        self._accepted = 0
+        self._broken: str | None = None  # why a connection's thread ended other than by a close
+        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(socket_path.as_posix())
-        self._listener.listen(16)
+        try:
+            self._listener.bind(socket_path.as_posix())
+            self._listener.listen(16)
+        except OSError:
+            self._listener.close()
+            raise
         self._acceptor = threading.Thread(target=self._accept, name=f"tritonnb-channel-{model_name}", daemon=True)
         self._acceptor.start()
 
     def is_alive(self) -> bool:
-        """Whether the channel still takes stubs (not closed, its accepting thread running)."""
-        return not self._closed.is_set() and self._acceptor.is_alive()
+        """Whether the channel still serves: not closed, taking stubs, and no connection broken by a failure."""
+        return not self._closed.is_set() and self._acceptor.is_alive() and self._broken is None
 
     @property
     def connected(self) -> int:
-        """How many stubs have connected so far."""
+        """How many stubs are connected now."""
         return len(self._connections)
 
     def close(self) -> None:
         """Stop taking stubs, close every connection, and wait a moment for their threads to end."""
-        self._closed.set()
-        for sock in [self._listener, *self._connections]:
+        with self._lock:
+            self._closed.set()
+            connections = dict(self._connections)
+        for sock in [self._listener, *connections]:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept() or recv()
         deadline = time.monotonic() + CLOSE_WAIT_S
-        for thread in [self._acceptor, *self._threads]:
+        for thread in [self._acceptor, *connections.values()]:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
-        for sock in [self._listener, *self._connections]:
-            sock.close()
+        self._listener.close()
         self.socket_path.unlink(missing_ok=True)
 
     def _accept(self) -> None:
-        while not self._closed.is_set():
+        while True:
             try:
                 connection, _ = self._listener.accept()
             except OSError:  # closed
                 return
-            handler = self._handlers[len(self._connections) % len(self._handlers)]
-            self._connections.append(connection)
-            thread = threading.Thread(
-                target=self._serve,
-                args=(connection, handler),
-                name=f"tritonnb-channel-{self.model_name}-{len(self._threads)}",
-                daemon=True,
-            )
-            self._threads.append(thread)
+            with self._lock:
+                if self._closed.is_set():  # accepted while closing: nobody serves it
+                    connection.close()
+                    return
+                handler = self._handlers[self._accepted % len(self._handlers)]
+                thread = threading.Thread(
+                    target=self._serve,
+                    args=(connection, handler),
+                    name=f"tritonnb-channel-{self.model_name}-{self._accepted}",
+                    daemon=True,
+                )
+                self._accepted += 1
+                self._connections[connection] = thread
             thread.start()
 
     def _serve(self, connection: socket.socket, handler: Handler) -> None:
-        """Answer one stub's batches until it disconnects or the channel closes."""
-        while True:
-            try:
-                frame = wire.receive(connection)
-            except OSError:
-                return
-            if frame is None:
-                return
-            started = time.perf_counter_ns()
-            header, body = frame
-            requests = [Request(inputs, parameters) for inputs, parameters in wire.read_requests(header, body)]
-            reply = self._answer(handler, requests)
-            _record(self.model_name, len(requests), time.perf_counter_ns() - started, header.get("stub_ns", 0))
-            try:
-                wire.send(connection, *reply)
-            except OSError:
-                return
+        """Answer one stub's batches until it disconnects or the channel closes; then close its connection.
 
-    def _answer(self, handler: Handler, requests: list[Request]) -> tuple[dict[str, Any], list[Any]]:
-        """The reply frame: each request's outputs or error, or one error for the whole batch if the handler raised."""
+        A frame that cannot be read whole (the stub died mid-frame, or no memory for it) ends the connection: the
+        stream is out of step from there. Anything else wrong with a batch is answered as that batch's error.
+        """
         try:
+            while True:
+                frame = wire.receive(connection)
+                if frame is None:
+                    return
+                started = time.perf_counter_ns()
+                header, body = frame
+                reply = self._answer(handler, header, body)
+                _record(
+                    self.model_name,
+                    len(header.get("requests", ())),
+                    time.perf_counter_ns() - started,
+                    header.get("stub_ns", 0),
+                )
+                wire.send(connection, *reply)
+        except OSError:  # the stub went away, or the channel closed
+            return
+        except BaseException as error:  # e.g. MemoryError for a huge frame: this stub's requests fail from now on
+            self._broken = f"{type(error).__name__}: {error}"
+            LOGGER.exception("model %s: a channel to its stub broke", self.model_name)
+        finally:
+            with self._lock:
+                self._connections.pop(connection, None)
+            connection.close()
+
+    def _answer(self, handler: Handler, header: dict[str, Any], body: memoryview) -> tuple[dict[str, Any], list[Any]]:
+        """The reply frame: each request's outputs or error, or one error for the whole batch if it failed as one."""
+        try:
+            requests = [Request(inputs, parameters) for inputs, parameters in wire.read_requests(header, body)]
             responses = handler(requests)
+            if len(responses) != len(requests):
+                raise RuntimeError(f"{len(responses)} answers for {len(requests)} requests")
             return wire.responses_frame([_error_or_outputs(response) for response in responses])
-        except Exception as error:  # the handler reports a model's failures itself; this says what reaches Triton
-            if not isinstance(error, TritonnbError):
-                LOGGER.exception("model %s: serving a batch failed", self.model_name)
-            return {"error": str(error) or type(error).__name__}, []
+        except BaseException as error:  # a user's sys.exit() included: the stub must hear back in any case
+            if isinstance(error, TritonnbError):  # the handler has reported it (and its traceback) already
+                return {"error": str(error)}, []
+            LOGGER.exception("model %s: serving a batch failed", self.model_name)
+            return {"error": f"model '{self.model_name}': {type(error).__name__}: {error}"}, []
 
 
 def _error_or_outputs(response: dict[str, np.ndarray]) -> dict[str, np.ndarray] | str:
@@ -210,7 +237,11 @@ class ChannelGeneration:
     ) -> None:
         self.workspace = workspace
         workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.channel = Channel(name, workspace / SOCKET_NAME, handlers)
+        try:
+            self.channel = Channel(name, workspace / SOCKET_NAME, handlers)
+        except OSError:
+            shutil.rmtree(workspace, ignore_errors=True)
+            raise
         self._config = channel_model_config(
             name, inputs, outputs, max_batch_size, batch_delay_us, len(handlers), self.channel.socket_path
         )

@@ -331,7 +331,7 @@ def _import_torch() -> None:
 
 
 def _socket_root(home: pathlib.Path) -> pathlib.Path:
-    """Where model workspaces (and so PyTriton's unix sockets) live: under ``home`` if short enough."""
+    """Where model workspaces (and so their unix sockets) live: under ``home`` if short enough."""
     if len(str(home)) <= 48:
         root = home / "sockets"
         root.mkdir()

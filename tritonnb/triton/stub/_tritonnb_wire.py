@@ -12,7 +12,8 @@ A frame is a prefix (header length, body length), a JSON header and a body of ra
 
 ``dtype`` is numpy's dtype string (``<f4``), or ``bytes`` for a tensor of byte strings, which travels as Triton
 serializes BYTES: each element as a little-endian uint32 length and its bytes. Tensors follow each other in the body
-in header order.
+in header order, each starting on a multiple of ``ALIGN`` bytes (the header is padded with spaces to one too), so
+that the arrays read from a frame are aligned.
 """
 
 from __future__ import annotations
@@ -30,27 +31,39 @@ SOCKET_PARAMETER = "tritonnb-channel"  # the model config parameter that names t
 BYTES = "bytes"
 PREFIX = struct.Struct("<IQ")  # header bytes, body bytes
 LENGTH = struct.Struct("<I")
+ALIGN = 64
+PADDING = bytes(ALIGN)
+MAX_HEADER = 64 << 20  # a longer header is no frame of ours
 MAX_PARTS = 512  # buffers per sendmsg call, well under the system's IOV_MAX
 Tensors = dict[str, np.ndarray]
 
 
 def tensor_entries(tensors: Tensors, entries: list[list[Any]], buffers: list[Any]) -> None:
-    """Describe each tensor in ``entries`` and append its bytes to ``buffers``."""
+    """Describe each tensor in ``entries`` and append its bytes, padded to ``ALIGN``, to ``buffers``."""
     for name, array in tensors.items():
         if array.dtype.kind in "OSU":
             entries.append([name, BYTES, list(array.shape)])
-            buffers.append(bytes_buffer(array))
+            data: Any = bytes_buffer(array)
         else:
-            array = np.ascontiguousarray(array)
+            array = np.require(array, requirements="C")  # keeps a 0-d array 0-d, unlike ascontiguousarray
             entries.append([name, array.dtype.str, list(array.shape)])
-            buffers.append(array.data.cast("B") if array.size else b"")
+            data = array.data.cast("B") if array.size else b""
+        buffers.append(data)
+        pad = -memoryview(data).nbytes % ALIGN
+        if pad:
+            buffers.append(PADDING[:pad])
 
 
 def bytes_buffer(array: np.ndarray) -> bytes:
-    """A tensor of byte strings (or str) as Triton serializes BYTES."""
+    """A tensor of byte strings (or str, as UTF-8) as Triton serializes BYTES; TypeError for any other item."""
     parts = []
     for item in array.reshape(-1):
-        data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        if isinstance(item, str):
+            data = item.encode("utf-8")
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            data = bytes(item)
+        else:
+            raise TypeError(f"a bytes tensor holds a {type(item).__name__} item; expected bytes or str")
         parts.append(LENGTH.pack(len(data)))
         parts.append(data)
     return b"".join(parts)
@@ -71,15 +84,16 @@ def read_tensors(entries: Iterable[list[Any]], body: memoryview, offset: int) ->
             tensors[name] = items.reshape(shape)
         else:
             kind = np.dtype(dtype)
-            size = count * kind.itemsize
             tensors[name] = np.frombuffer(body, dtype=kind, count=count, offset=offset).reshape(shape)
-            offset += size
+            offset += count * kind.itemsize
+        offset += -offset % ALIGN
     return tensors, offset
 
 
 def send(sock: socket.socket, header: dict[str, Any], buffers: list[Any]) -> None:
     """Send one frame: one system call for a small one, without joining its buffers."""
     head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-(PREFIX.size + len(head)) % ALIGN)  # the body starts aligned
     views = [memoryview(buffer).cast("B") for buffer in buffers]
     prefix = PREFIX.pack(len(head), sum(view.nbytes for view in views))
     views = [memoryview(prefix), memoryview(head), *views]
@@ -97,11 +111,13 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], memoryview] | None:
     if not _read_into(sock, memoryview(prefix)):
         return None
     head_size, body_size = PREFIX.unpack(prefix)
-    frame = bytearray(head_size + body_size)
-    view = memoryview(frame)
+    if head_size > MAX_HEADER:
+        raise ValueError(f"a frame header of {head_size} bytes: not a frame of this channel")
+    frame = bytearray(PREFIX.size + head_size + body_size)  # the prefix's room keeps the body aligned as sent
+    view = memoryview(frame)[PREFIX.size :]
     if not _read_into(sock, view):
         return None
-    return json.loads(frame[:head_size]), view[head_size:]
+    return json.loads(bytes(view[:head_size])), view[head_size:]
 
 
 def _read_into(sock: socket.socket, view: memoryview) -> bool:

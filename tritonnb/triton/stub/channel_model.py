@@ -28,7 +28,7 @@ class TritonPythonModel:
         self.name = args["model_name"]
         self.input_names = [spec["name"] for spec in self.config["input"]]
         path = pathlib.Path(self.config["parameters"][wire.SOCKET_PARAMETER]["string_value"])
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stub.connect(self.sock, path, time.time() + stub.HANDSHAKE_TIMEOUT_S)
         self.stub_ns = 0  # time spent in the previous execute(), reported with the next batch
 
@@ -45,23 +45,37 @@ class TritonPythonModel:
             parameters = request.parameters()
             batch.append((inputs, json.loads(parameters) if parameters not in ("", "{}") else {}))
         header, buffers = wire.requests_frame(batch, self.stub_ns)
-        try:
-            wire.send(self.sock, header, buffers)
-            reply = wire.receive(self.sock)
-        except OSError:
-            reply = None
+        reply = None
+        if self.sock is not None:
+            try:
+                wire.send(self.sock, header, buffers)
+                reply = wire.receive(self.sock)
+            except BaseException:  # out of step with the kernel from here: fail fast from now on
+                reply = None
+            if reply is None:
+                self.sock.close()
+                self.sock = None
         if reply is None:
-            raise pb_utils.TritonModelException(f"the kernel serving model '{self.name}' no longer answers")
+            raise pb_utils.TritonModelException(
+                f"the kernel serving model '{self.name}' closed this instance's connection: the model was reloaded "
+                "or unbound, or its kernel stopped"
+            )
         header, body = reply
         if "error" in header:
             raise pb_utils.TritonModelException(header["error"])
-        responses = [_response(answer) for answer in wire.read_responses(header, body)]
+        answers = wire.read_responses(header, body)
+        if len(answers) != len(requests):
+            raise pb_utils.TritonModelException(
+                f"the kernel sent {len(answers)} answers for {len(requests)} requests of model '{self.name}'"
+            )
+        responses = [_response(answer) for answer in answers]
         self.stub_ns = time.perf_counter_ns() - started
         return responses
 
     def finalize(self) -> None:
         """Close the connection (the kernel's thread for it ends)."""
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 def _response(answer: dict[str, Any] | str) -> Any:
