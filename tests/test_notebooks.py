@@ -82,7 +82,7 @@ def _run_session(binder: Binder, command: list[str], log: pathlib.Path, until=No
                     session.terminate()
                     session.wait(30)
                     break
-                time.sleep(0.5)
+                time.sleep(0.2)  # a tutorial's tritonserver can live for a few seconds only
         finally:
             if session.poll() is None:
                 session.kill()
