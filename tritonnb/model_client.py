@@ -3,7 +3,7 @@
 Calls go over HTTP with tensors as binary data both ways (Triton's binary tensor extension: a JSON header, then the
 raw bytes). On loopback that was about 12 % faster than JSON or gRPC for a float32[64] request and 70-90 times
 faster than JSON for a float32[3,224,224] one (gRPC there: 6-13 % faster); bytes tensors keep their exact bytes,
-where JSON answers them as text (README, "30-second example"). Streams use gRPC.
+where JSON answers them as text (README, "Request path"). Streams use gRPC.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
 
 
 def retire_side_by_side(generations: list[LoadedGeneration]) -> None:
-    """Retire generations in parallel: each waits about a second on PyTriton's socket polling.
+    """Retire generations in parallel: a stream's waits about a second on PyTriton's socket polling.
 
     Plain threads, not an executor: this also runs while the interpreter winds down, when executors refuse work.
     """
@@ -261,14 +261,7 @@ class ModelSlot:
         handlers = trampoline.handlers(spec.instances)
         if spec.stream:  # any number of responses per request: PyTriton's proxy
             generation = Generation(
-                spec.name,
-                handlers,
-                spec.inputs,
-                spec.outputs,
-                spec.max_batch_size,
-                spec.batch_delay_us,
-                workspace,
-                decoupled=True,
+                spec.name, handlers, spec.inputs, spec.outputs, spec.max_batch_size, spec.batch_delay_us, workspace
             )
         else:
             generation = ChannelGeneration(

@@ -609,8 +609,8 @@ def _pytriton_tensor(spec: TensorSpec) -> Tensor:
 
 
 class Generation:
-    """One loaded instance of a model, with its own workspace, proxy threads and Triton model config; ``decoupled``
-    for a stream (any number of responses per request)."""
+    """One loaded instance of a stream (a decoupled model: any number of responses per request), with its own
+    workspace, proxy threads and Triton model config. Every other model goes through ``tritonnb.triton.channel``."""
 
     def __init__(
         self,
@@ -621,14 +621,13 @@ class Generation:
         max_batch_size: int,
         batch_delay_us: int,
         workspace: pathlib.Path,
-        decoupled: bool = False,
     ) -> None:
         batching = max_batch_size > 0
         config = ModelConfig(
             batching=batching,
             max_batch_size=max_batch_size,
             batcher=DynamicBatcher(max_queue_delay_microseconds=batch_delay_us),
-            decoupled=decoupled,
+            decoupled=True,
         )
         self.workspace = Workspace(workspace)
         self.model = Model(

@@ -91,10 +91,7 @@ def given_public_url(public_url: str | None = None) -> tuple[str, str] | None:
 
 def browser_route(http_port: int, metrics_port: int, given: tuple[str, str] | None = None) -> BrowserRoute:
     """The route a browser takes to these ports: the ``given_public_url``, else through the Jupyter server."""
-    if given is not None:
-        return _given(*given, http_port, metrics_port)
-    server = jupyter_server_of_this_kernel()
-    return _through_jupyter(server, http_port, metrics_port, server is None or _proxy_answers(server, http_port))
+    return RouteProbe(http_port, metrics_port, given).result()
 
 
 def _given(url: str, source: str, http_port: int, metrics_port: int) -> BrowserRoute:
