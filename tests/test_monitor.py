@@ -33,13 +33,18 @@ def _successes(server) -> int:
     return Monitor(target_for(server=server)).poll().models["double"].success_total
 
 
+def _counted(server, total: int) -> None:
+    """Wait until Triton's metrics count ``total`` successes of ``double``: Triton counts after it has answered."""
+    wait_until(lambda: _successes(server) == total, 10, f"Triton's metrics counted {total} requests")
+
+
 def test_counters_become_rates_latency_split_and_batch_size(served):
     monitor = Monitor(target_for(server=served))
     first = monitor.poll()
     assert first.state == "READY" and first.version.startswith("2.")
     assert first.models["double"].success_per_s is None  # no window yet
     _send(12)
-    wait_until(lambda: _successes(served) == 12, 10, "Triton's metrics counted the 12 requests")
+    _counted(served, 12)
     second = monitor.poll()
     model = second.models["double"]
     assert model.success_total == 12 and model.failure_total == 0
@@ -68,12 +73,14 @@ def test_failures_are_counted_by_reason(served):
     for _ in range(3):
         with pytest.raises(Exception, match="no"):
             call(np.ones((1, 4), np.float32))
+    # Triton counts a failure after it has answered the client: wait for the count, as for successes
+    wait_until(
+        lambda: Monitor(target_for(server=served)).poll().models["failing"].failures_by_reason == {"BACKEND": 3},
+        10,
+        "Triton's metrics counted the 3 failures by reason",
+    )
     model = monitor.poll().models["failing"]
     assert model.failure_total == 3 and model.failure_per_s > 0
-    deadline = time.monotonic() + 5
-    while model.failures_by_reason != {"BACKEND": 3} and time.monotonic() < deadline:
-        time.sleep(0.2)
-        model = monitor.poll().models["failing"]
     assert model.failures_by_reason == {"BACKEND": 3}
 
 
@@ -83,10 +90,12 @@ def test_restart_resets_counters_without_negative_rates(served):
     monitor.poll()
     served.restart()
     _send(2)
+    _counted(served, 2)
     after = monitor.poll().models["double"]
     assert after.success_total == 2
     assert after.success_per_s is None  # counters went down: the window is discarded, not negative
     _send(3)
+    _counted(served, 5)
     assert monitor.poll().models["double"].success_per_s > 0
 
 
@@ -119,6 +128,7 @@ def test_server_that_stops_answering_is_down_with_a_reason(served):
     assert remote.poll().state == "READY"
     assert "double" in remote.poll().models  # no token: the models come from the metrics
     _send(3)
+    _counted(served, 3)
     assert local.poll().models["double"].success_total == 3
     processes = process_tree(served.pid)
     served.supervisor.enabled = False  # as with --no-restart: it stays down (recovery is tested in test_recovery)
@@ -199,6 +209,7 @@ def test_model_shows_loading_during_a_reload(served):
 def test_metrics_api_returns_plain_data(served):
     tritonnb.metrics()
     _send(4)
+    _counted(served, 4)
     data = tritonnb.metrics()
     assert data["state"] == "READY"
     assert data["models"]["double"]["success_total"] == 4

@@ -13,7 +13,7 @@ import textwrap
 import time
 
 import pytest
-from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone, wait_ports_free
+from helpers import fp32, free_ports, infer_json, port_ports, process_tree, wait_gone, wait_ports_free, wait_until
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
@@ -192,8 +192,10 @@ def test_the_panel_and_metrics_show_the_repository_model(served):
     html = render.models_html(snapshot)
     assert 'data-model="double"' in html and "tnb-model-source" in html
     _doubled(served.http_url, "double")
-    data = tritonnb.metrics()
-    assert data["models"]["double"]["source"] == "repository" and data["models"]["double"]["success_total"] >= 1
+    wait_until(  # Triton counts a request after it has answered it
+        lambda: tritonnb.metrics()["models"]["double"]["success_total"] >= 1, 10, "Triton counted the request"
+    )
+    assert tritonnb.metrics()["models"]["double"]["source"] == "repository"
 
 
 def test_the_spec_of_a_model_is_read_from_the_server(served):
