@@ -123,8 +123,9 @@ def test_model_is_served_through_the_channel_and_its_workspace_goes_with_it(trit
     tritonnb.bind(lambda x: x + 1, "plus_one", inputs=["x:float32[2]"], outputs=["y:float32[2]"], max_batch_size=8)
     request = urllib.request.Request(f"{triton.http_url}/v2/models/plus_one/config")
     config = json.loads(urllib.request.urlopen(request, timeout=10).read())
-    socket_path = config["parameters"][wire.SOCKET_PARAMETER]["string_value"]
-    assert socket_path.endswith("channel.sock")
+    sockets = json.loads(config["parameters"][wire.SOCKET_PARAMETER]["string_value"])
+    assert list(sockets) == ["1"] and sockets["1"].endswith("/v1.sock")  # one channel per version
+    socket_path = sockets["1"]
     before = channel_stats("plus_one")
     status, body = infer_json(triton.http_url, "plus_one", [fp32("x", [3, 2], [0, 1, 2, 3, 4, 5])])
     assert status == 200 and body["outputs"][0]["data"] == [1, 2, 3, 4, 5, 6]
@@ -147,7 +148,7 @@ def test_every_instance_of_a_model_connects_and_answers(triton):
 
 def test_the_files_sent_to_the_stub_stand_alone(tmp_path):
     """They run in the stub's isolated Python: no tritonnb there, and every helper they call exists."""
-    generation = ChannelGeneration("m", [lambda requests: []], [], [], 0, 0, tmp_path / "g1")
+    generation = ChannelGeneration("m", {1: [lambda requests: []]}, [], [], 0, 0, tmp_path / "g1")
     try:
         _, files = generation.load_request()
     finally:

@@ -231,7 +231,7 @@ def test_stop_lets_a_request_in_flight_finish(own_server):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         answer = pool.submit(infer_json, server.http_url, "slow", [fp32("x", [1, 1], [1])])
         deadline = time.monotonic() + 10
-        while server.models["slow"]._trampoline.in_flight.idle_for() > 0 and time.monotonic() < deadline:
+        while server.models["slow"].idle_for() > 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # until the request is inside the function
         tritonnb.stop()
         status, body = answer.result(timeout=30)

@@ -189,8 +189,13 @@ def bind(
     warmup: int = 0,
     timeout_s: float | None = None,
     stream: bool | None = None,
+    version: int | None = None,
 ) -> ModelCard:
     """Serve ``fn`` as Triton model ``name`` (starting the server if needed); binding a name again hot-swaps it.
+
+    ``version``: serve ``fn`` as that version of the model, beside the versions already served (each answers at
+    ``/v2/models/NAME/versions/N/infer``; the URL without a version answers with the newest). Versions share one
+    spec: inputs, outputs and batching, as Triton keeps one config per model. Without it, version 1.
 
     ``inputs``/``outputs`` are specs like ``"x:float32[-1,64]"`` (dims per sample; the batch dim is implied when
     ``max_batch_size`` > 0). Without inputs, each parameter becomes a ``float32[-1]`` input; without outputs, one
@@ -223,30 +228,37 @@ def bind(
         warmup=warmup,
         timeout_s=timeout_s,
         stream=stream,
+        version=1 if version is None else version,
     )
     slot = current.models[name]
+    served = slot.versions[1 if version is None else version]
     return ModelCard(
         slot.spec,
-        slot.device,
+        served.device,
         current.http_url,
         current.grpc_url,
         result,
         getattr(fn, "__name__", "function"),
-        slot.timeout_s,
+        served.timeout_s,
         current.browser_route,
+        # the card names its version where the URL without one could reach another
+        version if version is not None or len(slot.versions) > 1 else None,
+        slot.version_list(),
     )
 
 
-def unbind(name: str) -> None:
-    """Stop serving model ``name``; other models keep serving."""
+def unbind(name: str, version: int | None = None) -> None:
+    """Stop serving model ``name`` (``version``: that version alone; the others serve on); other models keep
+    serving."""
     current = server()
     if current is None:
         raise NoServerError("no Triton server runs")
-    current.unbind(name)
+    current.unbind(name, version)
 
 
-def client(name: str) -> ModelClient:
-    """A callable for model ``name`` on the running server: numpy arrays or torch tensors in, dict of arrays out."""
+def client(name: str, version: int | None = None) -> ModelClient:
+    """A callable for model ``name`` on the running server: numpy arrays or torch tensors in, dict of arrays out.
+    ``version``: that version of the model (None: the newest)."""
     from tritonnb.model_client import ModelClient
 
     current = server()
@@ -254,7 +266,9 @@ def client(name: str) -> ModelClient:
         raise NoServerError("no Triton server runs")
     if name not in current.models and name not in current.repository_models:
         raise UnknownModelError.among(name, [*current.models, *current.repository_models])
-    return ModelClient(name, current.http_url, current.grpc_url)
+    if name in current.models:
+        current.models[name].require_version(version)
+    return ModelClient(name, current.http_url, current.grpc_url, version)
 
 
 def export(

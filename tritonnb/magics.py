@@ -226,7 +226,12 @@ class TritonMagics(Magics):
     @subcommand("restart", "restart Triton on the same ports and bind every model again")
     @subcommand("status", "state, pid, version, uptime, URLs, log file and models")
     @subcommand("models", "one line per served model")
-    @subcommand("unbind", "stop serving one model; the others keep serving", argument("name", help="the model"))
+    @subcommand(
+        "unbind",
+        "stop serving one model (or one of its versions); the others keep serving",
+        argument("name", help="the model"),
+        argument("--version", type=_positive, metavar="N", help="this version alone; the others serve on"),
+    )
     @subcommand(
         "logs",
         "the tail of Triton's log, with model tracebacks",
@@ -292,8 +297,8 @@ class TritonMagics(Magics):
         elif args.command == "models":
             print(format_models(self._require_server().status()))
         elif args.command == "unbind":
-            self._require_server().unbind(args.name)
-            print(f"model {args.name!r} unbound")
+            self._require_server().unbind(args.name, args.version)
+            print(f"model {args.name!r}" + ("" if args.version is None else f" version {args.version}") + " unbound")
         elif args.command == "logs":
             print(self._require_server().logs(args.n), end="")
         elif args.command == "export":
@@ -360,6 +365,13 @@ class TritonMagics(Magics):
         help="serve as a stream, one response per item (a generator function always is): for a function that "
         "returns an iterator",
     )
+    @argument(
+        "--version",
+        type=_positive,
+        metavar="N",
+        help="serve the cell as this version of the model, beside its other versions (same inputs, outputs and "
+        "batching); /v2/models/NAME/versions/N/infer answers with it (default: 1)",
+    )
     def triton_model(self, line: str, cell: str) -> None:
         """Serve a function defined in this cell as a Triton model; running the cell again hot-swaps it."""
         from tritonnb.serving.torch_bridge import resolve_device
@@ -388,6 +400,7 @@ class TritonMagics(Magics):
             warmup=args.warmup,
             timeout_s=args.timeout_s,
             stream=True if args.stream else None,
+            version=args.version,
         )
         display(card)
         if self._has_kernel():  # live widgets need a kernel with comms
@@ -416,11 +429,17 @@ class TritonMagics(Magics):
         metavar="TOKEN",
         help="with --url: access token for its statistics API, if restricted (--token=TOKEN when it starts with -)",
     )
+    @argument(
+        "--versions",
+        type=_positive_list,
+        metavar="N,N,...",
+        help="load-test these versions of the model one after another, on one chart (an A/B comparison)",
+    )
     @MAX_LATENCY
     def triton_perf(self, line: str) -> Any:
         """Closed-loop load test of a served model, or of a model of any Triton server: throughput, latency
         percentiles and Triton's own split."""
-        from tritonnb.loadtest.perf import run_perf
+        from tritonnb.loadtest.perf import compare_versions, run_perf
         from tritonnb.ui.progress import StepProgress
 
         args = _parse(self.triton_perf, line)
@@ -429,19 +448,29 @@ class TritonMagics(Magics):
         if args.token is not None and args.url is None:
             raise UsageError("--token goes with --url: this kernel's own server needs none")
         server = self._require_server() if args.url is None else tritonnb.server()
-        progress = StepProgress(len(args.concurrency), "load test", self._has_kernel())
-        return run_perf(
-            server,
-            args.name,
-            args.concurrency,
-            args.duration,
-            self._input_data(args.input_data),
-            progress.step,
-            engine=args.engine,
-            url=args.url,
-            token=args.token,
-            max_latency_ms=args.max_latency_ms,
-        )
+        steps = len(args.concurrency) * len(args.versions or [None])
+        progress = StepProgress(steps, "load test", self._has_kernel())
+        done = 0
+
+        def step(level: int, _levels: int, row: dict[str, Any]) -> None:
+            nonlocal done
+            done += 1
+            progress.step(done, steps, row)
+
+        options: dict[str, Any] = {
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "input_data": self._input_data(args.input_data),
+            "on_progress": step,
+            "engine": args.engine,
+            "url": args.url,
+            "token": args.token,
+            "max_latency_ms": args.max_latency_ms,
+        }
+        if args.versions is not None and len(args.versions) > 1:
+            return compare_versions(server, args.name, args.versions, **options)
+        version = args.versions[0] if args.versions else None
+        return run_perf(server, args.name, version=version, **options)
 
     @line_magic
     @_usage_errors

@@ -27,10 +27,11 @@ __all__ = ["ModelClient"]
 
 class ModelClient:
     """Calls model ``name`` over HTTP with binary tensor data (and streams over gRPC); inputs by position (declared
-    order) or by name."""
+    order) or by name. ``version``: that version of the model (None: the newest Triton serves)."""
 
-    def __init__(self, name: str, url: str, grpc_url: str | None = None) -> None:
+    def __init__(self, name: str, url: str, grpc_url: str | None = None, version: int | None = None) -> None:
         self.name = name
+        self.version = "" if version is None else str(version)  # tritonclient's "no version"
         self.url = url.removeprefix("http://")
         self.grpc_url = None if grpc_url is None else grpc_url.removeprefix("grpc://")
         self._streams: dict[Any, queue.SimpleQueue] = {}  # gRPC clients of streams open now, and where they deliver
@@ -91,7 +92,7 @@ class ModelClient:
         """The model's inputs and output names, read over HTTP the first time."""
         if self._metadata is None:
             with self._connection() as client:
-                self._read_metadata(client.get_model_metadata(self.name))
+                self._read_metadata(client.get_model_metadata(self.name, self.version))
         assert self._metadata is not None
         return self._metadata
 
@@ -112,7 +113,7 @@ class ModelClient:
             infer_inputs.append(infer_input)
         outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in self.output_names()]
         with self._connection() as client:
-            result = client.infer(self.name, infer_inputs, outputs=outputs)
+            result = client.infer(self.name, infer_inputs, model_version=self.version, outputs=outputs)
         return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
@@ -127,7 +128,7 @@ class ModelClient:
         client = grpcclient.InferenceServerClient(self.grpc_url)
         try:
             if self._metadata is None:  # over this connection: no HTTP client for a thread that only streams
-                self._read_metadata(client.get_model_metadata(self.name, as_json=True))
+                self._read_metadata(client.get_model_metadata(self.name, self.version, as_json=True))
             infer_inputs = []
             for name, datatype, array in self._arrays(args, kwargs):
                 infer_input = grpcclient.InferInput(name, list(array.shape), datatype)
@@ -142,7 +143,9 @@ class ModelClient:
         finished = False
         try:
             client.start_stream(callback=lambda result, error: arrived.put((result, error)))
-            client.async_stream_infer(self.name, infer_inputs, enable_empty_final_response=True)
+            client.async_stream_infer(
+                self.name, infer_inputs, model_version=self.version, enable_empty_final_response=True
+            )
             while not finished:
                 result, error = arrived.get()
                 if error is not None:

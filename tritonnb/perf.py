@@ -1,6 +1,7 @@
-"""Load tests, as the README shows them: ``run_perf`` measures a served model, ``plot`` draws several runs on one
-chart. The code lives in ``tritonnb.loadtest.perf``; ``%triton_perf`` calls the same functions."""
+"""Load tests, as the README shows them: ``run_perf`` measures a served model, ``compare_versions`` several of its
+versions, ``plot`` draws several runs on one chart. The code lives in ``tritonnb.loadtest.perf``; ``%triton_perf``
+calls the same functions."""
 
-from tritonnb.loadtest.perf import Endpoint, PerfResult, plot, run_perf
+from tritonnb.loadtest.perf import Endpoint, PerfResult, VersionComparison, compare_versions, plot, run_perf
 
-__all__ = ["Endpoint", "PerfResult", "plot", "run_perf"]
+__all__ = ["Endpoint", "PerfResult", "VersionComparison", "compare_versions", "plot", "run_perf"]

@@ -203,6 +203,12 @@ class ModelSpec:
         """Whether Triton batches requests (and the first dim of every tensor is the batch)."""
         return self.max_batch_size > 0
 
+    def describe(self) -> str:
+        """Inputs, outputs and batching in one line, e.g. ``x:float32[4] -> y:float32[4] (max 32, ...)``."""
+        inputs = ", ".join(map(str, self.inputs))
+        outputs = ", ".join(map(str, self.outputs))
+        return f"{inputs} -> {outputs} ({self.batching_text()})"
+
     def batching_text(self) -> str:
         """How requests are batched and how many instances run, e.g. ``max 32, delay 100 µs, 2 inst.``."""
         if self.stream:

@@ -148,7 +148,7 @@ def _run_names(runs: Sequence[Any], labels: Sequence[str] | None) -> list[str]:
     """The given labels, or the runs' model names (numbered when the same model appears twice)."""
     if labels is not None:
         return [str(label) for label in labels]
-    names = [run.model for run in runs]
+    names = [getattr(run, "label", run.model) for run in runs]
     return [f"{name} (run {i + 1})" if names.count(name) > 1 else name for i, name in enumerate(names)]
 
 

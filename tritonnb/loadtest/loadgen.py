@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", required=True)
+    parser.add_argument("--version", type=int, help="this version of the model (default: the newest)")
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=0.5)
@@ -276,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(args.body, "rb") as f:
         body = f.read()
+    if args.version is not None:  # the model's URL path names the version: /v2/models/NAME/versions/N/...
+        args.model = f"{args.model}/versions/{args.version}"
     if args.stream:
         streamed = run_streams(args.host, args.port, args.model, args.concurrency, args.duration, args.warmup, body)
         json.dump(streamed, sys.stdout)

@@ -64,6 +64,7 @@ class Endpoint:
 
     http_url: str
     token: str | None = None
+    version: int | None = None  # of the model (None: the newest)
 
 
 @dataclasses.dataclass
@@ -82,6 +83,12 @@ class PerfResult:
     engine: str = "builtin"
     max_latency_ms: float | None = None  # a p95 budget, drawn as a line on the chart
     streaming: bool = False  # of a stream: throughput is responses/s, latency the time to the first response
+    version: int | None = None  # the model's version that was load-tested (None: the newest)
+
+    @property
+    def label(self) -> str:
+        """The model, and its version where one was named: ``clf`` or ``clf v2``."""
+        return self.model if self.version is None else f"{self.model} v{self.version}"
 
     @property
     def row_keys(self) -> tuple[str, ...]:
@@ -99,8 +106,8 @@ class PerfResult:
 
         reproduce = f"\nreproduce with NVIDIA's tool:\n{self.perf_analyzer}" if self.perf_analyzer else ""
         return (
-            f"load test of {self.model!r}, {self.duration_s:g} s per level\n{rows_text(self.levels, self.row_keys)}\n"
-            + reproduce
+            f"load test of {self.model!r}{'' if self.version is None else f' version {self.version}'}, "
+            f"{self.duration_s:g} s per level\n{rows_text(self.levels, self.row_keys)}\n" + reproduce
         )
 
     def _repr_html_(self) -> str:
@@ -115,6 +122,34 @@ class PerfResult:
     def to_dataframe(self) -> Any:
         """The rows as a pandas DataFrame (pandas is imported here, and only here)."""
         return rows_dataframe(self.rows, self.row_keys)
+
+
+@dataclasses.dataclass
+class VersionComparison:
+    """Load tests of several versions of one model, one after another under the same load: an A/B comparison.
+    Each version keeps its table; ``chart()`` draws them all on one chart."""
+
+    runs: list[PerfResult]
+
+    def chart(self) -> Chart:
+        """Every version's throughput against latency, one colour per version."""
+        return plot(*self.runs)
+
+    def __repr__(self) -> str:
+        return "\n\n".join(repr(run) for run in self.runs)
+
+    def _repr_html_(self) -> str:
+        from tritonnb.loadtest.tables import perf_html
+
+        tables = "".join(perf_html(run, chart=False) for run in self.runs)
+        return f"<div class='tnb-perf-versions'>{self.chart().html()}{tables}</div>"
+
+
+def compare_versions(server: Any, name: str, versions: Sequence[int], **options: Any) -> VersionComparison:
+    """``run_perf`` on each of ``versions`` of model ``name`` in turn, with the same options (see ``run_perf``)."""
+    if len(set(versions)) != len(versions) or len(versions) < 2:
+        raise SpecError(f"compare two or more distinct versions, got {list(versions)}")
+    return VersionComparison([run_perf(server, name, version=version, **options) for version in versions])
 
 
 def plot(*runs: PerfResult, labels: Sequence[str] | None = None, max_latency_ms: float | None = None) -> Chart:
@@ -220,6 +255,7 @@ def perf_analyzer_command(
     levels: Sequence[int],
     duration_s: float,
     token: str | None,
+    version: int | None = None,
 ) -> str:
     """The perf_analyzer command line sending requests of the same shape, random data (with the token its server-side
     stats need): ``-b`` is the samples per request, ``--shape`` the shape of one sample when the model batches."""
@@ -227,7 +263,8 @@ def perf_analyzer_command(
         f"--shape {name}:{','.join(map(str, a.shape[1:] if spec.batched else a.shape))}" for name, a in arrays.items()
     ]
     common = [
-        f"perf_analyzer -m {spec.name} -u {http_url.removeprefix('http://')} -i http -b {batch_size(spec, arrays)}",
+        f"perf_analyzer -m {spec.name}{'' if version is None else f' -x {version}'} "
+        f"-u {http_url.removeprefix('http://')} -i http -b {batch_size(spec, arrays)}",
         f"--measurement-interval {int(duration_s * 1000)}",
         *shapes,
         *([f"-H {shlex.quote('triton-access-token:' + token)}"] if token else []),
@@ -270,7 +307,7 @@ class _BuiltinEngine:
         """One level: client-side latencies and errors, and Triton's split over the same window."""
         endpoint, name = self.endpoint, self.spec.name
         # a stream's row has no server-side split: its statistics are not read
-        before = None if self.spec.stream else (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
+        before = None if self.spec.stream else self._stats()
         command = [
             sys.executable,
             "-m",
@@ -284,6 +321,7 @@ class _BuiltinEngine:
             f"--body={self._body.name}",
             f"--header-length={self.header_length}",
             *(["--stream"] if self.spec.stream else []),
+            *([f"--version={endpoint.version}"] if endpoint.version is not None else []),
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=self.duration_s + self.warmup_s + 120)
         if done.returncode != 0:
@@ -291,7 +329,7 @@ class _BuiltinEngine:
         measured = json.loads(done.stdout)
         if self.spec.stream:
             return stream_row(level, measured), measured["error_samples"]
-        after = (fetch_stats(endpoint.http_url, endpoint.token, name) or {}).get(name)
+        after = self._stats()
         latencies = measured["latencies_ms"]
         row = PerfRow(
             concurrency=level,
@@ -302,6 +340,11 @@ class _BuiltinEngine:
             **_server_split(before, after),
         )
         return row, measured["error_samples"]
+
+    def _stats(self) -> dict[str, float] | None:
+        """Triton's counters of the model (of the version load-tested), or None where they cannot be read."""
+        endpoint, name = self.endpoint, self.spec.name
+        return (fetch_stats(endpoint.http_url, endpoint.token, name, endpoint.version) or {}).get(name)
 
     def close(self) -> None:
         """Remove the request body file."""
@@ -341,6 +384,7 @@ class _PerfAnalyzerEngine:
             self.binary,
             "-m",
             self.spec.name,
+            *(["-x", str(self.endpoint.version)] if self.endpoint.version is not None else []),
             "-u",
             self.endpoint.http_url.removeprefix("http://"),
             "-i",
@@ -441,8 +485,10 @@ def run_perf(
     url: str | None = None,
     token: str | None = None,
     max_latency_ms: float | None = None,
+    version: int | None = None,
 ) -> PerfResult:
     """Load-test model ``name`` of ``server`` at each concurrency level; the clients run in a separate process.
+    ``version``: that version of the model (None: the newest, Triton's default).
 
     ``engine`` is ``builtin`` (tritonnb's generator; each level first runs ``warmup_s`` uncounted, which Triton's
     server-side columns include) or ``perf_analyzer`` (NVIDIA's tool from PATH; it fails on any error).
@@ -467,7 +513,12 @@ def run_perf(
         raise SpecError(f"model {name!r} streams: load-test it with the built-in engine")
     arrays = input_arrays(spec, input_data)
     batch_size(spec, arrays)  # an input batch no request can carry fails here, before either engine runs
-    endpoint = Endpoint(base_url(url), token) if url is not None else Endpoint(server.http_url, server.access_token)
+    if url is None and name in server.models:
+        server.models[name].require_version(version)
+    if url is not None:
+        endpoint = Endpoint(base_url(url), token, version)
+    else:
+        endpoint = Endpoint(server.http_url, server.access_token, version)
     if engine == "builtin":
         runner: Any = _BuiltinEngine(endpoint, spec, arrays, duration_s, warmup_s)
     else:
@@ -485,8 +536,8 @@ def run_perf(
         runner.close()
     command = ""  # perf_analyzer measures no stream's time between responses
     if not spec.stream:
-        command = perf_analyzer_command(endpoint.http_url, spec, arrays, levels, duration_s, endpoint.token)
-    return PerfResult(name, duration_s, rows, command, samples[:5], engine, max_latency_ms, spec.stream)
+        command = perf_analyzer_command(endpoint.http_url, spec, arrays, levels, duration_s, endpoint.token, version)
+    return PerfResult(name, duration_s, rows, command, samples[:5], engine, max_latency_ms, spec.stream, version)
 
 
 def model_spec(server: Any, name: str, url: str | None = None, token: str | None = None) -> ModelSpec:

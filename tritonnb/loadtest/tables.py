@@ -53,8 +53,9 @@ def html_table(
     return scrolling(f'<table class="tnb-perf">{"<tr>" + head + "</tr>"}{body}</table>')
 
 
-def perf_html(result: Any) -> str:
-    """A load test: table, throughput-latency chart, the perf_analyzer command line, error samples."""
+def perf_html(result: Any, chart: bool = True) -> str:
+    """A load test: table, throughput-latency chart (unless ``chart`` is False: drawn with others), the
+    perf_analyzer command line, error samples."""
     levels = result.levels
     errors = "".join(f"<li><code>{html.escape(e)}</code></li>" for e in result.error_samples)
     failed = sum(level.errors for level in levels)
@@ -73,7 +74,7 @@ def perf_html(result: Any) -> str:
     )
     table = html_table(result.row_keys, [level.values(result.row_keys) for level in levels])
     return (
-        f"<div class='tnb-perf-result'><b>load test of {html.escape(result.model)}</b>, "
+        f"<div class='tnb-perf-result'><b>load test of {html.escape(result.label)}</b>, "
         f"{result.duration_s:g} s per level; {what}<br>{table}"
         + (
             f"<div class='tnb-perf-errors' style='color:#c62828'>{failed} requests failed; first few:<ul>{errors}</ul>"
@@ -81,7 +82,7 @@ def perf_html(result: Any) -> str:
             if failed or errors
             else ""
         )
-        + f"{result.chart().html()}{reproduce}</div>"
+        + f"{result.chart().html() if chart else ''}{reproduce}</div>"
     )
 
 

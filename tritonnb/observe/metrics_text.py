@@ -3,6 +3,9 @@
 The median request duration comes from ``nv_inference_request_summary_us{model,version,quantile="0.5"}``, which
 Triton 2.51 exposes only with ``--metrics-config summary_latencies=true`` (tritonnb's own server turns it on). It is
 a sliding window of 60 s (measured): a model with no request in the last minute reads ``NaN``, left out here.
+
+A model served as several versions side by side has one sample per version: counters are summed over them, the
+median is the slowest version's, and ``version`` lists them (``"1,2"``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ MEDIAN = "nv_inference_request_summary_us"
 
 
 def parse_metrics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict, list]:
-    """Split Prometheus text into per-model counters, failures by reason, host figures and GPUs."""
+    """Split Prometheus text into per-model counters (summed over versions), failures by reason, host figures and
+    GPUs."""
     per_model: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    versions: dict[str, set[str]] = collections.defaultdict(set)
     failures: dict[str, dict[str, float]] = collections.defaultdict(dict)
     host: dict[str, float] = {}
     gpus: dict[str, dict[str, float]] = collections.defaultdict(dict)
@@ -51,17 +56,22 @@ def parse_metrics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dic
             labels, value = sample.labels, sample.value
             if name == MEDIAN and "model" in labels:
                 if labels.get("quantile") == "0.5" and not math.isnan(value):
-                    per_model[labels["model"]]["p50_ms"] = value / 1000
+                    figures = per_model[labels["model"]]
+                    figures["p50_ms"] = max(figures.get("p50_ms", 0.0), value / 1000)
             elif name == "nv_inference_request_failure" and "model" in labels:
-                failures[labels["model"]][labels.get("reason", "OTHER")] = value
+                reasons = failures[labels["model"]]
+                reason = labels.get("reason", "OTHER")
+                reasons[reason] = reasons.get(reason, 0.0) + value
             elif name in model_families and "model" in labels:
-                key = model_families[name]
-                per_model[labels["model"]][key] = value * 1000 if key.endswith("_ns") else value
-                per_model[labels["model"]]["version"] = labels.get("version", "1")
+                key, figures = model_families[name], per_model[labels["model"]]
+                figures[key] = figures.get(key, 0.0) + (value * 1000 if key.endswith("_ns") else value)
+                versions[labels["model"]].add(labels.get("version", "1"))
             elif name in host_families:
                 host[host_families[name]] = value
             elif name in gpu_families:
                 gpus[labels.get("gpu_uuid", "gpu")][gpu_families[name]] = value
+    for model, numbers in versions.items():
+        per_model[model]["version"] = ",".join(sorted(numbers, key=lambda v: (len(v), v)))  # type: ignore[assignment]
     gpu_list = [{"uuid": uuid, **values} for uuid, values in gpus.items()]
     if not host.get("memory_total_bytes"):  # Triton samples the host every 2 s: zeros until its first sample
         host = {}

@@ -259,7 +259,8 @@ class Monitor:
         model = self._static_model(name, ModelState.READY if ready else ModelState.UNAVAILABLE, facts)
         if model.state == ModelState.LOADING or not counters:
             return model
-        model.version = str(counters.get("version", "1"))
+        if facts is None or not facts.version:  # the server's own word on which versions it serves comes first
+            model.version = str(counters.get("version", "1"))
         # the statistics API counts failures at once; the metrics' per-reason counters can lag a moment
         counters = {**counters, "failure": max(counters.get("failure", 0), sum(failures.values()))}
         model.success_total = int(counters.get("success", 0))

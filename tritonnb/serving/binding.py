@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tritonnb.errors import BindError, ModelError, SpecError, WarmupError
+from tritonnb.errors import BindError, ModelError, SpecError, UnknownModelError, WarmupError
 from tritonnb.observe.stream_stats import StreamStats
 from tritonnb.serving.served_function import ErrorReporter, ServedFunction, Trampoline
 from tritonnb.serving.streaming import StreamTrampoline, first_response
@@ -28,6 +28,7 @@ __all__ = [
     "LoadedGeneration",
     "ModelControl",
     "ModelSlot",
+    "ServedVersion",
     "retire_side_by_side",
     "run_to_the_end",
     "warm_up",
@@ -126,14 +127,27 @@ class BindResult:
     seconds: float
 
 
+@dataclasses.dataclass
+class ServedVersion:
+    """One version of a model: the function serving it, its device and per-call timeout, and how often it was bound."""
+
+    fn: Callable
+    device: str
+    timeout_s: float | None
+    target: ServedFunction
+    binds: int = 0
+
+
+SlotTrampoline = Trampoline | StreamTrampoline
+
+
 class ModelSlot:
-    """A served model name: its current spec and function, and the loaded generation serving them."""
+    """A served model name: its spec (one for every version: Triton keeps one config per model), its versions side by
+    side, and the loaded generation serving them all."""
 
     def __init__(self, spec: ModelSpec, workspace: pathlib.Path, control: ModelControl, report_error: ErrorReporter):
         self.spec = spec
-        self.fn: Callable | None = None
-        self.device = "cpu"
-        self.timeout_s: float | None = None
+        self.versions: dict[int, ServedVersion] = {}
         self.binds = 0
         self.stub_restarts = 0  # loaded again after its python backend stub died
         self.heal_after = 0.0  # time.monotonic() before which the server does not try to load it again
@@ -145,7 +159,7 @@ class ModelSlot:
         self.stream_stats = StreamStats()  # of every generation, while it streams
         self._stream_trampolines: weakref.WeakSet[StreamTrampoline] = weakref.WeakSet()  # of loaded generations
         self._generation: LoadedGeneration | None = None
-        self._trampoline: Trampoline | StreamTrampoline | None = None
+        self._trampolines: dict[int, SlotTrampoline] = {}  # the current generation's, by version
         self._generation_number = 0
         self._pending_retire: dict[LoadedGeneration, threading.Event] = {}
         self._lock = threading.Lock()
@@ -155,45 +169,106 @@ class ModelSlot:
         """The model's name in Triton."""
         return self.spec.name
 
+    @property
+    def newest(self) -> ServedVersion | None:
+        """The newest version served: the one Triton answers when a request names no version."""
+        return self.versions[max(self.versions)] if self.versions else None
+
+    @property
+    def fn(self) -> Callable | None:
+        """The newest version's function."""
+        return self.newest.fn if self.newest else None
+
+    @property
+    def device(self) -> str:
+        """The newest version's device."""
+        return self.newest.device if self.newest else "cpu"
+
+    @property
+    def timeout_s(self) -> float | None:
+        """The newest version's per-call timeout."""
+        return self.newest.timeout_s if self.newest else None
+
+    def version_list(self) -> str:
+        """The versions served, e.g. ``1,2``."""
+        return ",".join(str(v) for v in sorted(self.versions))
+
+    def require_version(self, version: int | None) -> None:
+        """UnknownModelError unless ``version`` is served (None: any, the newest)."""
+        if version is not None and version not in self.versions:
+            raise UnknownModelError(
+                f"model {self.name!r} has no version {version}; it serves version(s) {self.version_list()}"
+            )
+
     def bind(
-        self, fn: Callable, spec: ModelSpec, device: str, warmup: int = 0, timeout_s: float | None = None
+        self,
+        fn: Callable,
+        spec: ModelSpec,
+        device: str,
+        warmup: int = 0,
+        timeout_s: float | None = None,
+        version: int = 1,
     ) -> BindResult:
-        """Serve ``fn`` under this slot's name: swap in place if the spec is unchanged, else reload.
+        """Serve ``fn`` as ``version`` of this slot's model: swap in place if that version serves with the same spec,
+        else load (beside the other versions, which keep serving).
 
         With ``warmup`` > 0 the function first runs that many generated batches; if one fails, nothing changes.
         ``timeout_s``: a call that takes longer fails its requests (the function itself runs on).
         """
         started = time.perf_counter()
+        self._check_version(spec, version)
         target = self._served(fn, spec, device, timeout_s)
         warm_up(target, spec, warmup)
         with self._lock:
-            if self._trampoline is not None and spec == self.spec and self.is_serving():
-                self._trampoline.target = target
-                self._record(fn, spec, device, timeout_s)
+            self._check_version(spec, version)  # again: another bind may have added a version meanwhile
+            trampoline = self._trampolines.get(version)
+            if trampoline is not None and spec == self.spec and self.is_serving():
+                trampoline.target = target
+                self._record(version, fn, spec, device, timeout_s, target)
                 action = "swapped"
             else:
-                action = "reloaded" if self._generation is not None else "loaded"
+                action = "reloaded" if version in self.versions else "loaded"
+                targets = {number: served.target for number, served in self.versions.items()}
+                targets[version] = target
 
                 def load_and_record() -> None:
-                    self._load(spec, target)
-                    self._record(fn, spec, device, timeout_s)
+                    self._load(spec, targets)
+                    self._record(version, fn, spec, device, timeout_s, target)
 
                 self._load_to_the_end(load_and_record)
         return BindResult(action, time.perf_counter() - started)
 
-    def _record(self, fn: Callable, spec: ModelSpec, device: str, timeout_s: float | None) -> None:
-        self.spec, self.fn, self.device, self.timeout_s = spec, fn, device, timeout_s
+    def _check_version(self, spec: ModelSpec, version: int) -> None:
+        others = sorted(v for v in self.versions if v != version)
+        if others and spec != self.spec:
+            raise SpecError(
+                f"version {version} of model {spec.name!r} must keep the inputs, outputs and batching of the versions "
+                f"served beside it ({', '.join(map(str, others))}): Triton keeps one config per model. Served: "
+                f"{self.spec.describe()}; asked for: {spec.describe()}. Unbind those versions first, or use another "
+                "model name"
+            )
+        if spec.stream and (others or version != 1):
+            raise SpecError(f"model {spec.name!r} streams: a stream is served as version 1 alone")
+
+    def _record(
+        self, version: int, fn: Callable, spec: ModelSpec, device: str, timeout_s: float | None, target: ServedFunction
+    ) -> None:
+        binds = self.versions[version].binds if version in self.versions else 0
+        self.spec = spec
+        self.versions[version] = ServedVersion(fn, device, timeout_s, target, binds + 1)
         self.binds += 1
 
     def reload(self) -> None:
-        """Load the current function again (after a server restart, or a stub that died): a generation still
-        loaded keeps serving until Triton has switched to the new one, then retires once quiet."""
-        if self.fn is None:
+        """Load every version again (after a server restart, or a stub that died): a generation still loaded keeps
+        serving until Triton has switched to the new one, then retires once quiet."""
+        if not self.versions:
             return
         with self._lock:
             self.end_streams()  # their stubs are gone: nobody reads them any more
-            target = self._served(self.fn, self.spec, self.device, self.timeout_s)
-            self._load_to_the_end(lambda: self._load(self.spec, target))
+            for served in self.versions.values():
+                served.target = self._served(served.fn, self.spec, served.device, served.timeout_s)
+            targets = {number: served.target for number, served in self.versions.items()}
+            self._load_to_the_end(lambda: self._load(self.spec, targets))
 
     def _load_to_the_end(self, load: Callable[[], None]) -> None:
         """Run a load with ``loading`` set, to the end even if the kernel is interrupted meanwhile: once Triton has
@@ -204,8 +279,15 @@ class ModelSlot:
         finally:
             self.loading = False
 
-    def unbind(self) -> None:
-        """Unload the model from Triton and stop its threads."""
+    def unbind(self, version: int | None = None) -> bool:
+        """Stop serving ``version`` (the others serve on, loaded again), or every version: unload the model from
+        Triton and stop its threads. Returns whether the model is gone."""
+        if version is not None and len(self.versions) > 1:
+            with self._lock:
+                targets = {n: s.target for n, s in self.versions.items() if n != version}
+                self._load_to_the_end(lambda: self._load(self.spec, targets))
+                del self.versions[version]
+            return False
         with self._lock:
             self.end_streams()  # an open stream would hold Triton's unload up
             try:
@@ -216,6 +298,7 @@ class ModelSlot:
                         time.sleep(0.05)
             finally:
                 self.retire_all()
+        return True
 
     def retire_all(self) -> None:
         """Stop every generation's threads now, side by side (model unbound)."""
@@ -233,7 +316,7 @@ class ModelSlot:
                 taken.append(generation)
         if self._generation is not None:
             taken.append(self._generation)
-        self._generation = self._trampoline = None
+        self._generation, self._trampolines = None, {}
         return taken
 
     def end_streams(self) -> None:
@@ -245,23 +328,30 @@ class ModelSlot:
         """Whether this process's side of the current generation is alive."""
         return self._generation is not None and self._generation.is_alive()
 
+    def idle_for(self) -> float:
+        """Seconds since the current generation last had a request in flight (0 while one is)."""
+        return min((t.in_flight.idle_for() for t in self._trampolines.values()), default=float("inf"))
+
     def _served(self, fn: Callable, spec: ModelSpec, device: str, timeout_s: float | None) -> ServedFunction:
         return ServedFunction(fn, spec.name, spec.inputs, spec.outputs, device, self._record_error, timeout_s)
 
-    def _load(self, spec: ModelSpec, target: ServedFunction) -> None:
-        """Load a new generation and switch Triton and this slot to it (the previous one retires once quiet)."""
+    def _load(self, spec: ModelSpec, targets: dict[int, ServedFunction]) -> None:
+        """Load a new generation serving ``targets`` (by version) and switch Triton and this slot to it (the
+        previous one retires once quiet)."""
         self._generation_number += 1
-        if spec.stream:
-            trampoline: Trampoline | StreamTrampoline = StreamTrampoline(target, self.stream_stats)
-            self._stream_trampolines.add(trampoline)
-        else:
-            trampoline = Trampoline(target, spec.batched)
+        trampolines: dict[int, SlotTrampoline] = {}
+        for number, target in targets.items():
+            if spec.stream:
+                trampolines[number] = StreamTrampoline(target, self.stream_stats)
+                self._stream_trampolines.add(trampolines[number])
+            else:
+                trampolines[number] = Trampoline(target, spec.batched)
         generation: LoadedGeneration
         workspace = self._workspace / f"g{self._generation_number}"
-        handlers = trampoline.handlers(spec.instances)
-        if spec.stream:  # any number of responses per request: PyTriton's proxy
+        handlers = {number: t.handlers(spec.instances) for number, t in trampolines.items()}
+        if spec.stream:  # any number of responses per request: PyTriton's proxy (version 1 alone)
             generation = Generation(
-                spec.name, handlers, spec.inputs, spec.outputs, spec.max_batch_size, spec.batch_delay_us, workspace
+                spec.name, handlers[1], spec.inputs, spec.outputs, spec.max_batch_size, spec.batch_delay_us, workspace
             )
         else:
             generation = ChannelGeneration(
@@ -274,20 +364,22 @@ class ModelSlot:
         except Exception as error:
             generation.retire()
             raise BindError(f"Triton could not load model {spec.name!r}: {error}") from error
-        previous, previous_trampoline = self._generation, self._trampoline
-        self._generation, self._trampoline = generation, trampoline
-        if previous is not None and previous_trampoline is not None:
+        previous, previous_trampolines = self._generation, list(self._trampolines.values())
+        self._generation, self._trampolines = generation, trampolines
+        if previous is not None:
             # Triton now routes new requests to the new generation; the old one finishes what it holds
             cancelled = self._pending_retire[previous] = threading.Event()
             quiet_s = RETIRE_QUIET_S + self.spec.batch_delay_us / 1e6  # requests its batcher may still hold
             threading.Thread(
-                target=self._retire_when_quiet, args=(previous, previous_trampoline, quiet_s, cancelled), daemon=True
+                target=self._retire_when_quiet,
+                args=(previous, previous_trampolines, quiet_s, cancelled),
+                daemon=True,
             ).start()
 
     def _retire_when_quiet(
         self,
         generation: LoadedGeneration,
-        trampoline: Trampoline | StreamTrampoline,
+        trampolines: list[SlotTrampoline],
         quiet_s: float,
         cancelled: threading.Event,
     ) -> None:
@@ -295,10 +387,12 @@ class ModelSlot:
         while not cancelled.wait(0.2):
             now = time.monotonic()
             # quiet: no call for quiet_s, counted from the switch on
-            quiet = now - switched >= quiet_s and trampoline.in_flight.idle_for() >= quiet_s
+            idle = min((t.in_flight.idle_for() for t in trampolines), default=float("inf"))
+            quiet = now - switched >= quiet_s and idle >= quiet_s
             if quiet or now - switched > RETIRE_MAX_WAIT_S:
-                if isinstance(trampoline, StreamTrampoline):
-                    trampoline.end_streams()  # a stream still open past the wait: ended with an error, not cut off
+                for trampoline in trampolines:
+                    if isinstance(trampoline, StreamTrampoline):
+                        trampoline.end_streams()  # a stream still open past the wait: ended with an error
                 self._retire(generation)
                 return
 

@@ -47,9 +47,12 @@ class ModelRegistry:
         device: str | None,
         warmup: int,
         timeout_s: float | None,
+        version: int = 1,
     ) -> BindResult:
-        """Serve ``fn`` as model ``name`` (see ``Server.bind``); binding a name again hot-swaps it."""
+        """Serve ``fn`` as ``version`` of model ``name`` (see ``Server.bind``); binding it again hot-swaps it."""
         self._check_name(name)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise SpecError(f"a model version is a whole number from 1 on, got {version!r}")
         input_specs = as_specs(inputs, "input") or default_inputs(fn)
         output_specs = as_specs(outputs, "output") or (DEFAULT_OUTPUT,)
         spec = ModelSpec(name, input_specs, output_specs, **spec_options, stream=stream)
@@ -63,21 +66,25 @@ class ModelRegistry:
             workspace = self._sockets / f"m{secrets.token_hex(3)}"
             slot = self.slots[name] = ModelSlot(spec, workspace, self._control, self._report_error)
         try:
-            return slot.bind(fn, spec, resolved_device, warmup, timeout_s)
+            return slot.bind(fn, spec, resolved_device, warmup, timeout_s, version)
         except BaseException:
-            if slot.fn is None:  # never served: forget it
+            if not slot.versions:  # never served: forget it
                 self.slots.pop(name, None)
             raise
 
-    def unbind(self, name: str) -> None:
-        """Stop serving model ``name``; UnknownModelError if the notebook serves none by that name."""
+    def unbind(self, name: str, version: int | None = None) -> None:
+        """Stop serving ``version`` of model ``name`` (None: every version); UnknownModelError if the notebook serves
+        no such model or version."""
         slot = self.slots.get(name)
         if slot is None:
             raise UnknownModelError.among(name, self.slots)
+        slot.require_version(version)
+        gone = True
         try:
-            slot.unbind()
+            gone = slot.unbind(version)
         finally:  # its threads are retired either way; Triton may still list it if the unload failed
-            self.slots.pop(name, None)
+            if gone:
+                self.slots.pop(name, None)
 
     def states(self) -> dict[str, ModelState]:
         """Each model's state as Triton reports it (READY or UNAVAILABLE)."""
@@ -100,7 +107,7 @@ class ModelRegistry:
         """Load again every model with fewer live python backend stubs than instances (``live_stubs`` by name)."""
         now = time.monotonic()
         for name, slot in list(self.slots.items()):
-            if slot.fn is None or slot.loading or now < slot.heal_after:
+            if not slot.versions or slot.loading or now < slot.heal_after:
                 continue
             if slot.is_serving() and live_stubs[name] >= slot.spec.instances:
                 continue

@@ -66,8 +66,10 @@ class Server(TritonServer):
         warmup: int = 0,
         timeout_s: float | None = None,
         stream: bool | None = None,
+        version: int = 1,
     ) -> BindResult:
-        """Serve ``fn`` as model ``name``; calling it again with the same name hot-swaps it.
+        """Serve ``fn`` as ``version`` of model ``name``, beside the versions already served; binding the same name
+        and version again hot-swaps it.
 
         ``warmup`` batches, generated from the inputs, run through ``fn`` before Triton may route a request to it.
         ``timeout_s``: requests whose call of ``fn`` takes longer get an error (the call itself runs on).
@@ -87,12 +89,14 @@ class Server(TritonServer):
                     f"{str(served.repository)!r}: Triton would serve one in place of the other; choose another name"
                 )
             spec_options = {"max_batch_size": max_batch_size, "batch_delay_us": batch_delay_us, "instances": instances}
-            return self.registry.bind(fn, name, inputs, outputs, spec_options, streams, device, warmup, timeout_s)
+            return self.registry.bind(
+                fn, name, inputs, outputs, spec_options, streams, device, warmup, timeout_s, version
+            )
 
-    def unbind(self, name: str) -> None:
-        """Stop serving model ``name``; other models keep serving."""
+    def unbind(self, name: str, version: int | None = None) -> None:
+        """Stop serving ``version`` of model ``name`` (None: every version); other models keep serving."""
         with self._lifecycle:
-            self.registry.unbind(name)
+            self.registry.unbind(name, version)
 
     def model_states(self) -> dict[str, ModelState]:
         """Each of the notebook's models' state as Triton reports it (READY or UNAVAILABLE)."""
@@ -104,7 +108,7 @@ class Server(TritonServer):
         facts = {}
         for name, slot in self.models.items():
             figures = slot.stream_stats.figures() if slot.spec.stream else None
-            facts[name] = ModelFacts("notebook", slot.spec, slot.device, "", slot.loading, figures)
+            facts[name] = ModelFacts("notebook", slot.spec, slot.device, slot.version_list(), slot.loading, figures)
         for name, model in self.repository_models.items():
             facts[name] = ModelFacts("repository", model.spec, version=model.version)
         return facts

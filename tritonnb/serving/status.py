@@ -40,6 +40,7 @@ def server_status(server: Server) -> dict[str, Any]:
             name: {
                 "state": states.get(name, ModelState.UNAVAILABLE),
                 "device": slot.device,
+                "version": slot.version_list(),
                 "binds": slot.binds,
                 "stub_restarts": slot.stub_restarts,
             }

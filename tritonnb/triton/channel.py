@@ -1,9 +1,10 @@
 """The kernel's end of the short request path: Triton's python-backend stub to the notebook's function and back.
 
-Each loaded generation of a model listens on a unix socket in its own workspace. Every stub instance Triton starts
-for it (``stub/channel_model.py``) connects once, and a thread of the kernel's serves that connection alone: it reads a
-batch, calls the handler and writes the answers back (``stub/_tritonnb_wire.py`` says how they are framed). A request
-thus wakes one thread per direction and crosses no queue, no second thread and no other process on the way.
+Each loaded generation of a model listens on a unix socket per version in its own workspace. Every stub instance
+Triton starts for it (``stub/channel_model.py``) connects once to its version's socket, and a thread of the kernel's
+serves that connection alone: it reads a batch, calls the handler and writes the answers back
+(``stub/_tritonnb_wire.py`` says how they are framed). A request thus wakes one thread per direction and crosses no
+queue, no second thread and no other process on the way.
 
 Streams (decoupled models, any number of responses per request) still go through PyTriton's proxy
 (``tritonnb.triton._pytriton.Generation``).
@@ -19,7 +20,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,6 @@ from tritonnb.triton.stub import _tritonnb_wire as wire
 __all__ = ["Channel", "ChannelGeneration", "ChannelStats", "Request", "channel_model_config", "channel_stats"]
 
 Handler = Callable[[list["Request"]], list[dict[str, np.ndarray]]]
-SOCKET_NAME = "channel.sock"
 WIRE_MODULE = "_tritonnb_wire"
 CLOSE_WAIT_S = 2.0  # how long retiring waits for a connection's thread to finish the batch it holds
 
@@ -205,9 +205,11 @@ def channel_model_config(
     max_batch_size: int,
     batch_delay_us: int,
     instances: int,
-    socket_path: pathlib.Path,
+    socket_paths: Mapping[int, pathlib.Path],
 ) -> dict[str, Any]:
-    """The Triton model config of a generation served through a channel at ``socket_path``."""
+    """The Triton model config of a generation whose versions are served through the channels at ``socket_paths``
+    (by version number): Triton serves exactly those versions."""
+    sockets = {str(version): path.as_posix() for version, path in sorted(socket_paths.items())}
     config: dict[str, Any] = {
         "name": name,
         "backend": "python",
@@ -215,7 +217,8 @@ def channel_model_config(
         "input": [{"name": s.name, "data_type": config_datatype(s), "dims": list(s.dims)} for s in inputs],
         "output": [{"name": s.name, "data_type": config_datatype(s), "dims": list(s.dims)} for s in outputs],
         "instance_group": [{"count": instances, "kind": "KIND_CPU"}],
-        "parameters": {wire.SOCKET_PARAMETER: {"string_value": socket_path.as_posix()}},
+        "version_policy": {"specific": {"versions": sorted(socket_paths)}},
+        "parameters": {wire.SOCKET_PARAMETER: {"string_value": json.dumps(sockets)}},
     }
     if max_batch_size > 0:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": batch_delay_us}
@@ -223,12 +226,13 @@ def channel_model_config(
 
 
 class ChannelGeneration:
-    """One loaded instance of a model served through a channel: its workspace, socket and Triton model config."""
+    """One loaded instance of a model served through channels, one per version: its workspace, sockets and Triton
+    model config. ``handlers`` holds each version's handlers (one per model instance), by version number."""
 
     def __init__(
         self,
         name: str,
-        handlers: Sequence[Handler],
+        handlers: Mapping[int, Sequence[Handler]],
         inputs: Sequence[TensorSpec],
         outputs: Sequence[TensorSpec],
         max_batch_size: int,
@@ -237,37 +241,41 @@ class ChannelGeneration:
     ) -> None:
         self.workspace = workspace
         workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.channels: dict[int, Channel] = {}
         try:
-            self.channel = Channel(name, workspace / SOCKET_NAME, handlers)
+            for version, version_handlers in sorted(handlers.items()):
+                self.channels[version] = Channel(name, workspace / f"v{version}.sock", version_handlers)
         except OSError:
-            shutil.rmtree(workspace, ignore_errors=True)
+            self.retire()
             raise
-        self._config = channel_model_config(
-            name, inputs, outputs, max_batch_size, batch_delay_us, len(handlers), self.channel.socket_path
-        )
+        instances = len(next(iter(handlers.values())))
+        sockets = {version: channel.socket_path for version, channel in self.channels.items()}
+        self._config = channel_model_config(name, inputs, outputs, max_batch_size, batch_delay_us, instances, sockets)
 
     def load_request(self) -> tuple[str, dict[str, bytes]]:
-        """The model config (JSON) and files that Triton's load API takes."""
-        files = {
-            "file:1/model.py": stub_file("channel_model.py"),
-            f"file:1/{WIRE_MODULE}.py": stub_file(f"{WIRE_MODULE}.py"),
-            f"file:1/{STUB_MODULE}.py": stub_file(),
+        """The model config (JSON) and files that Triton's load API takes: the same stub in every version folder."""
+        stub = {
+            "model.py": stub_file("channel_model.py"),
+            f"{WIRE_MODULE}.py": stub_file(f"{WIRE_MODULE}.py"),
+            f"{STUB_MODULE}.py": stub_file(),
         }
+        files = {f"file:{version}/{name}": content for version in self.channels for name, content in stub.items()}
         return json.dumps(self._config), files
 
     def attach(self) -> None:
         """Nothing to do: each stub connected while Triton loaded it."""
 
     def is_alive(self) -> bool:
-        """Whether the channel still takes stubs."""
-        return self.channel.is_alive()
+        """Whether every version's channel still takes stubs."""
+        return all(channel.is_alive() for channel in self.channels.values())
 
     def unlink_shared_memory(self) -> None:
         """Nothing to do: a channel shares no memory."""
 
     def retire(self) -> None:
-        """Close the channel and remove the workspace (after Triton has stopped routing to it)."""
+        """Close the channels and remove the workspace (after Triton has stopped routing to them)."""
         try:
-            self.channel.close()
+            for channel in self.channels.values():
+                channel.close()
         finally:
             shutil.rmtree(self.workspace, ignore_errors=True)

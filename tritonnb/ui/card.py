@@ -28,8 +28,13 @@ def _example_values(spec: TensorSpec, count: int) -> list:
     return [value] * count
 
 
-def curl_command(http_url: str, model: ModelSpec) -> str:
-    """A curl command that sends one example request to the model's HTTP infer endpoint."""
+def model_path(name: str, version: int | None = None) -> str:
+    """A model's HTTP path, e.g. ``/v2/models/clf`` or, for one version, ``/v2/models/clf/versions/2``."""
+    return f"/v2/models/{name}" + ("" if version is None else f"/versions/{version}")
+
+
+def curl_command(http_url: str, model: ModelSpec, version: int | None = None) -> str:
+    """A curl command that sends one example request to the model's HTTP infer endpoint (of ``version``)."""
     inputs = []
     for spec in model.inputs:
         shape = example_shape(spec, model.batched)
@@ -40,7 +45,7 @@ def curl_command(http_url: str, model: ModelSpec) -> str:
             {"name": spec.name, "datatype": spec.triton_dtype, "shape": shape, "data": _example_values(spec, count)}
         )
     body = json.dumps({"inputs": inputs}, separators=(",", ":"))
-    url = f"{http_url}/v2/models/{model.name}/infer"
+    url = f"{http_url}{model_path(model.name, version)}/infer"
     return f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}"
 
 
@@ -63,7 +68,7 @@ def _input_lines(client_module: str, model: ModelSpec) -> list[str]:
     return lines
 
 
-def python_snippet(http_url: str, model: ModelSpec) -> str:
+def python_snippet(http_url: str, model: ModelSpec, version: int | None = None) -> str:
     """A tritonclient snippet that sends the same example request and prints each output. Tensors travel as binary
     data both ways (Triton's binary tensor extension), not as JSON: on loopback 70-90 times faster for a
     float32[3,224,224] input, about 12 % for a float32[64] one, and bytes tensors keep their exact bytes."""
@@ -75,10 +80,14 @@ def python_snippet(http_url: str, model: ModelSpec) -> str:
         f'client = httpclient.InferenceServerClient("{http_url.removeprefix("http://")}")',
         *_input_lines("httpclient", model),
         f"outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in {names}]",
-        f'result = client.infer("{model.name}", inputs, outputs=outputs)',
+        f'result = client.infer("{model.name}", inputs, {_version_argument(version)}outputs=outputs)',
     ]
     lines += [f'print("{o.name}", result.as_numpy("{o.name}"))' for o in model.outputs]
     return "\n".join(lines)
+
+
+def _version_argument(version: int | None) -> str:
+    return "" if version is None else f'model_version="{version}", '
 
 
 def grpc_stream_snippet(grpc_url: str, model: ModelSpec) -> str:
@@ -105,7 +114,7 @@ def grpc_stream_snippet(grpc_url: str, model: ModelSpec) -> str:
     return "\n".join(lines)
 
 
-def generate_curl(http_url: str, model: ModelSpec) -> str | None:
+def generate_curl(http_url: str, model: ModelSpec, version: int | None = None) -> str | None:
     """A curl command for Triton's generate extension: ``/generate`` (one JSON answer) or, for a stream,
     ``/generate_stream`` (server-sent events, one per response). None when an input has more than one dim per
     sample: the extension takes each input as a flat JSON list (or one value) and cannot shape it."""
@@ -114,7 +123,7 @@ def generate_curl(http_url: str, model: ModelSpec) -> str | None:
     body = {spec.name: _example_values(spec, 1 if spec.dims[0] == -1 else spec.dims[0]) for spec in model.inputs}
     text = json.dumps(body, separators=(",", ":"))
     endpoint, flags = ("generate_stream", "-sN") if model.stream else ("generate", "-s")
-    return f"curl {flags} -X POST {http_url}/v2/models/{model.name}/{endpoint} -d {shlex.quote(text)}"
+    return f"curl {flags} -X POST {http_url}{model_path(model.name, version)}/{endpoint} -d {shlex.quote(text)}"
 
 
 @dataclasses.dataclass
@@ -129,22 +138,29 @@ class ModelCard:
     function_name: str
     timeout_s: float | None = None
     route: BrowserRoute = dataclasses.field(default_factory=BrowserRoute)  # how a browser reaches the server
+    version: int | None = None  # the version the URLs and snippets name (None: the newest, Triton's default)
+    versions: str = "1"  # every version the model serves, e.g. "1,2"
+
+    @property
+    def path(self) -> str:
+        """The model's HTTP path (of this card's version)."""
+        return model_path(self.spec.name, self.version)
 
     @property
     def infer_url(self) -> str:
         """The HTTP inference endpoint, as the kernel (curl, scripts on this machine) reaches it."""
-        return f"{self.http_url}/v2/models/{self.spec.name}/infer"
+        return f"{self.http_url}{self.path}/infer"
 
     @property
     def browser_infer_url(self) -> str | None:
         """The inference endpoint as a browser reaches it (through jupyter-server-proxy or ``--public-url``)."""
-        return self.route.infer_url(self.spec.name)
+        return f"{self.route.http}{self.path}/infer" if self.route.http else None
 
     def browser_links(self) -> dict[str, str]:
         """What "open in browser" opens: the model's metadata and config, and the server's health (and metrics)."""
         base = self.route.http or self.http_url  # without a route, the kernel's URL opens on this machine only
         links = {
-            "metadata": f"{base}/v2/models/{self.spec.name}",
+            "metadata": f"{base}{self.path}",
             "config": f"{base}/v2/models/{self.spec.name}/config",
             "health": f"{base}/v2/health/ready",
         }
@@ -156,29 +172,32 @@ class ModelCard:
     def curl(self) -> str | None:
         """Copy-pasteable curl command: the infer endpoint, or for a stream ``/generate_stream`` (None when Triton's
         generate extension cannot take the inputs)."""
-        return generate_curl(self.http_url, self.spec) if self.spec.stream else curl_command(self.http_url, self.spec)
+        if self.spec.stream:
+            return generate_curl(self.http_url, self.spec, self.version)
+        return curl_command(self.http_url, self.spec, self.version)
 
     @property
     def generate_curl(self) -> str | None:
         """The short curl for Triton's generate extension (plain JSON), where it can serve the model."""
-        return generate_curl(self.http_url, self.spec)
+        return generate_curl(self.http_url, self.spec, self.version)
 
     @property
     def python(self) -> str:
         """Copy-pasteable tritonclient snippet (a gRPC stream for a streaming model)."""
         if self.spec.stream:
             return grpc_stream_snippet(self.grpc_url, self.spec)
-        return python_snippet(self.http_url, self.spec)
+        return python_snippet(self.http_url, self.spec, self.version)
 
     def _http_endpoint(self) -> str:
         """The HTTP endpoint to show: a stream's is ``generate_stream`` (the infer endpoint returns once)."""
         if self.spec.stream:
-            return f"{self.http_url}/v2/models/{self.spec.name}/generate_stream"
+            return f"{self.http_url}{self.path}/generate_stream"
         return self.infer_url
 
     def _snippets(self) -> list[tuple[str, str, str]]:
         """(title, short name, text) of each snippet the card shows; the Python snippet comes last."""
-        in_notebook = f'tritonnb.client("{self.spec.name}")'
+        version = "" if self.version is None else f", version={self.version}"
+        in_notebook = f'tritonnb.client("{self.spec.name}"{version})'
         if self.spec.stream:
             shown = [
                 ("curl (server-sent events)", "curl", self.curl),
@@ -199,8 +218,11 @@ class ModelCard:
         return f"outputs checked against the declared dtypes and dims; {timeout}"
 
     def _summary(self) -> str:
+        version = "" if self.version is None else f" version {self.version}"
+        served = f" (serving versions {self.versions})" if "," in self.versions else ""
         return (
-            f"{self.result.action} {self.function_name}() as '{self.spec.name}' in {self.result.seconds * 1000:.0f} ms"
+            f"{self.result.action} {self.function_name}() as '{self.spec.name}'{version} in "
+            f"{self.result.seconds * 1000:.0f} ms{served}"
         )
 
     def _route_note(self) -> str:

@@ -10,14 +10,17 @@ __all__ = ["format_models", "format_status"]
 
 
 def format_models(status: dict[str, Any]) -> str:
-    """One line per model: the notebook's (name, state, device, binds), then the model repositories' (name, state,
-    versions, repository, and why one is not ready)."""
+    """One line per model: the notebook's (name, state, versions, device, binds), then the model repositories' (name,
+    state, versions, repository, and why one is not ready)."""
     models = status["models"]
     from_repositories = status.get("repository_models", {})
     if not models and not from_repositories:
         return "no models are served"
     width = max(len(n) for n in [*models, *from_repositories])
-    lines = [f"{name:<{width}}  {m['state']:<11}  {m['device']:<6}  binds={m['binds']}" for name, m in models.items()]
+    lines = [
+        f"{name:<{width}}  {m['state']:<11}  v{m['version'] or '-':<5}  {m['device']:<6}  binds={m['binds']}"
+        for name, m in models.items()
+    ]
     for name, m in from_repositories.items():
         line = f"{name:<{width}}  {m['state']:<11}  v{m['version'] or '-':<5}  from repository {m['repository']}"
         reason = m["reason"].strip().splitlines()

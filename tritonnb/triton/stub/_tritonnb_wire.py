@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-SOCKET_PARAMETER = "tritonnb-channel"  # the model config parameter that names the kernel's socket
+SOCKET_PARAMETER = "tritonnb-channel"  # the model config parameter: the kernel's socket of each version, as JSON
 BYTES = "bytes"
 PREFIX = struct.Struct("<IQ")  # header bytes, body bytes
 LENGTH = struct.Struct("<I")

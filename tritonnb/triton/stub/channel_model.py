@@ -20,14 +20,16 @@ from . import _tritonnb_wire as wire
 
 
 class TritonPythonModel:
-    """Relays batches to the kernel's channel named by the model config's ``tritonnb-channel`` parameter."""
+    """Relays batches to the kernel's channel of its version, named in the model config's ``tritonnb-channel``
+    parameter."""
 
     def initialize(self, args: dict[str, str]) -> None:
         """Connect to the kernel's socket."""
         self.config = json.loads(args["model_config"])
         self.name = args["model_name"]
         self.input_names = [spec["name"] for spec in self.config["input"]]
-        path = pathlib.Path(self.config["parameters"][wire.SOCKET_PARAMETER]["string_value"])
+        sockets = json.loads(self.config["parameters"][wire.SOCKET_PARAMETER]["string_value"])
+        path = pathlib.Path(sockets[args["model_version"]])  # each version has a channel of its own
         self.sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stub.connect(self.sock, path, time.time() + stub.HANDSHAKE_TIMEOUT_S)
         self.stub_ns = 0  # time spent in the previous execute(), reported with the next batch
