@@ -4,30 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import json
 import sys
 from collections.abc import Sequence
 
 __all__ = [
     "MODELS_PATH",
+    "REQUIREMENTS_FILE",
     "SHM_SIZE",
     "TRITON_VERSION",
+    "VERTEX_AI_PORT",
     "ExportedModel",
     "Runtime",
     "compose_file",
     "dockerfile",
     "image_name",
     "readme",
+    "requirements_file",
     "resource_name",
     "serve_here",
     "template",
     "triton_image",
     "triton_release",
+    "vertex_ai_default_model",
 ]
 
 TRITON_VERSION = "2.51.0"  # the tritonserver that nvidia-pytriton 0.7.0 ships (checked by a contract test)
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 SHM_SIZE = "1gb"  # the python backend moves tensors through /dev/shm; Docker's default 64 MB is too small
 MODELS_PATH = "/models"  # where the repository sits inside the container
+REQUIREMENTS_FILE = "requirements.txt"  # the installed packages the python-format models use, pinned
+VERTEX_AI_PORT = 8080  # Triton's Vertex AI port when AIP_HTTP_PORT is not set (Vertex AI sets it)
 
 
 def template(name: str) -> str:
@@ -101,7 +108,8 @@ def image_name(repository: str) -> str:
 
 
 def dockerfile(models: Sequence[ExportedModel], runtime: Runtime) -> str:
-    """A Dockerfile: the stock Triton image, plus, for python-format models, the notebook's Python and packages."""
+    """A Dockerfile: the stock Triton image, plus, for python-format models, the notebook's Python and packages;
+    its command follows Vertex AI's custom-container contract (and is plain tritonserver elsewhere)."""
     lines = [
         "# Built by tritonnb export: Triton of the same release as the notebook's server, with this repository inside.",
         f"FROM {triton_image()}",
@@ -109,8 +117,40 @@ def dockerfile(models: Sequence[ExportedModel], runtime: Runtime) -> str:
     ]
     if any(m.backend == "python" for m in models):
         lines += _python_environment(runtime, runtime.numpy_requirement(models))
-    lines += [f"COPY --chown=1000:1000 . {MODELS_PATH}", 'CMD ["tritonserver", "--model-repository=/models"]', ""]
+    lines += [f"COPY --chown=1000:1000 . {MODELS_PATH}", *_vertex_ai_lines(models), ""]
     return "\n".join(lines)
+
+
+def vertex_ai_default_model(models: Sequence[ExportedModel]) -> str | None:
+    """The model Vertex AI's predict route runs: the first by name (Triton needs one named when there are several)."""
+    return min((m.name for m in models), default=None)
+
+
+def _vertex_ai_lines(models: Sequence[ExportedModel]) -> list[str]:
+    """The image's command: plain tritonserver, which turns to Vertex AI's contract where Vertex AI sets ``AIP_*``."""
+    default = vertex_ai_default_model(models)
+    command = f'exec tritonserver --model-repository="${{AIP_STORAGE_URI:-{MODELS_PATH}}}"'
+    command += " ${VERTEX_AI_DEFAULT_MODEL:+--vertex-ai-default-model=$VERTEX_AI_DEFAULT_MODEL}"
+    return [
+        "# Vertex AI (custom container): Vertex AI sets AIP_MODE=PREDICTION, and tritonserver then answers",
+        "# AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE on AIP_HTTP_PORT (8080 unless set) instead of HTTP and gRPC.",
+        "# AIP_STORAGE_URI (the model's artifact URI, gs://...) is the repository when set, else the copy above.",
+        "# The predict route runs VERTEX_AI_DEFAULT_MODEL (set another with --container-env-vars). Elsewhere the",
+        "# same command serves HTTP 8000, gRPC 8001 and metrics 8002.",
+        *([f"ENV VERTEX_AI_DEFAULT_MODEL={default}"] if default else []),
+        f"EXPOSE {HTTP_PORT} {GRPC_PORT} {METRICS_PORT} {VERTEX_AI_PORT}",
+        f"CMD {json.dumps(['sh', '-c', command])}",
+    ]
+
+
+def requirements_file(requirements: Sequence[str]) -> str:
+    """requirements.txt: the installed packages the python-format models use, pinned to the notebook's versions."""
+    header = (
+        "# Built by tritonnb export: the installed packages the python-format models use, at the notebook's versions.\n"
+        "# torch, numpy and cloudpickle are installed by the Dockerfile itself; it installs these with them, and\n"
+        "# serve_here.sh's Python needs them too (pip install -r requirements.txt).\n"
+    )
+    return header + "".join(f"{line}\n" for line in requirements)
 
 
 def _python_environment(runtime: Runtime, numpy: str) -> list[str]:
@@ -174,4 +214,6 @@ def readme(repository: str, models: Sequence[ExportedModel]) -> str:
         image_name=image_name(repository),
         release=triton_release(),
         first=models[0].name if models else "MODEL",
+        default_model=vertex_ai_default_model(models) or "MODEL",
+        vertex_port=VERTEX_AI_PORT,
     )

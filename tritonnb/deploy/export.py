@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import json
 import pathlib
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,9 @@ from tritonnb.deploy.compose import ExportedModel, Runtime, template
 from tritonnb.errors import ExportError, NoServerError, SpecError, UnknownModelError
 
 if TYPE_CHECKING:
-    from tritonnb.deploy.capture import PortableFunction
+    from collections.abc import Sequence
+
+    from tritonnb.deploy.capture import Capture, PortableFunction
     from tritonnb.signature import ModelSpec
 
 __all__ = ["BACKENDS", "FORMATS", "ExportResult", "export"]
@@ -94,8 +97,8 @@ def export(
     spec = slot.spec
     function = PortableFunction(slot.fn, spec.inputs, spec.outputs, calls_by_keyword(slot.fn, spec.inputs))
     runtime = Runtime.here()
-    files = _model_files(function, slot.spec, slot.device, model_format, runtime)
     notes: list[str] = []
+    files = _model_files(function, slot.spec, slot.device, model_format, runtime, notes)
     warm_up = can_warm_up(slot.spec)
     if not warm_up:
         notes.append("no model_warmup: a bytes input cannot be generated (add one with input_data_file)")
@@ -112,14 +115,22 @@ def export(
             f"bytes tensors: the image's Python gets numpy<2 (this notebook has {runtime.numpy}): Triton 2.51's "
             "python-backend stub reads and writes bytes through numpy 1's C API; serve_here.sh needs numpy<2 too"
         )
-    written = repository.write(name, number, files, config, _fleet_files(repository.name, models, runtime), notes)
+    requirements = _repository_requirements(repository, models, name, files, notes)
+    around = _fleet_files(repository.name, models, runtime, requirements)
+    written = repository.write(name, number, files, config, around, notes)
     return ExportResult(name, number, model_format, repository.path, written, notes)
 
 
 def _model_files(
-    function: PortableFunction, spec: ModelSpec, device: str, model_format: str, runtime: Runtime
+    function: PortableFunction,
+    spec: ModelSpec,
+    device: str,
+    model_format: str,
+    runtime: Runtime,
+    notes: list[str] | None = None,
 ) -> dict[str, bytes]:
-    """The version folder's files, all built in memory (an error here leaves the disk untouched)."""
+    """The version folder's files, all built in memory (an error here leaves the disk untouched); what the user
+    should know about them goes to ``notes``."""
     metadata: dict[str, Any] = {
         "exported_by": "tritonnb",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -133,16 +144,65 @@ def _model_files(
 
         files = {MODEL_FILE: traced_model(function.fn, function.by_keyword, spec, device)}
     else:
-        from tritonnb.deploy.capture import FUNCTION_FILE, captured_function
+        from tritonnb.deploy.capture import FUNCTION_FILE, capture
 
+        captured = capture(function)
         metadata.update(torch=runtime.torch, cloudpickle=runtime.cloudpickle)
+        metadata.update(carried_modules=list(captured.carried), requirements=list(captured.requirements))
+        _capture_notes(captured, notes if notes is not None else [])
         files = {
-            FUNCTION_FILE: captured_function(function),
+            FUNCTION_FILE: captured.data,
             "model.py": template("model.py").encode(),
             "source.py": _source_of(function.fn).encode(),
         }
     files["export.json"] = (json.dumps(metadata, indent=2) + "\n").encode()
     return files
+
+
+def _capture_notes(captured: Capture, notes: list[str]) -> None:
+    """What the user should know about the modules and packages a python-format export carries or needs."""
+    if captured.carried:
+        notes.append(
+            f"modules beside the notebook carried inside function.pt: {', '.join(captured.carried)} "
+            "(re-export after changing them)"
+        )
+    if captured.requirements:
+        notes.append(f"installed packages it uses, in requirements.txt: {', '.join(captured.requirements)}")
+    if captured.unresolved:
+        notes.append(
+            f"modules it uses that no installed distribution claims: {', '.join(captured.unresolved)}; the image "
+            "must provide them (add them to requirements.txt or the Dockerfile)"
+        )
+
+
+def _repository_requirements(
+    repository: Any, models: list[ExportedModel], name: str, files: dict[str, bytes], notes: list[str]
+) -> list[str]:
+    """requirements.txt's pins: this export's, and those of the newest version of each other python model of the
+    repository (from its export.json); a package pinned at two versions keeps this export's, with a note."""
+    pins = _pins_of(files.get("export.json"))
+    path = getattr(repository, "path", None)
+    for model in models:
+        if model.name == name or model.backend != "python" or not isinstance(path, pathlib.Path):
+            continue
+        versions = sorted(
+            (p for p in (path / model.name).glob("*/export.json") if p.parent.name.isdigit()),
+            key=lambda p: int(p.parent.name),
+        )
+        for key, pin in _pins_of(versions[-1].read_bytes() if versions else None).items():
+            if key in pins and pins[key] != pin:
+                notes.append(f"requirements.txt: {pins[key]} kept; model {model.name!r} was exported with {pin}")
+            pins.setdefault(key, pin)
+    return sorted(pins.values(), key=str.lower)
+
+
+def _pins_of(export_json: bytes | None) -> dict[str, str]:
+    """Distribution (lower case) -> its ``name==version`` line, from an export.json's requirements."""
+    try:
+        requirements = json.loads(export_json or b"{}").get("requirements", [])
+    except (ValueError, AttributeError):
+        return {}
+    return {re.sub(r"[-_.]+", "-", str(line).split("==")[0]).lower(): str(line) for line in requirements}
 
 
 def _fails_on_warmup_sample(function: PortableFunction, spec: ModelSpec, device: str) -> str | None:
@@ -165,12 +225,17 @@ def _source_of(fn: Any) -> str:
         return header + f"# the source of {getattr(fn, '__qualname__', fn)!r} is not available\n"
 
 
-def _fleet_files(repository: str, models: list[ExportedModel], runtime: Runtime) -> dict[str, str]:
-    """Everything around the models: compose, Dockerfile, local script, README, Kubernetes manifests."""
+def _fleet_files(
+    repository: str, models: list[ExportedModel], runtime: Runtime, requirements: Sequence[str] = ()
+) -> dict[str, str]:
+    """Everything around the models: compose, Dockerfile, local script, README, Kubernetes manifests, and for
+    python-format models the pinned packages they use (requirements.txt, which the Dockerfile installs)."""
     from tritonnb.deploy import compose, kubernetes
 
     k8s = kubernetes.manifests(repository, models)
+    python = any(m.backend == "python" for m in models)
     return {
+        **({compose.REQUIREMENTS_FILE: compose.requirements_file(requirements)} if python else {}),
         "docker-compose.yml": compose.compose_file(repository, models),
         "Dockerfile": compose.dockerfile(models, runtime),
         ".dockerignore": "kubernetes-*.yaml\n*.new\n.tritonnb-*\n.ipynb_checkpoints\n",

@@ -4,6 +4,11 @@ The function, with everything it used in the notebook (closures, helper function
 modules), is in ``function.pt`` beside this file; ``source.py`` shows its code. Loading it needs torch, numpy and
 cloudpickle, and the Python minor version the notebook ran (``export.json`` says which). tritonnb is not needed.
 
+Modules of the notebook's own (``.py`` files beside it) are inside ``function.pt`` too; the installed packages the
+function uses are listed in the repository's ``requirements.txt``. ``function.pt`` is loaded with this model's own
+folders off ``sys.path``: the python backend puts them there, and a module of the notebook named ``model`` or
+``source`` must never resolve to this file or to ``source.py``.
+
 Requests that Triton batches together run as one call; if that call fails, each request runs again on its own, so a
 bad request fails alone.
 
@@ -13,7 +18,9 @@ a model with bytes tensors needs numpy<2.
 """
 
 import json
+import os
 import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -41,7 +48,7 @@ class TritonPythonModel:
         if gpu:
             torch.cuda.set_device(self.device)  # so code that says "cuda" means this instance's GPU
         path = pathlib.Path(args["model_repository"]) / args["model_version"] / FUNCTION_FILE
-        self.function = torch.load(path, map_location=self.device, weights_only=False)
+        self.function = _load(path, self.device)
 
     def execute(self, requests: list) -> list:
         arrays = [{n: _array(pb_utils.get_input_tensor_by_name(r, n)) for n in self.inputs} for r in requests]
@@ -70,6 +77,17 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(tensors))
             start += size
         return responses
+
+
+def _load(path: pathlib.Path, device: str) -> object:
+    """``function.pt``, unpickled with the model's folder and version folder off ``sys.path``."""
+    own = {os.path.realpath(path.parent), os.path.realpath(path.parent.parent)}
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if os.path.realpath(p or ".") not in own]
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    finally:
+        sys.path[:] = saved
 
 
 def _merged(arrays: list) -> dict:
