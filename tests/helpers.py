@@ -1,16 +1,21 @@
-"""Shared test helpers: free ports, raw HTTP inference, the processes a server owns, running code in a kernel, and
-waiting for a condition against a deadline."""
+"""Shared test helpers: free ports, raw HTTP inference, the processes a server owns, running code in a kernel,
+waiting for a condition against a deadline, and serving an export with its own serve_here.sh."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psutil
@@ -131,3 +136,49 @@ def run_in_kernel(client: Any, code: str, timeout: float = 120) -> tuple[str, di
 
     reply = client.execute_interactive(code, output_hook=hook, timeout=timeout)
     return "".join(chunks), reply["content"]
+
+
+@contextlib.contextmanager
+def serve_export(repository: pathlib.Path, cwd: pathlib.Path, log: pathlib.Path) -> Iterator[str]:
+    """The export's serve_here.sh on free loopback ports, started from ``cwd`` with tritonnb unimportable; yields
+    its HTTP URL once ready, and stops it (by its process group) leaving no port behind."""
+    http, grpc, metrics = ports = free_ports()
+    blocker = cwd / "no_tritonnb" / "tritonnb"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('the exported model must not need tritonnb')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTRITON", "TRITONNB", "AIP_", "PYTHON"))}
+    env.update(PYTHON=sys.executable, PYTHONPATH=str(blocker.parent))
+    flags = [f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}", "--exit-timeout-secs=3"]
+    flags += ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["bash", str(repository / "serve_here.sh"), *flags],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{http}"
+    try:
+        wait_until(
+            lambda: process.poll() is not None or (port_is_listening(http) and answers_ready(url)),
+            120,
+            lambda: log.read_text()[-3000:],
+        )
+        assert process.poll() is None, log.read_text()[-3000:]
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        assert wait_ports_free(ports) == []
+
+
+def answers_ready(url: str) -> bool:
+    """Whether the server at ``url`` says it is ready."""
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

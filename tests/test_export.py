@@ -104,7 +104,7 @@ def test_exported_files(exported):
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.kind, g.count) for g in config.instance_group] == [(g.KIND_CPU, 1) for g in config.instance_group]
     assert config.model_warmup[0].inputs["x"].zero_data
-    assert config.version_policy.latest.num_versions == 1
+    assert list(config.version_policy.specific.versions) == [1]  # every version of the folder, side by side
     assert parse_config((exported / "torchscript" / "clf" / "config.pbtxt").read_text()).backend == "pytorch"
 
     compose = yaml.safe_load((repo / "docker-compose.yml").read_text())["services"]["triton"]

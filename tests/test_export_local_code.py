@@ -4,21 +4,17 @@ correctly by a fresh tritonserver that cannot import the notebook's folder, nor 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import os
 import pathlib
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import yaml
-from helpers import fp32, free_ports, infer_json, port_is_listening, wait_ports_free, wait_until
+from helpers import fp32, infer_json, serve_export
 
 import tritonnb
 from tritonnb.errors import ExportError
@@ -45,53 +41,6 @@ def notebook_folder(tmp_path, monkeypatch) -> Iterator[pathlib.Path]:
     yield folder
     for name in ("model", "layers", "_speedups"):
         sys.modules.pop(name, None)
-
-
-@contextlib.contextmanager
-def _serve(repository: pathlib.Path, cwd: pathlib.Path, log: pathlib.Path) -> Iterator[str]:
-    """The export's serve_here.sh on free loopback ports, started from ``cwd`` with tritonnb unimportable; yields
-    its HTTP URL once ready, and stops it (by its process group) leaving no port behind."""
-    http, grpc, metrics = ports = free_ports()
-    blocker = cwd / "no_tritonnb" / "tritonnb"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('the exported model must not need tritonnb')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTRITON", "TRITONNB", "AIP_", "PYTHON"))}
-    env.update(PYTHON=sys.executable, PYTHONPATH=str(blocker.parent))
-    flags = [f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}", "--exit-timeout-secs=3"]
-    flags += ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            ["bash", str(repository / "serve_here.sh"), *flags],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{http}"
-    try:
-        wait_until(
-            lambda: process.poll() is not None or (port_is_listening(http) and _ready(url)),
-            120,
-            lambda: log.read_text()[-3000:],
-        )
-        assert process.poll() is None, log.read_text()[-3000:]
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        assert wait_ports_free(ports) == []
-
-
-def _ready(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def test_a_function_using_a_local_module_named_model_serves_from_the_export(triton, notebook_folder, tmp_path):
@@ -125,7 +74,7 @@ def test_a_function_using_a_local_module_named_model_serves_from_the_export(trit
     expected = (inputs * 3.0 + 0.5) * 2
     elsewhere = tmp_path / "elsewhere"  # no model.py, no layers.py: the served process cannot import them
     elsewhere.mkdir()
-    with _serve(repo, elsewhere, tmp_path / "tritonserver.log") as url:
+    with serve_export(repo, elsewhere, tmp_path / "tritonserver.log") as url:
         status, body = infer_json(url, "mlp", [fp32("x", [2, 4], inputs.ravel().tolist())])
     assert status == 200, body
     np.testing.assert_allclose(np.array(body["outputs"][0]["data"]).reshape(2, 4), expected, rtol=1e-6)

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import fp32, infer_json, wait_until
+from helpers import fp32, infer_json, serve_export, wait_until
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
@@ -128,3 +128,28 @@ def test_magics_serve_show_and_unbind_a_version(triton, shell):
     assert status != 200
     shell.run_line_magic("triton", "unbind mv")
     assert "mv" not in triton.models
+
+
+def test_an_export_writes_every_version_and_a_fresh_server_answers_both(triton, tmp_path):
+    from tritonnb.deploy.model_config import parse_config
+    from tritonnb.errors import ExportError
+
+    tritonnb.bind(lambda x: x + 1, "pair", **SPEC)
+    tritonnb.bind(lambda x: x + 2, "pair", version=2, **SPEC)
+    repository = tmp_path / "fleet"
+    result = tritonnb.export("pair", repository)
+    assert (result.versions, result.version) == ([1, 2], 2) and "versions 1, 2" in repr(result)
+    config = parse_config((repository / "pair" / "config.pbtxt").read_text())
+    assert list(config.version_policy.specific.versions) == [1, 2]
+    with pytest.raises(ExportError, match=r"version\(s\) 1, 2 of 'pair' exist"):
+        tritonnb.export("pair", repository)
+    tritonnb.unbind("pair", version=2)
+    tritonnb.bind(lambda x: x + 5, "pair", inputs=["x:float32[8]"], outputs=["y:float32[8]"])  # another signature
+    before = (repository / "pair" / "config.pbtxt").read_text()
+    with pytest.raises(ExportError, match=r"versions 2 of 'pair' .* take x:TYPE_FP32\[4\]"):
+        tritonnb.export("pair", repository, version=1, force=True)  # would change what version 2 is served with
+    assert (repository / "pair" / "config.pbtxt").read_text() == before
+    tritonnb.unbind("pair")
+
+    with serve_export(repository, tmp_path, tmp_path / "fleet.log") as url:
+        assert (_answer(url, "pair/versions/1"), _answer(url, "pair/versions/2"), _answer(url, "pair")) == (2, 3, 3)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from tritonnb.deploy.capture import Capture, PortableFunction
+    from tritonnb.serving.binding import ModelSlot, ServedVersion
     from tritonnb.signature import ModelSpec
 
 __all__ = ["BACKENDS", "FORMATS", "ExportResult", "export"]
@@ -36,19 +37,22 @@ class ExportResult:
     """What an export wrote."""
 
     name: str
-    version: int
+    version: int  # the newest written
     model_format: str
     directory: pathlib.Path
     files: list[pathlib.Path]
     notes: list[str]
+    versions: list[int] = dataclasses.field(default_factory=list)  # every version written
 
     @property
     def version_dir(self) -> pathlib.Path:
-        """``DIR/NAME/<version>``."""
+        """``DIR/NAME/<version>`` (of the newest version written)."""
         return self.directory / self.name / str(self.version)
 
     def __repr__(self) -> str:
-        lines = [f"exported {self.name!r} version {self.version} ({self.model_format}) to {self.directory}"]
+        several = len(self.versions) > 1
+        which = f"versions {', '.join(map(str, self.versions))}" if several else f"version {self.version}"
+        lines = [f"exported {self.name!r} {which} ({self.model_format}) to {self.directory}"]
         lines += [f"  {path.relative_to(self.directory)}" for path in self.files]
         lines += [f"note: {note}" for note in self.notes]
         lines.append(f"serve it: tritonserver --model-repository={self.directory}  (more in README.md)")
@@ -63,11 +67,14 @@ def export(
     model_format: str = "python",
     force: bool = False,
 ) -> ExportResult:
-    """Write the served model ``name`` as version ``version`` (default: the next one) of ``DIR/name``.
+    """Write the served model ``name`` as version ``version`` (default: the next one) of ``DIR/name``; a model served
+    as several versions side by side is written as those versions (``version``: that one alone).
 
     ``model_format``: ``python`` (a python-backend model with the function and all it uses) or ``torchscript`` (the
     function traced for Triton's PyTorch backend, no Python needed). An existing version is replaced only with
-    ``force``. Everything is written to a staging folder first: on any error nothing is left half-written.
+    ``force``, and only if the versions that stay take the same inputs, outputs and batching (one config serves them
+    all); the config's version policy serves every version of the folder side by side. Everything is written to a
+    staging folder first: on any error nothing is left half-written.
     """
     from tritonnb.deploy import layout
     from tritonnb.deploy.capture import PortableFunction
@@ -81,8 +88,8 @@ def export(
     if server is None:
         raise NoServerError(f"no Triton server runs, so no model {name!r} to export; serve it first")
     slot = server.models.get(name)
-    if slot is None or slot.fn is None:
-        raise UnknownModelError.among(name, [n for n, s in server.models.items() if s.fn is not None])
+    if slot is None or not slot.versions:
+        raise UnknownModelError.among(name, [n for n, s in server.models.items() if s.versions])
     if slot.spec.stream:
         raise ExportError(
             f"model {name!r} streams, and export writes models that answer once: a streaming (decoupled) model is "
@@ -92,33 +99,54 @@ def export(
     repository.check_writable()
     backend = BACKENDS[model_format]
     repository.check_backend(name, backend)
-    number = repository.version_to_write(name, version, force)
+    chosen = _versions_to_write(slot, repository, version, force)
 
     spec = slot.spec
-    function = PortableFunction(slot.fn, spec.inputs, spec.outputs, calls_by_keyword(slot.fn, spec.inputs))
     runtime = Runtime.here()
     notes: list[str] = []
-    files = _model_files(function, slot.spec, slot.device, model_format, runtime, notes)
-    warm_up = can_warm_up(slot.spec)
+    warm_up = can_warm_up(spec)
     if not warm_up:
         notes.append("no model_warmup: a bytes input cannot be generated (add one with input_data_file)")
-    else:
-        failure = _fails_on_warmup_sample(function, slot.spec, slot.device)
+    version_files: dict[int, dict[str, bytes]] = {}
+    for number, served in chosen.items():
+        function = PortableFunction(served.fn, spec.inputs, spec.outputs, calls_by_keyword(served.fn, spec.inputs))
+        version_files[number] = _model_files(function, spec, served.device, model_format, runtime, notes)
+        failure = _fails_on_warmup_sample(function, spec, served.device) if warm_up else None
         if failure:  # Triton fails the model's load when its warm-up fails: better none than a fleet that won't start
             warm_up = False
-            notes.append(f"no model_warmup: the function fails on Triton's zero sample ({failure})")
-    config = config_text(model_config(slot.spec, backend, slot.device, warm_up))
+            notes.append(f"no model_warmup: version {number} fails on Triton's zero sample ({failure})")
+    gpu = any(served.device.startswith("cuda") for served in chosen.values())
+    side_by_side = sorted({*repository.versions(name), *chosen})
+    config = model_config(spec, backend, "cuda" if gpu else "cpu", warm_up, side_by_side)
+    repository.check_signature(name, config, replaced=chosen)
     strings = any(s.dtype == "bytes" for s in (*spec.inputs, *spec.outputs))
-    models = repository.models_after(ExportedModel(name, backend, slot.device.startswith("cuda"), strings))
+    models = repository.models_after(ExportedModel(name, backend, gpu, strings))
     if strings and backend == "python" and runtime.numpy_requirement(models) == "numpy<2":
         notes.append(
             f"bytes tensors: the image's Python gets numpy<2 (this notebook has {runtime.numpy}): Triton 2.51's "
             "python-backend stub reads and writes bytes through numpy 1's C API; serve_here.sh needs numpy<2 too"
         )
-    requirements = _repository_requirements(repository, models, name, files, notes)
+    requirements = _repository_requirements(repository, models, name, list(version_files.values()), notes)
     around = _fleet_files(repository.name, models, runtime, requirements)
-    written = repository.write(name, number, files, config, around, notes)
-    return ExportResult(name, number, model_format, repository.path, written, notes)
+    written = repository.write(name, version_files, config_text(config), around, notes)
+    numbers = sorted(version_files)
+    return ExportResult(name, numbers[-1], model_format, repository.path, written, notes, numbers)
+
+
+def _versions_to_write(slot: ModelSlot, repository: Any, version: int | None, force: bool) -> dict[int, ServedVersion]:
+    """The served versions to write, by the version number each gets: a model served as one version gets
+    ``version`` or the repository's next; one served as several keeps their numbers (``version``: that one)."""
+    if len(slot.versions) == 1:
+        return {repository.version_to_write(slot.name, version, force): next(iter(slot.versions.values()))}
+    slot.require_version(version)
+    numbers = sorted(slot.versions) if version is None else [version]
+    existing = [n for n in numbers if n in repository.versions(slot.name)]
+    if existing and not force:
+        raise ExportError(
+            f"version(s) {', '.join(map(str, existing))} of {slot.name!r} exist in {repository.path}; force=True "
+            "(--force) replaces them"
+        )
+    return {number: slot.versions[number] for number in numbers}
 
 
 def _model_files(
@@ -176,11 +204,12 @@ def _capture_notes(captured: Capture, notes: list[str]) -> None:
 
 
 def _repository_requirements(
-    repository: Any, models: list[ExportedModel], name: str, files: dict[str, bytes], notes: list[str]
+    repository: Any, models: list[ExportedModel], name: str, exported: Sequence[dict[str, bytes]], notes: list[str]
 ) -> list[str]:
-    """requirements.txt's pins: this export's, and those of the newest version of each other python model of the
-    repository (from its export.json); a package pinned at two versions keeps this export's, with a note."""
-    pins = _pins_of(files.get("export.json"))
+    """requirements.txt's pins: this export's (of each version it writes), and those of the newest version of each
+    other python model of the repository (from its export.json); a package pinned at two versions keeps this
+    export's, with a note."""
+    pins = {key: pin for files in exported for key, pin in _pins_of(files.get("export.json")).items()}
     path = getattr(repository, "path", None)
     for model in models:
         if model.name == name or model.backend != "python" or not isinstance(path, pathlib.Path):

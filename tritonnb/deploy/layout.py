@@ -9,9 +9,10 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Collection
 
 from tritonnb.deploy.compose import ExportedModel
-from tritonnb.deploy.model_config import TYPE_NAMES, parse_config
+from tritonnb.deploy.model_config import TYPE_NAMES, parse_config, pb
 from tritonnb.errors import ExportError, SpecError
 
 __all__ = ["GENERATED", "Repository"]
@@ -47,17 +48,32 @@ class Repository:
             return []
         return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
+    def config(self, name: str) -> pb.ModelConfig | None:
+        """Model ``name``'s config as written, or None if it has none."""
+        path = self.path / name / "config.pbtxt"
+        return parse_config(path.read_text()) if path.is_file() else None
+
     def check_backend(self, name: str, backend: str) -> None:
         """ExportError when ``DIR/name`` already holds a model of another backend (one config serves all versions)."""
-        config = self.path / name / "config.pbtxt"
-        if not config.is_file():
-            return
-        existing = parse_config(config.read_text()).backend
-        if existing != backend:
+        config = self.config(name)
+        if config is not None and config.backend != backend:
             raise ExportError(
-                f"{config.parent} holds a {existing} model and one config.pbtxt serves all its versions; "
+                f"{self.path / name} holds a {config.backend} model and one config.pbtxt serves all its versions; "
                 f"export this {backend} one under another name or to another folder"
             )
+
+    def check_signature(self, name: str, config: pb.ModelConfig, replaced: Collection[int]) -> None:
+        """ExportError when versions of ``name`` that stay (all but ``replaced``) were written with other inputs,
+        outputs or batching than ``config``: one config.pbtxt serves every version, so theirs would change too."""
+        existing = self.config(name)
+        staying = [v for v in self.versions(name) if v not in replaced]
+        if existing is None or not staying or _signature(existing) == _signature(config):
+            return
+        raise ExportError(
+            f"versions {', '.join(map(str, staying))} of {name!r} in {self.path} take {_signature_text(existing)}; "
+            f"this export takes {_signature_text(config)}. One config.pbtxt serves every version of a model: export "
+            "it under another name or to another folder, or replace those versions too"
+        )
 
     def version_to_write(self, name: str, version: int | None, force: bool) -> int:
         """The version number to write: ``version``, or the next one; ExportError if it exists and not ``force``."""
@@ -88,13 +104,13 @@ class Repository:
     def write(
         self,
         name: str,
-        version: int,
-        files: dict[str, bytes],
+        versions: dict[int, dict[str, bytes]],
         config: str,
         around: dict[str, str],
         notes: list[str],
     ) -> list[pathlib.Path]:
-        """Write the version folder, the model's config and the files around the models; return what was written.
+        """Write the version folders (their files by version number), the model's config and the files around the
+        models; return what was written.
 
         Everything is written to a staging folder first and moved into place with renames; an error (or an
         interrupt) undoes the moves, so the repository is left as it was. The staging folder sits beside the
@@ -106,10 +122,11 @@ class Repository:
             staging = self._staging_folder()
         except OSError as error:
             raise ExportError(f"cannot export to {self.path}: {error}") from None
-        model_dir, target = self.path / name, self.path / name / str(version)
+        model_dir = self.path / name
         undo: list[tuple[pathlib.Path, pathlib.Path | None]] = []  # (moved here, from there or None if new)
         try:
-            _write_tree(staging / "version", files)
+            for version, files in versions.items():
+                _write_tree(staging / "versions" / str(version), files)
             (staging / "config.pbtxt").write_text(config)
             around_targets = self._around_targets(around, notes)
             _write_tree(staging / "around", {rel: text.encode() for rel, text in around.items()})
@@ -117,7 +134,7 @@ class Repository:
                 model_dir.mkdir()
                 undo.append((model_dir, None))
             for source, destination in [
-                (staging / "version", target),
+                *((staging / "versions" / str(version), model_dir / str(version)) for version in versions),
                 (staging / "config.pbtxt", model_dir / "config.pbtxt"),
                 *((staging / "around" / rel, self.path / dest) for rel, dest in around_targets.items()),
             ]:
@@ -145,7 +162,7 @@ class Repository:
             raise
         shutil.rmtree(staging, ignore_errors=True)
         return (
-            [target / rel for rel in sorted(files)]
+            [model_dir / str(version) / rel for version, files in sorted(versions.items()) for rel in sorted(files)]
             + [model_dir / "config.pbtxt"]
             + [self.path / dest for dest in around_targets.values()]
         )
@@ -176,6 +193,16 @@ class Repository:
         with contextlib.suppress(OSError, ValueError):
             return dict(json.loads((self.path / GENERATED).read_text()))
         return {}
+
+
+def _signature(config: pb.ModelConfig) -> tuple:
+    """What every version of a model must agree on: inputs, outputs and batch size."""
+    return tuple(config.input), tuple(config.output), config.max_batch_size
+
+
+def _signature_text(config: pb.ModelConfig) -> str:
+    tensors = [f"{t.name}:{pb.DataType.Name(t.data_type)}{list(t.dims)}" for t in (*config.input, *config.output)]
+    return f"{', '.join(tensors)} (max batch {config.max_batch_size})"
 
 
 def _write_tree(root: pathlib.Path, files: dict[str, bytes]) -> None:

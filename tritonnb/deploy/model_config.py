@@ -26,8 +26,11 @@ TYPE_NAMES = {  # spec dtype -> model-config DataType (the protocol name with TY
 }
 
 
-def model_config(spec: ModelSpec, backend: str, device: str, warm_up: bool = True) -> pb.ModelConfig:
-    """The model config Triton serves ``spec`` with in a repository: backend, batching, instances, warm-up, policy."""
+def model_config(
+    spec: ModelSpec, backend: str, device: str, warm_up: bool = True, versions: Sequence[int] = ()
+) -> pb.ModelConfig:
+    """The model config Triton serves ``spec`` with in a repository: backend, batching, instances, warm-up, and a
+    version policy that serves ``versions`` side by side (none given: the newest alone)."""
     config = pb.ModelConfig(
         name=spec.name,
         backend=backend,
@@ -36,11 +39,17 @@ def model_config(spec: ModelSpec, backend: str, device: str, warm_up: bool = Tru
         output=[_tensor(pb.ModelOutput, s) for s in spec.outputs],
         instance_group=[_instance_group(spec.instances, device)],
         model_warmup=[_warmup(spec.name, spec.inputs)] if warm_up and can_warm_up(spec) else [],
-        version_policy=pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=1)),
+        version_policy=_version_policy(versions),
     )
     if spec.batched:
         config.dynamic_batching.max_queue_delay_microseconds = spec.batch_delay_us
     return config
+
+
+def _version_policy(versions: Sequence[int]) -> pb.ModelVersionPolicy:
+    if not versions:
+        return pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=1))
+    return pb.ModelVersionPolicy(specific=pb.ModelVersionPolicy.Specific(versions=sorted(set(versions))))
 
 
 def config_text(config: pb.ModelConfig) -> str:
