@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import fp32, infer_json, serve_export, wait_until
+from helpers import command_line, fp32, infer_json, process_tree, serve_export, wait_until
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
@@ -153,3 +153,19 @@ def test_an_export_writes_every_version_and_a_fresh_server_answers_both(triton, 
 
     with serve_export(repository, tmp_path, tmp_path / "fleet.log") as url:
         assert (_answer(url, "pair/versions/1"), _answer(url, "pair/versions/2"), _answer(url, "pair")) == (2, 3, 3)
+
+
+def test_a_killed_stub_of_one_version_gets_the_model_loaded_again(triton):
+    tritonnb.bind(lambda x: x + 1, "healed", **SPEC)
+    tritonnb.bind(lambda x: x + 2, "healed", version=2, **SPEC)
+    stubs = [p for p in process_tree(triton.pid) if "triton_python_backend_stub" in " ".join(command_line(p))]
+    victim = next(p for p in stubs if "healed_0_0" in command_line(p) and command_line(p)[1].endswith("/2/model.py"))
+    victim.kill()
+
+    def both_answer() -> bool:
+        answers = [infer_json(triton.http_url, f"healed/versions/{v}", ONES)[0] for v in (1, 2)]
+        return answers == [200, 200] and triton.status()["models"]["healed"]["stub_restarts"] == 1
+
+    wait_until(both_answer, 60, lambda: f"version 2 was not served again:\n{triton.logs(30)}", interval=0.2)
+    assert (_answer(triton.http_url, "healed/versions/1"), _answer(triton.http_url, "healed/versions/2")) == (2, 3)
+    tritonnb.unbind("healed")

@@ -109,7 +109,7 @@ class ModelRegistry:
         for name, slot in list(self.slots.items()):
             if not slot.versions or slot.loading or now < slot.heal_after:
                 continue
-            if slot.is_serving() and live_stubs[name] >= slot.spec.instances:
+            if slot.is_serving() and live_stubs[name] >= slot.spec.instances * len(slot.versions):
                 continue
             why = "a python backend stub died" if slot.is_serving() else "it was not bound again after a restart"
             self._log(f"[tritonnb] model {name!r}: {why}; loading the model again")
