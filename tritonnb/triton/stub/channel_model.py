@@ -7,10 +7,12 @@ out as one frame, and its answers come back as one, with no hand-off between thr
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
@@ -58,16 +60,16 @@ class TritonPythonModel:
                 self.sock.close()
                 self.sock = None
         if reply is None:
-            raise pb_utils.TritonModelException(
+            return failed_batch(
                 f"the kernel serving model '{self.name}' closed this instance's connection: the model was reloaded "
                 "or unbound, or its kernel stopped"
             )
         header, body = reply
         if "error" in header:
-            raise pb_utils.TritonModelException(header["error"])
+            return failed_batch(header["error"])
         answers = wire.read_responses(header, body)
         if len(answers) != len(requests):
-            raise pb_utils.TritonModelException(
+            return failed_batch(
                 f"the kernel sent {len(answers)} answers for {len(requests)} requests of model '{self.name}'"
             )
         responses = [_response(answer) for answer in answers]
@@ -78,6 +80,28 @@ class TritonPythonModel:
         """Close the connection (the kernel's thread for it ends)."""
         if self.sock is not None:
             self.sock.close()
+
+
+class ModelError(Exception):
+    """A batch that failed as a whole: its name and message are the error's whole text."""
+
+
+def failed_batch(message: str) -> list:
+    """What ``execute()`` returns to fail the whole batch with ``message`` alone, counted as failed by Triton.
+
+    Raising in ``execute()`` would do the same, but the stub then sends the exception's traceback with it (``At:``
+    and this file's path in Triton's temporary folder), and Triton puts that in every client's error body. An
+    exception raised by C code carries no traceback: the stub takes ``len()`` of what ``execute()`` returned, and
+    this list's ``__len__`` is a finished generator's ``throw``, which raises ``ModelError(message)`` in C.
+    """
+
+    def finished() -> Iterator[None]:
+        yield
+
+    generator = finished()
+    generator.close()
+    raise_it = functools.partial(generator.throw, ModelError(message))  # not a method: called without arguments
+    return type("FailedBatch", (list,), {"__len__": raise_it})()
 
 
 def _response(answer: dict[str, Any] | str) -> Any:
