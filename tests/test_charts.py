@@ -132,6 +132,25 @@ def test_pareto_front_keeps_only_configurations_nothing_beats():
     assert pareto_front(levels) == [0, 1, 5]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_no_two_point_labels_overlap_with_several_runs(seed):
+    """Runs whose points crowd together (before and after a change, several versions): every label shown, in the
+    PNG a notebook stores, is clear of every other; the ones that would overlap are left out."""
+    rng = random.Random(seed)
+    runs = []
+    for index in range(rng.randint(2, 5)):
+        throughput, latency, rows = rng.uniform(300, 400), rng.uniform(1.0, 1.2), []
+        for concurrency in (1, 2, 4, 8, 16):
+            rows.append(_row(concurrency, throughput, latency * 0.8, latency))
+            throughput, latency = throughput * rng.uniform(1.0, 1.6), latency * rng.uniform(1.0, 1.8)
+        runs.append(_run(f"run{index}", rows))
+    chart = plot(*runs)
+    chart.png()  # laid out and drawn as the notebook's image is
+    boxes = _visible_boxes(chart, chart.figure.axes[0].texts)
+    assert len(boxes) >= 5
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+
+
 def test_tune_chart_marks_the_budget_the_front_and_the_choice_and_no_labels_overlap():
     rows = _sweep(12)
     fitting = [i for i, row in enumerate(rows) if row["fits"]]
