@@ -13,6 +13,21 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 source scripts/install_perf_analyzer.sh
+# the Azure Blob Storage emulator of the cloud repository tests: Azurite from npm, into .azurite/ (ignored by git)
+AZURITE_VERSION=3.35.0
+if [ ! -x .azurite/node_modules/.bin/azurite-blob ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then
+            echo "test.sh: installing Debian's nodejs and npm for the Azurite emulator"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+        else
+            echo "test.sh: the cloud repository tests need node and npm: sudo apt-get install nodejs npm" >&2
+            exit 1
+        fi
+    fi
+    echo "test.sh: installing Azurite $AZURITE_VERSION into .azurite/"
+    npm install --prefix .azurite --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
+fi
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check tritonnb tests benchmarks devtools
 .venv/bin/ruff format --check tritonnb tests benchmarks devtools

@@ -32,10 +32,15 @@ def started(shell):
 
 
 def _serve(shell, line: str, cell: str):
+    """Run a ``%%triton_model`` cell as a notebook does: its result is the card, shown once, and ``_`` holds it."""
     with capture_output() as out:
-        shell.run_cell_magic("triton_model", line, cell)
+        result = shell.run_cell(f"%%triton_model {line}\n{cell}")
+    result.raise_error()
     cards = [o for o in out.outputs if "text/html" in o.data]
     assert len(cards) == 1, out.outputs
+    name = line.split()[0]
+    assert shell.user_ns["_"] is result.result is tritonnb.card(name)
+    assert cards[0].data["text/plain"] == repr(result.result)
     return cards[0]
 
 

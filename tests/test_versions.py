@@ -97,12 +97,11 @@ def test_versions_share_one_spec_and_a_stream_stays_alone(triton):
 
 def test_magics_serve_show_and_unbind_a_version(triton, shell):
     cell = "def f(x):\n    return x * {k}\n"
-    with capture_output() as out:
-        shell.run_cell_magic("triton_model", "mv --input x:float32[4] --output y:float32[4]", cell.format(k=2))
-        shell.run_cell_magic(
-            "triton_model", "mv --version 2 --input x:float32[4] --output y:float32[4]", cell.format(k=3)
-        )
-    card = out.outputs[-1].data["text/plain"]
+    shell.run_cell_magic("triton_model", "mv --input x:float32[4] --output y:float32[4]", cell.format(k=2))
+    line = "mv --version 2 --input x:float32[4] --output y:float32[4]"
+    shown = shell.run_cell_magic("triton_model", line, cell.format(k=3))
+    assert tritonnb.card("mv", version=2) is shown and tritonnb.card("mv") is shown  # without a version: the newest
+    card = repr(shown)
     assert "as 'mv' version 2" in card and "/v2/models/mv/versions/2/infer" in card
     assert 'tritonnb.client("mv", version=2)' in card and 'model_version="2"' in card
     assert (_answer(triton.http_url, "mv/versions/1"), _answer(triton.http_url, "mv/versions/2")) == (2.0, 3.0)

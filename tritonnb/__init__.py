@@ -8,7 +8,7 @@ The package, by layer (each imports only the layers below it):
 
 - Two front ends at the top: this module (the Python API) and ``magics`` (``%%triton_model``, ``%triton``,
   ``%triton_perf``, ``%triton_tune``), which parses lines and calls the Python API; beside them the documented
-  modules ``perf``, ``tune`` and ``card``, ``model_client`` (what ``tritonnb.client`` returns) and ``__main__``
+  modules ``perf`` and ``tune``, ``model_client`` (what ``tritonnb.client`` returns) and ``__main__``
   (``python -m tritonnb install``).
 - ``ui``: what the notebook shows. ``card`` (what a bind shows), ``report`` (status text), the ipywidgets ``panel``,
   ``fleet_panel`` and per-model strip with their ``controls``, ``render`` (their HTML), ``live_chart``,
@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tritonnb import state
 from tritonnb.errors import (
     BindError,
     CellError,
@@ -115,7 +116,7 @@ __all__ = [
     "tune",
     "unbind",
 ]
-DOCUMENTED_MODULES = ("perf", "tune", "card")  # reachable as tritonnb.perf etc. after ``import tritonnb`` alone
+DOCUMENTED_MODULES = ("perf", "tune")  # reachable as tritonnb.perf etc. after ``import tritonnb`` alone
 
 
 def __getattr__(name: str) -> Any:
@@ -232,7 +233,7 @@ def bind(
     )
     slot = current.models[name]
     served = slot.versions[1 if version is None else version]
-    return ModelCard(
+    shown = ModelCard(
         slot.spec,
         served.device,
         current.http_url,
@@ -245,6 +246,26 @@ def bind(
         version if version is not None or len(slot.versions) > 1 else None,
         slot.version_list(),
     )
+    with state.lock:
+        state.cards[(name, 1 if version is None else version)] = shown
+    return shown
+
+
+def card(name: str, version: int | None = None) -> ModelCard:
+    """The card of model ``name``'s last bind (of ``version``; None: of the newest version): the same object
+    ``tritonnb.bind`` returned and ``%%triton_model`` showed."""
+    current = server()
+    if current is None:
+        raise NoServerError("no Triton server runs")
+    if name not in current.models:
+        raise UnknownModelError.among(name, current.models)
+    slot = current.models[name]
+    slot.require_version(version)
+    with state.lock:
+        found = state.cards.get((name, max(slot.versions) if version is None else version))
+    if found is None:
+        raise UnknownModelError(f"model {name!r} has no card here: it was not bound from this process's API")
+    return found
 
 
 def unbind(name: str, version: int | None = None) -> None:
@@ -254,6 +275,9 @@ def unbind(name: str, version: int | None = None) -> None:
     if current is None:
         raise NoServerError("no Triton server runs")
     current.unbind(name, version)
+    with state.lock:
+        for key in [k for k in state.cards if k[0] == name and version in (None, k[1])]:
+            del state.cards[key]
 
 
 def client(name: str, version: int | None = None) -> ModelClient:
@@ -324,7 +348,6 @@ def panel(
 def metrics(url: str | None = None, *, metrics_url: str | None = None, token: str | None = None) -> dict[str, Any]:
     """The current health, per-model figures and host figures as plain data (rates cover the time since the
     previous call for the same server; None on the first)."""
-    from tritonnb import state
     from tritonnb.observe.monitor import Monitor, target_for
 
     target = target_for(url, metrics_url, token, server())

@@ -12,7 +12,7 @@ import argparse
 import functools
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -33,6 +33,9 @@ from tritonnb.errors import BindError, SpecError, TritonnbError
 from tritonnb.signature import TensorSpec, parse_spec
 from tritonnb.states import ModelState
 from tritonnb.ui.report import format_models, format_status
+
+if TYPE_CHECKING:
+    from tritonnb.ui.card import ModelCard
 
 __all__ = ["HELP_FLAGS", "INPUT_DATA", "MAX_LATENCY", "TritonMagics", "subcommand"]
 
@@ -212,9 +215,22 @@ class TritonMagics(Magics):
         argument(
             "--model-repository",
             action="append",
-            metavar="DIR",
+            metavar="DIR_OR_URL",
             help="also serve the models of this Triton model repository (DIR/<model>/config.pbtxt, "
-            "DIR/<model>/<version>/...); repeat it for several",
+            "DIR/<model>/<version>/...), a folder or s3://, gs:// or as:// URL; repeat it for several",
+        ),
+        argument(
+            "--vertex-ai-port",
+            type=_port,
+            metavar="P",
+            help="also answer Vertex AI's health and predict routes on this port (Triton's Vertex AI mode; routes "
+            "from AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE, else /health and /predict)",
+        ),
+        argument(
+            "--vertex-ai-default-model",
+            metavar="NAME",
+            help="the model Vertex AI's predict route calls (default: the only model of --model-repository); the "
+            "X-Vertex-Ai-Triton-Redirect header reaches the others",
         ),
         argument(
             "--no-restart",
@@ -264,7 +280,11 @@ class TritonMagics(Magics):
         "export",
         "write a served model to a Triton model repository, with docker compose and Kubernetes files beside it",
         argument("name", help="a served model"),
-        argument("directory", metavar="DIR", help="the repository folder (created if missing)"),
+        argument(
+            "directory",
+            metavar="DIR_OR_URL",
+            help="the repository: a folder (created if missing) or an s3://, gs:// or as:// URL",
+        ),
         argument("--version", type=_positive, metavar="N", help="the version to write (default: the next one)"),
         argument(
             "--format",
@@ -372,14 +392,15 @@ class TritonMagics(Magics):
         help="serve the cell as this version of the model, beside its other versions (same inputs, outputs and "
         "batching); /v2/models/NAME/versions/N/infer answers with it (default: 1)",
     )
-    def triton_model(self, line: str, cell: str) -> None:
-        """Serve a function defined in this cell as a Triton model; running the cell again hot-swaps it."""
+    def triton_model(self, line: str, cell: str) -> ModelCard | None:
+        """Serve a function defined in this cell as a Triton model; running the cell again hot-swaps it. Returns the
+        model's card (``card = _``), shown with its live strip."""
         from tritonnb.serving.torch_bridge import resolve_device
         from tritonnb.ui.cell import run_cell_and_pick
 
         args = _parse(self.triton_model, line)
         if args is None:
-            return
+            return None
         if args.device is not None:
             resolve_device(args.device)  # a device that does not exist fails before anything starts
         source = self.shell.transform_cell(cell)
@@ -402,12 +423,12 @@ class TritonMagics(Magics):
             stream=True if args.stream else None,
             version=args.version,
         )
-        display(card)
         if self._has_kernel():  # live widgets need a kernel with comms
             from tritonnb.observe.monitor import target_for
             from tritonnb.ui.panel import ModelStrip
 
-            display(ModelStrip(target_for(server=tritonnb.server()), args.name))
+            card.strip = ModelStrip(target_for(server=tritonnb.server()), args.name)
+        return card  # IPython shows it (and its strip) as the cell's result
 
     @line_magic
     @_usage_errors

@@ -10,6 +10,7 @@ A kernel (any Python process) holds:
   apart from the pollers' on purpose: its rates cover the time since the caller's previous ``metrics()`` call, not
   since the last background poll.
 - ``strips``: the live strip under each model's card, by model name; running the cell again replaces it.
+- ``cards``: the card of each model's last bind, by (name, version), which ``tritonnb.card(name)`` returns.
 - ``clients``: every ``tritonnb.client(...)`` still referenced. Their kept-alive HTTP connections are closed before
   tritonserver stops, which would otherwise wait its whole exit timeout for them.
 
@@ -31,13 +32,15 @@ if TYPE_CHECKING:
     from tritonnb.observe.monitor import Monitor
     from tritonnb.observe.poller import Poller
     from tritonnb.serving.server import Server
+    from tritonnb.ui.card import ModelCard
     from tritonnb.ui.panel import ModelStrip
 
-__all__ = ["clients", "lock", "monitors", "pollers", "server", "strips"]
+__all__ = ["cards", "clients", "lock", "monitors", "pollers", "server", "strips"]
 
 server: Server | None = None
 pollers: dict[tuple[str, str], Poller] = {}
 monitors: dict[tuple[str, str], Monitor] = {}
 strips: dict[str, ModelStrip] = {}
+cards: dict[tuple[str, int], ModelCard] = {}
 clients: weakref.WeakSet[ModelClient] = weakref.WeakSet()
 lock = threading.Lock()

@@ -90,7 +90,6 @@ def captured_function(function: PortableFunction) -> bytes:
 
 def capture(function: PortableFunction) -> Capture:
     """``function.pt`` with the local modules it uses inside, and the installed packages it needs."""
-    import cloudpickle
     import torch
 
     _check_capturable(function.fn)
@@ -98,7 +97,7 @@ def capture(function: PortableFunction) -> Capture:
     buffer = io.BytesIO()
     with _by_value(found.carried):
         try:
-            torch.save(function, buffer, pickle_module=cloudpickle)
+            torch.save(function, buffer, pickle_module=_portable_pickle())
         except Exception as error:  # a failure the per-variable check did not single out
             raise ExportError(f"cannot capture {_name(function.fn)}: {type(error).__name__}: {error}") from None
     requirements, unresolved = _requirements(found.installed)
@@ -431,3 +430,23 @@ def _distribution_of(name: str, candidates: list[str]) -> importlib.metadata.Dis
 def _normalized(name: str) -> str:
     """A distribution name as PEP 503 compares them."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _portable_pickle() -> Any:
+    """cloudpickle, with numpy's scalar types pickled through their dtype: numpy 2 names ``np.bool_`` ``numpy.bool``,
+    which numpy 1 (the python-backend stub's own, under tritonnb's server) does not have."""
+    import types
+
+    import cloudpickle
+    import numpy as np
+
+    class Pickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, type) and issubclass(obj, np.generic) and obj.__module__ == "numpy":
+                with contextlib.suppress(TypeError):
+                    return getattr, (np.dtype(obj), "type")
+            return super().reducer_override(obj)
+
+    module = types.ModuleType("cloudpickle")  # torch.save reads the name and subclasses the Pickler
+    module.Pickler = Pickler  # type: ignore[attr-defined]
+    return module

@@ -95,7 +95,7 @@ def export(
             f"model {name!r} streams, and export writes models that answer once: a streaming (decoupled) model is "
             "not exported yet"
         )
-    repository = layout.Repository(pathlib.Path(directory))
+    repository = layout.repository_at(directory)
     repository.check_writable()
     backend = BACKENDS[model_format]
     repository.check_backend(name, backend)
@@ -212,7 +212,7 @@ def _repository_requirements(
     pins = {key: pin for files in exported for key, pin in _pins_of(files.get("export.json")).items()}
     path = getattr(repository, "path", None)
     for model in models:
-        if model.name == name or model.backend != "python" or not isinstance(path, pathlib.Path):
+        if model.name == name or model.backend != "python" or path is None:
             continue
         versions = sorted(
             (p for p in (path / model.name).glob("*/export.json") if p.parent.name.isdigit()),

@@ -1,4 +1,5 @@
-"""The repository folder on disk: its models and versions, and writing one export all at once or not at all."""
+"""The repository folder on disk (or in an object store): its models and versions, and writing one export all at once
+or not at all."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from collections.abc import Collection
 from tritonnb.deploy.compose import ExportedModel
 from tritonnb.deploy.model_config import TYPE_NAMES, parse_config, pb
 from tritonnb.errors import ExportError, SpecError
+from tritonnb.triton.object_store import Store, StorePath, StoreURL, is_store_url
 
-__all__ = ["GENERATED", "Repository"]
+__all__ = ["GENERATED", "Repository", "StoreRepository", "repository_at"]
 
 GENERATED = ".tritonnb-generated.json"  # digests of the files around the models as last written
 
@@ -193,6 +195,81 @@ class Repository:
         with contextlib.suppress(OSError, ValueError):
             return dict(json.loads((self.path / GENERATED).read_text()))
         return {}
+
+
+class StoreRepository(Repository):
+    """A model repository in an object store (``s3://``, ``gs://``, ``as://``; see ``tritonnb.triton.object_store``),
+    read through its listing like a folder and written object by object.
+
+    An object store has no rename: the objects are written in the order a reader needs them (the version folders,
+    then the model's config, then the files around the models), and a failure (or an interrupt) removes the objects
+    written and puts back those replaced, so the repository is left as it was.
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.store = Store(StoreURL.parse(url), ExportError)
+        except ValueError as error:
+            raise SpecError(str(error)) from None
+        self.path = StorePath(self.store)  # type: ignore[assignment]
+
+    def check_writable(self) -> None:
+        """ExportError unless the credentials work, the bucket exists and an object can be written there."""
+        self.store.check_writable()
+
+    def write(
+        self,
+        name: str,
+        versions: dict[int, dict[str, bytes]],
+        config: str,
+        around: dict[str, str],
+        notes: list[str],
+    ) -> list[pathlib.Path]:
+        """As ``Repository.write``, object by object."""
+        around_targets = self._around_targets(around, notes)
+        digests = {**self._digests(), **{rel: _digest(text.encode()) for rel, text in around.items()}}
+        version_objects = {
+            f"{name}/{version}/{rel}": data
+            for version, files in sorted(versions.items())
+            for rel, data in files.items()
+        }
+        steps = [
+            version_objects,
+            {f"{name}/config.pbtxt": config.encode()},
+            {
+                **{dest: around[rel].encode() for rel, dest in around_targets.items()},
+                GENERATED: (json.dumps(digests, indent=2, sort_keys=True) + "\n").encode(),
+            },
+        ]
+        before = self.store.objects()
+        written = {key for step in steps for key in step}
+        replaced = {f"{name}/{number}/" for number in versions}
+        stale = sorted(  # files of a replaced version that the new one does not have
+            key for key in before if key[: key.find("/", len(name) + 1) + 1] in replaced and key not in written
+        )
+        kept = {key: self.store.read(key) for key in sorted(before & (written | set(stale)))}
+        try:
+            for step in steps:
+                self.store.write(step)
+            self.store.remove(stale)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.store.remove(sorted(written - before))
+                self.store.write(kept)
+            raise
+        root = self.path
+        return [
+            *(root / key for key in version_objects),
+            root / name / "config.pbtxt",
+            *(root / dest for dest in around_targets.values()),
+        ]  # type: ignore[return-value]
+
+
+def repository_at(directory: str | os.PathLike[str]) -> Repository:
+    """The model repository at ``directory``: a folder, or an object store's URL (``s3://``, ``gs://``, ``as://``)."""
+    if is_store_url(directory):
+        return StoreRepository(str(directory))
+    return Repository(pathlib.Path(directory))
 
 
 def _signature(config: pb.ModelConfig) -> tuple:

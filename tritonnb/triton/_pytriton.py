@@ -31,7 +31,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,10 +113,15 @@ SERVICE_STARTED = {
 NO_AUTO_COMPLETE = "--disable-auto-complete-config"
 
 
-def tritonserver_args(repositories: Sequence[pathlib.Path], auto_complete: bool) -> list[str]:
-    """tritonserver flags beyond PyTriton's: each model repository (besides PyTriton's empty one), and auto-complete
-    off unless asked for. Passed as separate arguments: PyTriton's own would split a path with spaces."""
-    args = [arg for repository in repositories for arg in ("--model-repository", repository.as_posix())]
+def tritonserver_args(
+    repositories: Sequence[str | os.PathLike[str]], auto_complete: bool, startup_models: Sequence[str] = ()
+) -> list[str]:
+    """tritonserver flags beyond PyTriton's: each model repository (besides PyTriton's empty one; a folder, or an
+    object store URL Triton reads itself), the models to load as it starts (explicit model control loads none by
+    itself), and auto-complete off unless asked for. Passed as separate arguments: PyTriton's own would split a
+    path with spaces."""
+    args = [arg for repository in repositories for arg in ("--model-repository", os.fspath(repository))]
+    args += [arg for name in startup_models for arg in ("--load-model", name)]
     return args if auto_complete else [*args, NO_AUTO_COMPLETE]
 
 
@@ -139,11 +144,13 @@ class _DetachedTritonServer(TritonServer):
         on_unexpected_exit: ExitHandler,
         extra_args: Sequence[str] = (),
         stub_bin: pathlib.Path | None = None,
+        environment: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(verbose=False, **kwargs)
         self._extra_args = tuple(extra_args)
         self._stub_bin = stub_bin
+        self._environment = dict(environment or {})  # variables tritonserver needs beyond this process's
         self._log_sink = log_sink
         self._on_unexpected_exit = on_unexpected_exit
         self._exit_timeout_s = exit_timeout_s
@@ -250,6 +257,7 @@ class _DetachedTritonServer(TritonServer):
             env["LD_LIBRARY_PATH"] = f"{libdir}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
         if self._stub_bin is not None:  # under numpy 2, the stub's Python: a numpy 1 of its own (triton.engine)
             env["PATH"] = f"{self._stub_bin}:{env['PATH']}"
+        env.update(self._environment)
         return env
 
 
@@ -295,13 +303,16 @@ class ServerProcess(Triton):
         workspace: pathlib.Path,
         log_sink: LogSink,
         on_unexpected_exit: ExitHandler,
-        repositories: Sequence[pathlib.Path] = (),
+        repositories: Sequence[str | os.PathLike[str]] = (),
         auto_complete: bool = False,
+        startup_models: Sequence[str] = (),
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         require_pytriton()  # the version this module patches
         self._log_sink = log_sink
         self._on_unexpected_exit = on_unexpected_exit
-        self._extra_args = tritonserver_args(repositories, auto_complete)
+        self._extra_args = tritonserver_args(repositories, auto_complete, startup_models)
+        self._environment = dict(environment or {})
         super().__init__(
             config=config,
             workspace=workspace,
@@ -321,6 +332,7 @@ class ServerProcess(Triton):
             on_unexpected_exit=self._on_unexpected_exit,
             extra_args=self._extra_args,
             stub_bin=stub_environment(self._workspace.path / "stub-env"),
+            environment=self._environment,
         )
 
     def stop(self, graceful: bool = True) -> bool:

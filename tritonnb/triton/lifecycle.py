@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from tritonnb.errors import BindError, NoServerError, PortBusyError, ServerStartError
 from tritonnb.http_get import answers_ok, get_json
@@ -27,15 +28,27 @@ from tritonnb.triton.browser_route import BrowserRoute, RouteProbe
 from tritonnb.triton.leftovers import record_owner, remove_leftovers
 from tritonnb.triton.logs import ServerLog
 from tritonnb.triton.model_control import ModelControl
+from tritonnb.triton.object_store import StorePath
 from tritonnb.triton.repository import needs_auto_complete
 from tritonnb.triton.settings import ServerSettings
 from tritonnb.triton.supervisor import Supervisor
 
-__all__ = ["EXIT_WAIT_S", "HOME_PREFIX", "STARTUP_TIMEOUT_S", "TritonServer"]
+__all__ = ["EXIT_WAIT_S", "HOME_PREFIX", "STARTUP_TIMEOUT_S", "VERTEX_AI_PLACEHOLDER", "TritonServer"]
 
 STARTUP_TIMEOUT_S = 120.0
 EXIT_WAIT_S = 2.0  # when the process ends, how long a stop waits for a recovery in progress (Jupyter: 2.5 s)
 HOME_PREFIX = "tritonnb-"  # folders are named tritonnb-<pid>-<random>, so leftovers of dead processes can be found
+# Vertex AI's predict route needs its model loaded when tritonserver starts: until the notebook binds a model of that
+# name (which replaces this one), this stands in for it, and answers that it is not bound yet
+VERTEX_AI_PLACEHOLDER = """import triton_python_backend_utils as pb_utils
+
+MESSAGE = "model {name!r} is not served yet: run its cell (tritonnb serves it on Vertex AI's predict route then)"
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(MESSAGE)) for _ in requests]
+"""
 
 
 class TritonServer:
@@ -152,17 +165,30 @@ class TritonServer:
     def _launch(self) -> None:
         self.log.write(f"[tritonnb] starting tritonserver with {json.dumps(self.settings.config, default=str)}")
         workspace = self.home / f"triton-{secrets.token_hex(2)}"
-        repositories = self.settings.repositories
-        auto_complete = needs_auto_complete(repositories)
+        auto_complete = needs_auto_complete(self.settings.repositories)
         if auto_complete:
             self.log.write("[tritonnb] a repository model's config relies on Triton's auto-complete: it stays on")
+        locations, environment = self._triton_repositories()
+        startup_models: list[str] = []
+        vertex_ai = self.settings.vertex_ai
+        if vertex_ai is not None:  # its predict route's model must be loaded as tritonserver starts
+            environment.update(vertex_ai.environment())
+            startup_models.append(vertex_ai.default_model)
+            if not vertex_ai.from_repository:
+                locations.append(_vertex_ai_placeholder(self.home / "vertex-ai", vertex_ai.default_model))
+        launch: dict[str, Any] = {}  # only what this launch needs
+        if startup_models:
+            launch["startup_models"] = startup_models
+        if environment:
+            launch["environment"] = environment
         self._process = ServerProcess(
             TritonConfig(**self.settings.config),
             workspace,
             self.log.write,
             self.supervisor.notice_exit,
-            repositories,
+            locations,
             auto_complete,
+            **launch,
         )
         record_owner(self.home, self._process.shm_prefix)  # so a later start can clean up after a kill -9
         self._process.launch()
@@ -180,6 +206,31 @@ class TritonServer:
         self.started_at = time.monotonic()
         with contextlib.suppress(Exception):
             self.version = get_json(f"{self.http_url}/v2")["version"]
+
+    def _triton_repositories(self) -> tuple[list[str | pathlib.Path], dict[str, str]]:
+        """Where tritonserver finds each served repository, and the variables it needs to read them: a folder as it
+        is; an object store that Triton reads itself by its URL; any other (Azure) copied afresh, at each launch,
+        into this server's folder, which goes at stop (see ``StorePath.store.triton_reads_it`` for why)."""
+        locations: list[str | pathlib.Path] = []
+        environment: dict[str, str] = {}
+        for index, repository in enumerate(self.settings.repositories):
+            if not isinstance(repository, StorePath):
+                locations.append(repository)
+                continue
+            store = repository.store
+            if store.triton_reads_it:
+                locations.append(store.triton_url())
+                environment.update(store.triton_environment())
+                self.log.write(f"[tritonnb] tritonserver reads {store.url} itself, as {store.triton_url()}")
+                continue
+            copy = self.home / f"repository-{index}"
+            shutil.rmtree(copy, ignore_errors=True)
+            store.refresh()
+            started = time.perf_counter()
+            store.download(copy)
+            self.log.write(f"[tritonnb] {store.url} copied to {copy} in {time.perf_counter() - started:.1f} s")
+            locations.append(copy)
+        return locations, environment
 
     def _all_endpoints_answer(self) -> bool:
         """HTTP ready, metrics served (unless turned off) and gRPC ready: Triton starts them one after another.
@@ -328,6 +379,16 @@ class TritonServer:
 
 def _import_torch() -> None:
     import torch  # noqa: F401
+
+
+def _vertex_ai_placeholder(folder: pathlib.Path, name: str) -> pathlib.Path:
+    """A repository (``folder``, made afresh) holding the stand-in for Vertex AI's predict route's model ``name``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / name / "1").mkdir(parents=True)
+    config = f'name: {json.dumps(name)}\nbackend: "python"\nmax_batch_size: 0\ninstance_group [{{ kind: KIND_CPU }}]\n'
+    (folder / name / "config.pbtxt").write_text(config)
+    (folder / name / "1" / "model.py").write_text(VERTEX_AI_PLACEHOLDER.replace("{name!r}", repr(name)))
+    return folder
 
 
 def _socket_root(home: pathlib.Path) -> pathlib.Path:

@@ -1,5 +1,6 @@
 """Existing Triton model repositories (``DIR/<model>/config.pbtxt``, ``DIR/<model>/<version>/...``) served beside
-the notebook's models: the folders are checked before tritonserver starts; their models are loaded after."""
+the notebook's models: the folders (or object store URLs: ``s3://``, ``gs://``, ``as://``) are checked before
+tritonserver starts; their models are loaded after."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from tritonnb.observe.remote_spec import remote_spec
 from tritonnb.signature import ModelSpec
 from tritonnb.states import ModelState
 from tritonnb.triton.model_control import ModelControl
+from tritonnb.triton.object_store import Store, StorePath, StoreURL, is_store_url
 
 __all__ = [
     "LAYOUT",
+    "Location",
     "RepositoryModel",
     "RepositoryModels",
     "failure_text",
@@ -32,6 +35,7 @@ __all__ = [
 
 LAYOUT = "DIR/<model>/config.pbtxt and DIR/<model>/<version>/<model file>"
 _COMMENT = re.compile(r"#[^\n]*")
+Location = pathlib.Path | StorePath  # a repository folder, or a repository in an object store
 _FIELD = {name: re.compile(rf"\b{name}\s*[:\[{{]") for name in ("input", "output", "backend", "platform")}
 
 
@@ -40,7 +44,7 @@ class RepositoryModel:
     """A model of a served repository, as Triton last reported it."""
 
     name: str
-    repository: pathlib.Path
+    repository: Location
     state: ModelState = ModelState.UNAVAILABLE
     version: str = ""  # the versions Triton serves, e.g. "1" or "1,2"
     reason: str = ""  # why it is not ready, from Triton (or tritonnb when it was not loaded)
@@ -51,17 +55,22 @@ class RepositoryModel:
         return {"state": self.state, "version": self.version, "repository": str(self.repository), "reason": self.reason}
 
 
-def repository_paths(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> tuple[pathlib.Path, ...]:
-    """One repository folder or several, as absolute paths; SpecError for one that is missing or holds no model,
-    or for a model name found in two of them (Triton would refuse to load it)."""
+def repository_paths(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> tuple[Location, ...]:
+    """One repository folder or several (absolute paths), or object store URLs (``StorePath``); SpecError for one
+    that is missing or holds no model, for a store that cannot be read (credentials, bucket), or for a model name
+    found in two of them (Triton would refuse to load it)."""
     if value is None:
         return ()
     folders = [value] if isinstance(value, (str, os.PathLike)) else list(value)
-    paths: list[pathlib.Path] = []
+    paths: list[Location] = []
     for folder in folders:
-        path = pathlib.Path(os.path.abspath(pathlib.Path(folder).expanduser()))  # links kept: Triton uses the path
-        if not path.is_dir():
-            raise SpecError(f"model repository {str(folder)!r} is not a folder (expected {LAYOUT})")
+        path: Location
+        if is_store_url(folder):
+            path = store_root(str(folder))
+        else:
+            path = pathlib.Path(os.path.abspath(pathlib.Path(folder).expanduser()))  # links kept: Triton uses the path
+            if not path.is_dir():
+                raise SpecError(f"model repository {str(folder)!r} is not a folder (expected {LAYOUT})")
         if not models_in(path):
             raise SpecError(f"model repository {str(path)!r} holds no model (expected {LAYOUT})")
         if path not in paths:
@@ -72,17 +81,34 @@ def repository_paths(value: str | os.PathLike | Sequence[str | os.PathLike] | No
     return tuple(paths)
 
 
-def models_in(repository: pathlib.Path) -> list[str]:
+def store_root(url: str) -> StorePath:
+    """A repository in an object store, checked: the URL, the credentials, the bucket (SpecError naming each)."""
+    try:
+        store = Store(StoreURL.parse(url), SpecError)
+    except ValueError as error:
+        raise SpecError(f"model repository {url!r}: {error}") from None
+    store.check_bucket()
+    return StorePath(store)
+
+
+def refresh(repositories: Sequence[Location]) -> None:
+    """Read the listings of the object store repositories again (folders on disk are always read afresh)."""
+    for repository in repositories:
+        if isinstance(repository, StorePath):
+            repository.store.refresh()
+
+
+def models_in(repository: Location) -> list[str]:
     """The model folders of a repository: subfolders (not hidden) with a ``config.pbtxt`` or a numbered version
     folder, sorted by name; none if the folder is gone."""
     try:
-        entries = sorted(repository.iterdir())
+        entries = sorted(repository.iterdir(), key=lambda entry: entry.name)
     except OSError:
         return []
     return [entry.name for entry in entries if not entry.name.startswith(".") and _is_model(entry)]
 
 
-def _is_model(folder: pathlib.Path) -> bool:
+def _is_model(folder: Location) -> bool:
     if not folder.is_dir():
         return False
     if (folder / "config.pbtxt").is_file():
@@ -90,7 +116,7 @@ def _is_model(folder: pathlib.Path) -> bool:
     return any(child.is_dir() and child.name.isdigit() for child in folder.iterdir())
 
 
-def _is_python(folder: pathlib.Path) -> bool:
+def _is_python(folder: Location) -> bool:
     """Whether a model runs on the python backend: its config says so, or a version folder holds a model.py."""
     try:
         config = _COMMENT.sub("", (folder / "config.pbtxt").read_text())
@@ -99,11 +125,11 @@ def _is_python(folder: pathlib.Path) -> bool:
     return bool(re.search(r'\bbackend\s*:\s*"python"', config)) or any(folder.glob("[0-9]*/model.py"))
 
 
-def find_models(repositories: Sequence[pathlib.Path]) -> tuple[dict[str, pathlib.Path], dict[str, str]]:
+def find_models(repositories: Sequence[Location]) -> tuple[dict[str, Location], dict[str, str]]:
     """Every model of the repositories, by name, with its repository; and the models left out, with why: a name
     that Triton would confuse with one found in an earlier repository (names compare case-insensitively), or a
     python backend model in a path with whitespace (its stub cannot start there, and the load would hang)."""
-    found: dict[str, pathlib.Path] = {}
+    found: dict[str, Location] = {}
     left_out: dict[str, str] = {}
     for repository in repositories:
         for name in models_in(repository):
@@ -113,7 +139,7 @@ def find_models(repositories: Sequence[pathlib.Path]) -> tuple[dict[str, pathlib
                     f"model {name!r} of {str(repository)!r} clashes with model {clash!r} of {str(found[clash])!r}: "
                     "Triton cannot serve both; rename one, or serve one of the repositories"
                 )
-            elif re.search(r"\s", str(repository / name)) and _is_python(repository / name):
+            elif _has_whitespace(repository / name) and _is_python(repository / name):
                 left_out[name] = (
                     f"model {name!r} of {str(repository)!r} uses the python backend, whose stub cannot start from a "
                     "path with whitespace: move or link the repository to a path without"
@@ -123,7 +149,12 @@ def find_models(repositories: Sequence[pathlib.Path]) -> tuple[dict[str, pathlib
     return found, left_out
 
 
-def needs_auto_complete(repositories: Sequence[pathlib.Path]) -> bool:
+def _has_whitespace(folder: Location) -> bool:
+    """Whether a folder on disk has whitespace in its path (Triton copies a store's model to a folder of its own)."""
+    return isinstance(folder, pathlib.Path) and re.search(r"\s", str(folder)) is not None
+
+
+def needs_auto_complete(repositories: Sequence[Location]) -> bool:
     """Whether a model's config leaves out what Triton's auto-complete fills in (inputs, outputs, backend), or is
     missing: those models only load with auto-complete on, as in a plain tritonserver."""
     for repository in repositories:
@@ -165,7 +196,7 @@ def index_states(index: Sequence[dict[str, Any]]) -> dict[str, tuple[ModelState,
 class RepositoryModels:
     """The models of the served repositories, loaded by name through model control, with their states."""
 
-    def __init__(self, repositories: Sequence[pathlib.Path], control: ModelControl, log: Callable[[str], None]):
+    def __init__(self, repositories: Sequence[Location], control: ModelControl, log: Callable[[str], None]):
         self.repositories = tuple(repositories)
         self.models: dict[str, RepositoryModel] = {}
         self._control = control
@@ -178,7 +209,12 @@ class RepositoryModels:
 
         if not self.repositories:
             return {}
-        found, unloaded = find_models(self.repositories)
+        refresh(self.repositories)
+        try:
+            found, unloaded = find_models(self.repositories)
+        except TritonnbError as error:  # an object store that cannot be read now
+            self._log(f"[tritonnb] not loaded: {error}")
+            return {"": str(error)}
         models: dict[str, RepositoryModel] = {}
         for name, repository in found.items():
             notebook = next((n for n in notebook_models if n.lower() == name.lower()), None)

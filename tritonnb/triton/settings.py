@@ -1,18 +1,18 @@
-"""Server settings: PyTriton's precedence (argument > PYTRITON_TRITON_CONFIG_* > default) plus port choice."""
+"""Server settings: PyTriton's precedence (argument > PYTRITON_TRITON_CONFIG_* > default), port choice, the model
+repositories served beside the notebook's models, and Triton's Vertex AI routes."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
 import os
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 from tritonnb.errors import PortBusyError, SpecError
 from tritonnb.triton._pytriton import triton_config_fields, triton_config_from_env
 from tritonnb.triton.ports import next_free_port, port_is_free
-from tritonnb.triton.repository import repository_paths
+from tritonnb.triton.repository import Location, find_models, repository_paths
 
 __all__ = [
     "ALL_INTERFACES",
@@ -20,7 +20,9 @@ __all__ = [
     "ENDPOINTS",
     "LOOPBACK",
     "UNSUPPORTED",
+    "VERTEX_AI_ROUTES",
     "ServerSettings",
+    "VertexAi",
     "is_loopback",
     "resolve_settings",
 ]
@@ -40,6 +42,37 @@ DEFAULTS: dict[str, Any] = {
     "metrics_config": ("summary_latencies=true",),
 }
 
+# where Vertex AI's routes are when AIP_PREDICT_ROUTE / AIP_HEALTH_ROUTE are not set (as in the exported README)
+VERTEX_AI_ROUTES = {"AIP_PREDICT_ROUTE": "/predict", "AIP_HEALTH_ROUTE": "/health"}
+VERTEX_AI_DEFAULT_PORT = 8080  # Triton's, when AIP_HTTP_PORT is not set
+VERTEX_AI_FIELDS = ("allow_vertex_ai", "vertex_ai_port", "vertex_ai_default_model")  # TritonConfig's
+
+
+@dataclasses.dataclass(frozen=True)
+class VertexAi:
+    """Triton's Vertex AI routes, served beside HTTP and gRPC on a port of their own (on all interfaces: Triton 2.51
+    has no address option for them).
+
+    Triton picks the predict route's model when it starts, among the models loaded then; the notebook's models are
+    bound later. So ``default_model`` is either a model of a served repository, loaded at start, or else a
+    placeholder tritonnb loads at start under that name, which the notebook's model of that name replaces when it is
+    bound. Any other model answers there with the header ``X-Vertex-Ai-Triton-Redirect: v2/models/NAME/infer``.
+    """
+
+    port: int
+    default_model: str
+    predict_route: str
+    health_route: str
+    from_repository: bool  # the default model is a served repository's; else a placeholder until the notebook's
+
+    def environment(self) -> dict[str, str]:
+        """What tritonserver reads the routes from."""
+        return {"AIP_PREDICT_ROUTE": self.predict_route, "AIP_HEALTH_ROUTE": self.health_route}
+
+    def url(self, route: str) -> str:
+        """A route's URL on this machine."""
+        return f"http://{LOOPBACK}:{self.port}{route}"
+
 
 @dataclasses.dataclass
 class ServerSettings:
@@ -48,7 +81,8 @@ class ServerSettings:
     config: dict[str, Any]
     notes: list[str]
     picked_ports: list[str] = dataclasses.field(default_factory=list)  # endpoints whose port was not asked for
-    repositories: tuple[pathlib.Path, ...] = ()  # Triton model repositories served beside the notebook's models
+    repositories: tuple[Location, ...] = ()  # Triton model repositories served beside the notebook's models
+    vertex_ai: VertexAi | None = None  # Triton's Vertex AI routes, when asked for
 
     def port(self, endpoint: str) -> int:
         """The port of ``http``, ``grpc`` or ``metrics``."""
@@ -106,12 +140,19 @@ def resolve_settings(
     public: bool = False,
     log_verbose: int | None = None,
     model_repository: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    vertex_ai_port: int | None = None,
+    vertex_ai_default_model: str | None = None,
     **config: Any,
 ) -> ServerSettings:
     """Merge defaults, environment and arguments; pick free ports where none was asked for.
 
     ``model_repository``: one folder or several, each a Triton model repository whose models are served beside the
-    notebook's (``PYTRITON_TRITON_CONFIG_MODEL_REPOSITORY`` when not given); checked here, before anything starts.
+    notebook's (``PYTRITON_TRITON_CONFIG_MODEL_REPOSITORY`` when not given), or an object store's URL (``s3://``,
+    ``gs://``, ``as://``); checked here, before anything starts.
+
+    ``vertex_ai_port``: also serve Vertex AI's routes there (``AIP_PREDICT_ROUTE``, ``AIP_HEALTH_ROUTE``; ``/predict``
+    and ``/health`` when unset); the predict route runs ``vertex_ai_default_model`` (see ``VertexAi``), which may be
+    left out when the served repositories hold exactly one model.
     """
     unknown = sorted(set(config) - triton_config_fields())
     if unknown:
@@ -130,8 +171,22 @@ def resolve_settings(
     from_env = triton_config_from_env()
     env_repository = from_env.pop("model_repository", None)
     repositories = repository_paths(model_repository if model_repository is not None else env_repository)
+    # Vertex AI's fields, from the environment (PYTRITON_TRITON_CONFIG_*) unless given here
+    vertex = {key: source.pop(key) for source in (from_env, explicit) for key in VERTEX_AI_FIELDS if key in source}
+    vertex_ai = _vertex_ai(
+        vertex_ai_port if vertex_ai_port is not None else vertex.get("vertex_ai_port"),
+        vertex_ai_default_model or vertex.get("vertex_ai_default_model"),
+        bool(vertex.get("allow_vertex_ai")),
+        repositories,
+    )
     chosen = {**from_env, **explicit}
-    settings = ServerSettings(config={**DEFAULTS, **chosen}, notes=[], repositories=repositories)
+    if vertex_ai is not None:
+        chosen.update(
+            allow_vertex_ai=True, vertex_ai_port=vertex_ai.port, vertex_ai_default_model=vertex_ai.default_model
+        )
+    elif os.environ.get("AIP_MODE") == "PREDICTION":  # Triton would turn to Vertex AI's routes alone
+        chosen.update(allow_vertex_ai=False, allow_http=True, allow_grpc=True)
+    settings = ServerSettings(config={**DEFAULTS, **chosen}, notes=[], repositories=repositories, vertex_ai=vertex_ai)
     _check_supported(settings.config)
     if ":" in settings.address("http"):
         raise SpecError(
@@ -139,6 +194,14 @@ def resolve_settings(
             "address (it builds its own URL from it without brackets); use 127.0.0.1, or IPv6 for gRPC/metrics only"
         )
     taken: set[int] = set()
+    if vertex_ai is not None:
+        if not port_is_free(ALL_INTERFACES, vertex_ai.port):
+            raise PortBusyError(f"Vertex AI port {vertex_ai.port} is already in use by another process; choose another")
+        taken.add(vertex_ai.port)
+        settings.notes.append(
+            f"Vertex AI routes on port {vertex_ai.port} of all interfaces (Triton has no address option for them): "
+            f"POST {vertex_ai.predict_route} runs {vertex_ai.default_model!r}, GET {vertex_ai.health_route}"
+        )
     for endpoint in ENDPOINTS:
         key = f"{endpoint}_port"
         port, address = settings.port(endpoint), settings.address(endpoint)
@@ -158,3 +221,36 @@ def resolve_settings(
     if settings.public:
         settings.notes.append("listening on all interfaces: anyone who can reach this machine can call the models")
     return settings
+
+
+def _vertex_ai(
+    port: int | str | None, default_model: str | None, allowed: bool, repositories: Sequence[Location]
+) -> VertexAi | None:
+    """Triton's Vertex AI routes, if asked for (a port, or ``allow_vertex_ai``: ``AIP_HTTP_PORT`` or 8080)."""
+    if port is None and not allowed:
+        if default_model:
+            raise SpecError("vertex_ai_default_model needs vertex_ai_port: the port of Vertex AI's routes")
+        return None
+    if port is None:
+        port = os.environ.get("AIP_HTTP_PORT") or VERTEX_AI_DEFAULT_PORT
+    found, _ = find_models(repositories)
+    if not default_model:
+        if len(found) != 1:
+            raise SpecError(
+                "vertex_ai_port needs vertex_ai_default_model=NAME (--vertex-ai-default-model): the model Vertex AI's "
+                "predict route runs. Triton picks it when it starts, before the notebook's models are bound (then "
+                "NAME answers once its cell has run); other models answer there with the header "
+                "X-Vertex-Ai-Triton-Redirect: v2/models/<name>/infer"
+            )
+        default_model = next(iter(found))
+    routes = {name: os.environ.get(name) or route for name, route in VERTEX_AI_ROUTES.items()}
+    for name, route in routes.items():
+        if not route.startswith("/"):
+            raise SpecError(f"{name}={route!r}: a route starts with '/'")
+    return VertexAi(
+        port=int(port),
+        default_model=default_model,
+        predict_route=routes["AIP_PREDICT_ROUTE"],
+        health_route=routes["AIP_HEALTH_ROUTE"],
+        from_repository=default_model in found,
+    )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import math
 import shlex
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from tritonnb.signature import ModelSpec, TensorSpec
 from tritonnb.triton.browser_route import BrowserRoute
@@ -14,7 +16,18 @@ from tritonnb.triton.browser_route import BrowserRoute
 if TYPE_CHECKING:
     from tritonnb.serving.binding import BindResult
 
-__all__ = ["ModelCard", "curl_command", "example_shape", "generate_curl", "grpc_stream_snippet", "python_snippet"]
+__all__ = [
+    "ModelCard",
+    "binary_curl_command",
+    "curl_command",
+    "example_file",
+    "example_shape",
+    "generate_curl",
+    "grpc_stream_snippet",
+    "python_snippet",
+]
+# bash: the 4-byte little-endian length that goes before each element of a BYTES tensor in Triton's binary data
+LE32 = "le32() { printf \"$(printf '\\\\%03o' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24)))\"; }"
 
 
 def example_shape(spec: TensorSpec, batched: bool) -> list[int]:
@@ -33,8 +46,23 @@ def model_path(name: str, version: int | None = None) -> str:
     return f"/v2/models/{name}" + ("" if version is None else f"/versions/{version}")
 
 
-def curl_command(http_url: str, model: ModelSpec, version: int | None = None) -> str:
-    """A curl command that sends one example request to the model's HTTP infer endpoint (of ``version``)."""
+def example_file(spec: TensorSpec) -> str:
+    """The file whose bytes the card's examples send for a bytes input, e.g. ``image.bin``."""
+    return f"{spec.name}.bin"
+
+
+def _has_bytes_input(model: ModelSpec) -> bool:
+    return any(spec.dtype == "bytes" for spec in model.inputs)
+
+
+def curl_command(
+    http_url: str, model: ModelSpec, version: int | None = None, files: Mapping[str, str] | None = None
+) -> str:
+    """A command that sends one example request to the model's HTTP infer endpoint (of ``version``): plain JSON, or
+    where an input is bytes, a bash command sending Triton's binary tensor data with each bytes input read from a
+    file (``files`` by input name; default ``example_file``)."""
+    if _has_bytes_input(model):
+        return binary_curl_command(http_url, model, version, files)
     inputs = []
     for spec in model.inputs:
         shape = example_shape(spec, model.batched)
@@ -49,14 +77,50 @@ def curl_command(http_url: str, model: ModelSpec, version: int | None = None) ->
     return f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}"
 
 
+def binary_curl_command(
+    http_url: str, model: ModelSpec, version: int | None = None, files: Mapping[str, str] | None = None
+) -> str:
+    """A bash command sending one example request as Triton's binary tensor data: a JSON header (numbers inline),
+    then each element of each bytes input as a 4-byte little-endian length and the bytes of its file; the header's
+    length goes in ``Inference-Header-Content-Length``. JSON strings cannot carry arbitrary bytes (a PNG, say)."""
+    lines = [LE32]
+    inputs: list[dict] = []
+    parts: list[str] = []
+    sizes: dict[str, str] = {}  # a placeholder in the JSON header -> the shell arithmetic that replaces it
+    for index, spec in enumerate(model.inputs):
+        shape = example_shape(spec, model.batched)
+        count = math.prod(shape)
+        if spec.dtype != "bytes":
+            data = _example_values(spec, count)
+            inputs.append({"name": spec.name, "datatype": spec.triton_dtype, "shape": shape, "data": data})
+            continue
+        path = (files or {}).get(spec.name, example_file(spec))
+        file, size = f"F{index}", f"N{index}"
+        lines.append(f'{file}={shlex.quote(path)}; {size}=$(($(wc -c < "${file}")))')
+        sizes[f"@{size}@"] = f"$(({count} * (${size} + 4)))"
+        parameters = {"binary_data_size": f"@{size}@"}
+        inputs.append({"name": spec.name, "datatype": "BYTES", "shape": shape, "parameters": parameters})
+        parts += [f'le32 "${size}"; cat "${file}"'] * count
+    header = json.dumps({"inputs": inputs}, separators=(",", ":"))
+    for placeholder, size in sizes.items():
+        header = header.replace(f'"{placeholder}"', f"'{size}'")
+    url = f"{http_url}{model_path(model.name, version)}/infer"
+    lines += [
+        f"HEADER='{header}'",
+        f'{{ printf %s "$HEADER"; {"; ".join(parts)}; }} | curl -s -X POST {url} '
+        '-H "Inference-Header-Content-Length: ${#HEADER}" --data-binary @-',
+    ]
+    return "\n".join(lines)
+
+
 def _input_lines(client_module: str, model: ModelSpec) -> list[str]:
     """Snippet lines that build one example request's ``inputs`` with ``client_module``'s InferInput (as binary
     tensor data over HTTP; gRPC sends raw bytes anyway)."""
     lines = ["inputs = []"]
     for spec in model.inputs:
         shape = example_shape(spec, model.batched)
-        if spec.dtype == "bytes":
-            data = f'np.full({shape}, b"hello", dtype=object)'
+        if spec.dtype == "bytes":  # the bytes of a file: a PNG, say
+            data = f'np.full({shape}, pathlib.Path("{example_file(spec)}").read_bytes(), dtype=object)'
         elif spec.dtype == "bool":
             data = f"np.ones({shape}, dtype=bool)"
         else:
@@ -74,6 +138,7 @@ def python_snippet(http_url: str, model: ModelSpec, version: int | None = None) 
     float32[3,224,224] input, about 12 % for a float32[64] one, and bytes tensors keep their exact bytes."""
     names = json.dumps([o.name for o in model.outputs])
     lines = [
+        *_pathlib_import(model),
         "import numpy as np",
         "import tritonclient.http as httpclient",
         "",
@@ -86,6 +151,11 @@ def python_snippet(http_url: str, model: ModelSpec, version: int | None = None) 
     return "\n".join(lines)
 
 
+def _pathlib_import(model: ModelSpec) -> list[str]:
+    """``import pathlib`` where a bytes input is read from a file."""
+    return ["import pathlib"] if _has_bytes_input(model) else []
+
+
 def _version_argument(version: int | None) -> str:
     return "" if version is None else f'model_version="{version}", '
 
@@ -93,6 +163,7 @@ def _version_argument(version: int | None) -> str:
 def grpc_stream_snippet(grpc_url: str, model: ModelSpec) -> str:
     """A tritonclient snippet that sends the example request over a gRPC stream and prints each response."""
     lines = [
+        *_pathlib_import(model),
         "import queue",
         "import numpy as np",
         "import tritonclient.grpc as grpcclient",
@@ -117,8 +188,9 @@ def grpc_stream_snippet(grpc_url: str, model: ModelSpec) -> str:
 def generate_curl(http_url: str, model: ModelSpec, version: int | None = None) -> str | None:
     """A curl command for Triton's generate extension: ``/generate`` (one JSON answer) or, for a stream,
     ``/generate_stream`` (server-sent events, one per response). None when an input has more than one dim per
-    sample: the extension takes each input as a flat JSON list (or one value) and cannot shape it."""
-    if model.shaped_inputs:
+    sample: the extension takes each input as a flat JSON list (or one value) and cannot shape it; and for a model
+    that answers once and takes bytes, which JSON strings cannot carry (``curl_command`` sends them)."""
+    if model.shaped_inputs or (_has_bytes_input(model) and not model.stream):
         return None
     body = {spec.name: _example_values(spec, 1 if spec.dims[0] == -1 else spec.dims[0]) for spec in model.inputs}
     text = json.dumps(body, separators=(",", ":"))
@@ -140,6 +212,7 @@ class ModelCard:
     route: BrowserRoute = dataclasses.field(default_factory=BrowserRoute)  # how a browser reaches the server
     version: int | None = None  # the version the URLs and snippets name (None: the newest, Triton's default)
     versions: str = "1"  # every version the model serves, e.g. "1,2"
+    strip: Any = dataclasses.field(default=None, repr=False, compare=False)  # a live strip shown under the card
 
     @property
     def path(self) -> str:
@@ -172,9 +245,15 @@ class ModelCard:
     def curl(self) -> str | None:
         """Copy-pasteable curl command: the infer endpoint, or for a stream ``/generate_stream`` (None when Triton's
         generate extension cannot take the inputs)."""
+        return self.curl_command()
+
+    def curl_command(self, files: Mapping[str, str] | None = None) -> str | None:
+        """The card's curl: the infer endpoint's (bytes inputs read from ``files``, by input name; default
+        ``<input>.bin``), or for a stream ``/generate_stream`` (None when Triton's generate extension cannot take the
+        inputs)."""
         if self.spec.stream:
             return generate_curl(self.http_url, self.spec, self.version)
-        return curl_command(self.http_url, self.spec, self.version)
+        return curl_command(self.http_url, self.spec, self.version, files)
 
     @property
     def generate_curl(self) -> str | None:
@@ -205,8 +284,10 @@ class ModelCard:
                 ("Python (gRPC stream)", "python", self.python),
             ]
         else:
+            files = ", ".join(example_file(s) for s in self.spec.inputs if s.dtype == "bytes")
+            curl_title = f"curl (bash; binary tensor data, bytes read from {files})" if files else "curl"
             shown = [
-                ("curl", "curl", self.curl),
+                (curl_title, "curl", self.curl),
                 ("curl (generate: plain JSON)", "generate", self.generate_curl),
                 ("in this notebook", "notebook", f"{in_notebook}(...)"),
                 ("Python (tritonclient)", "python", self.python),
@@ -243,6 +324,14 @@ class ModelCard:
             f"  device {self.device}; batching {self.spec.batching_text()}\n  {self._checks()}\n{tensors}\n\n"
             + "\n\n".join(f"{short}:\n{text}" for _, short, text in self._snippets())
         )
+
+    def _ipython_display_(self) -> None:
+        """Show the card (HTML, or text where there is no HTML) and, under it, its live strip if it has one."""
+        from IPython.display import display
+
+        display({"text/plain": repr(self), "text/html": self._repr_html_()}, raw=True)
+        if self.strip is not None:
+            display(self.strip)
 
     def _repr_html_(self) -> str:
         e = html.escape
