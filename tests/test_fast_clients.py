@@ -175,11 +175,13 @@ def test_client_sends_binary_tensors_both_ways_and_bytes_round_trip(proxy):
     assert [i["datatype"] for i in exchange.request_header()["inputs"]] == ["FP32", "BYTES"]
 
 
-def test_card_python_snippet_runs_as_shown_and_sends_binary_tensors(proxy, triton):
+def test_card_python_snippet_runs_as_shown_and_sends_binary_tensors(proxy, triton, tmp_path):
     proxy.take()
     snippet = python_snippet(proxy.url, triton.models["mixed"].spec)
     assert "binary_data=True" in snippet
-    printed = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, check=True).stdout
+    (tmp_path / "text.bin").write_bytes(b"hello")  # the snippet sends a bytes input's file
+    run = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, check=True, cwd=tmp_path)
+    printed = run.stdout
     assert printed.splitlines() == ["y [[2. 2. 2. 2.]]", "loud [[b'HELLO']]"]
     (exchange,) = proxy.take()
     assert_binary(exchange, ["y", "loud"])

@@ -191,6 +191,7 @@ def bind(
     timeout_s: float | None = None,
     stream: bool | None = None,
     version: int | None = None,
+    warmup_data: Any = None,
 ) -> ModelCard:
     """Serve ``fn`` as Triton model ``name`` (starting the server if needed); binding a name again hot-swaps it.
 
@@ -203,6 +204,9 @@ def bind(
     ``output:float32[-1]``. ``fn`` gets torch tensors on ``device`` (CUDA when available) and may return a tensor,
     a tuple or a dict of tensors or numpy arrays. ``warmup`` generated batches run through ``fn`` before Triton
     may route a request to it (and before a swap takes effect); a failing warm-up raises and changes nothing.
+    ``warmup_data``: warm up with your own samples instead (a dict of arrays by input name, one array for a one-input
+    model, or an .npz file; a batch, or one sample), ``warmup`` times, at least once: for a model whose generated
+    inputs mean nothing (PNG bytes, say).
 
     Every result is checked against the declared outputs (dtype, per-sample dims, batch size): a mismatch fails that
     request with a message naming the output, and the other requests of its batch still get their results. With
@@ -230,6 +234,7 @@ def bind(
         timeout_s=timeout_s,
         stream=stream,
         version=1 if version is None else version,
+        warmup_data=warmup_data,
     )
     slot = current.models[name]
     served = slot.versions[1 if version is None else version]

@@ -374,6 +374,12 @@ class TritonMagics(Magics):
     @argument("--device", metavar="cpu|cuda|cuda:K", help="where the tensors go (default: cuda if available)")
     @argument("--warmup", type=_non_negative, default=0, metavar="N", help="generated batches to run before serving")
     @argument(
+        "--warmup-data",
+        metavar="VAR_OR_NPZ",
+        help="warm up with your own samples instead (a variable: dict of arrays by input name, or one array; or an "
+        ".npz file), --warmup times, at least once",
+    )
+    @argument(
         "--timeout-s",
         type=_positive_float,
         metavar="S",
@@ -422,6 +428,7 @@ class TritonMagics(Magics):
             timeout_s=args.timeout_s,
             stream=True if args.stream else None,
             version=args.version,
+            warmup_data=self._input_data(args.warmup_data),
         )
         if self._has_kernel():  # live widgets need a kernel with comms
             from tritonnb.observe.monitor import target_for

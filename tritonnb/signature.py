@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import pathlib
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from tritonnb.errors import SignatureMismatch, SpecError
+from tritonnb.errors import SignatureMismatch, SpecError, TritonnbError
 
 __all__ = [
     "DEFAULT_MAX_BATCH_SIZE",
@@ -19,6 +21,7 @@ __all__ = [
     "DTYPE_OF_TRITON",
     "ModelSpec",
     "TensorSpec",
+    "arrays_from",
     "as_specs",
     "default_inputs",
     "parameters_of",
@@ -218,3 +221,38 @@ class ModelSpec:
         else:
             batching = "off"
         return f"{batching}, {self.instances} inst."
+
+
+def arrays_from(spec: ModelSpec, data: Any, error: type[TritonnbError] = SpecError) -> dict[str, np.ndarray]:
+    """A request's arrays from a user's data: a dict of arrays by input name, one array for a one-input model, or an
+    .npz path; torch tensors too. A sample without a batch dim gets one when the model batches, and a batch of one
+    loses it when the model does not, so the same data fits every config. ``error`` is raised naming what is wrong."""
+    if isinstance(data, (str, pathlib.Path)):
+        try:
+            with np.load(data, allow_pickle=True) as npz:  # bytes inputs are object arrays; the file is the user's
+                data = dict(npz)
+        except (OSError, ValueError) as failure:
+            raise error(f"cannot read input data from {str(data)!r}: {failure}") from None
+    if not isinstance(data, dict):
+        if len(spec.inputs) != 1:
+            raise error(f"model {spec.name!r} has {len(spec.inputs)} inputs: give a dict of arrays by name")
+        data = {spec.inputs[0].name: data}
+    names = [s.name for s in spec.inputs]
+    if sorted(data) != sorted(names):
+        raise error(f"input data names {sorted(data)} do not match the model's inputs {names}")
+    arrays = {}
+    for input_spec in spec.inputs:
+        value = data[input_spec.name]
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        try:
+            array = np.asarray(value, dtype=object if input_spec.dtype == "bytes" else input_spec.numpy_dtype)
+        except (TypeError, ValueError) as failure:
+            raise error(f"input data {input_spec.name!r} is not {input_spec.dtype}: {failure}") from None
+        per_sample = len(input_spec.dims)
+        if spec.batched and array.ndim == per_sample:  # one sample: the request carries a batch of one
+            array = array[np.newaxis]
+        elif not spec.batched and array.ndim == per_sample + 1 and array.shape[0] == 1:  # a batch of one, unbatched
+            array = array[0]
+        arrays[input_spec.name] = array
+    return arrays

@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from tritonnb.errors import BindError, ModelError, SpecError, UnknownModelError,
 from tritonnb.observe.stream_stats import StreamStats
 from tritonnb.serving.served_function import ErrorReporter, ServedFunction, Trampoline
 from tritonnb.serving.streaming import StreamTrampoline, first_response
-from tritonnb.signature import ModelSpec, sample_inputs
+from tritonnb.signature import ModelSpec, arrays_from, sample_inputs
 from tritonnb.triton._pytriton import Generation
 from tritonnb.triton.channel import ChannelGeneration
 
@@ -38,15 +38,17 @@ RETIRE_QUIET_S = 1.0  # a replaced generation is retired once it has had no requ
 RETIRE_MAX_WAIT_S = 120.0  # ... or after this long in any case
 
 
-def warm_up(target: ServedFunction, spec: ModelSpec, batches: int) -> None:
-    """Run ``batches`` generated batches through the same path requests take, before anyone can call it."""
+def warm_up(target: ServedFunction, spec: ModelSpec, batches: int, data: Any = None) -> None:
+    """Run ``batches`` batches through the same path requests take, before anyone can call it: generated from the
+    inputs, or ``data``, the user's own samples (see ``arrays_from``; then at least one batch)."""
     if batches < 0:
         raise SpecError(f"warm-up batches must be 0 or more, got {batches}")
     trampoline = Trampoline(target, spec.batched)
     rng = np.random.default_rng(0)
     batch_size = spec.max_batch_size if spec.batched else None
-    for number in range(1, batches + 1):
-        request = SimpleNamespace(data=sample_inputs(spec.inputs, batch_size, rng))
+    samples = None if data is None else arrays_from(spec, data)
+    for number in range(1, max(batches, 1 if samples is not None else 0) + 1):
+        request = SimpleNamespace(data=samples if samples is not None else sample_inputs(spec.inputs, batch_size, rng))
         try:
             if spec.stream:  # a stream may never end: its first response is warm-up enough
                 first_response(target, request.data)
@@ -208,17 +210,19 @@ class ModelSlot:
         warmup: int = 0,
         timeout_s: float | None = None,
         version: int = 1,
+        warmup_data: Any = None,
     ) -> BindResult:
         """Serve ``fn`` as ``version`` of this slot's model: swap in place if that version serves with the same spec,
         else load (beside the other versions, which keep serving).
 
-        With ``warmup`` > 0 the function first runs that many generated batches; if one fails, nothing changes.
+        With ``warmup`` > 0 the function first runs that many generated batches (of ``warmup_data``, the user's own
+        samples, when given: then at least one); if one fails, nothing changes.
         ``timeout_s``: a call that takes longer fails its requests (the function itself runs on).
         """
         started = time.perf_counter()
         self._check_version(spec, version)
         target = self._served(fn, spec, device, timeout_s)
-        warm_up(target, spec, warmup)
+        warm_up(target, spec, warmup, warmup_data)
         with self._lock:
             self._check_version(spec, version)  # again: another bind may have added a version meanwhile
             trampoline = self._trampolines.get(version)

@@ -7,6 +7,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from tritonnb.errors import SpecError, UnknownModelError
 from tritonnb.serving.binding import BindResult, LoadedGeneration, ModelControl, ModelSlot
@@ -48,6 +49,7 @@ class ModelRegistry:
         warmup: int,
         timeout_s: float | None,
         version: int = 1,
+        warmup_data: Any = None,
     ) -> BindResult:
         """Serve ``fn`` as ``version`` of model ``name`` (see ``Server.bind``); binding it again hot-swaps it."""
         self._check_name(name)
@@ -66,7 +68,7 @@ class ModelRegistry:
             workspace = self._sockets / f"m{secrets.token_hex(3)}"
             slot = self.slots[name] = ModelSlot(spec, workspace, self._control, self._report_error)
         try:
-            return slot.bind(fn, spec, resolved_device, warmup, timeout_s, version)
+            return slot.bind(fn, spec, resolved_device, warmup, timeout_s, version, warmup_data)
         except BaseException:
             if not slot.versions:  # never served: forget it
                 self.slots.pop(name, None)

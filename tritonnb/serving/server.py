@@ -67,11 +67,13 @@ class Server(TritonServer):
         timeout_s: float | None = None,
         stream: bool | None = None,
         version: int = 1,
+        warmup_data: Any = None,
     ) -> BindResult:
         """Serve ``fn`` as ``version`` of model ``name``, beside the versions already served; binding the same name
         and version again hot-swaps it.
 
-        ``warmup`` batches, generated from the inputs, run through ``fn`` before Triton may route a request to it.
+        ``warmup`` batches, generated from the inputs (or of ``warmup_data``, the user's own samples), run through
+        ``fn`` before Triton may route a request to it.
         ``timeout_s``: requests whose call of ``fn`` takes longer get an error (the call itself runs on).
         ``stream``: serve ``fn`` as a stream (None: when it is a generator function); see ``tritonnb.bind``.
         """
@@ -90,7 +92,7 @@ class Server(TritonServer):
                 )
             spec_options = {"max_batch_size": max_batch_size, "batch_delay_us": batch_delay_us, "instances": instances}
             return self.registry.bind(
-                fn, name, inputs, outputs, spec_options, streams, device, warmup, timeout_s, version
+                fn, name, inputs, outputs, spec_options, streams, device, warmup, timeout_s, version, warmup_data
             )
 
     def unbind(self, name: str, version: int | None = None) -> None:
