@@ -20,6 +20,7 @@ from tritonnb.serving.streaming import StreamTrampoline, first_response
 from tritonnb.signature import ModelSpec, arrays_from, sample_inputs
 from tritonnb.triton._pytriton import Generation
 from tritonnb.triton.channel import ChannelGeneration
+from tritonnb.triton.memory import trim_heap
 
 __all__ = [
     "RETIRE_MAX_WAIT_S",
@@ -70,6 +71,7 @@ def retire_side_by_side(generations: list[LoadedGeneration]) -> None:
         generations[0].retire()
     for thread in threads:
         thread.join()
+    trim_heap()
 
 
 def run_to_the_end(work: Callable[[], None]) -> None:
@@ -405,6 +407,7 @@ class ModelSlot:
         if cancelled is not None:  # whoever pops it first retires it, exactly once
             cancelled.set()
             generation.retire()
+            trim_heap()
 
     def _record_error(self, model_name: str, text: str) -> None:
         self.last_error = text
