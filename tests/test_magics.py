@@ -271,6 +271,23 @@ def test_cell_starts_the_server_when_none_runs(shell, monkeypatch):
     assert infer_json(f"http://127.0.0.1:{http}", "auto", [fp32("x", [1, 1], [1])])[1]["outputs"][0]["data"] == [5]
 
 
+def test_start_private_and_no_private(shell, monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")  # under JupyterHub: private unless told not
+    for flag, private in (("--no-private", False), ("", True)):
+        http, grpc, metrics = free_ports()
+        assert tritonnb.server() is None
+        with capture_output() as out:
+            shell.run_line_magic(
+                "triton", f"start {flag} --http-port {http} --grpc-port {grpc} --metrics-port {metrics}"
+            )
+            shell.run_line_magic("triton", "status")
+        assert ("private serving: off" in out.stdout) is not private, out.stdout
+        assert ("need this kernel's access token" in out.stdout) is private
+        status, _ = infer_json(f"http://127.0.0.1:{http}", "nothing", [fp32("x", [1], [1])])
+        assert status == (403 if private else 404)  # refused before the model is even looked up
+        shell.run_line_magic("triton", "stop")
+
+
 STREAM_CELL = """
 import time
 

@@ -7,9 +7,22 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-__all__ = ["TIMEOUT_S", "answers_ok", "base_url", "get_bytes", "get_json", "get_text"]
+__all__ = [
+    "ACCESS_TOKEN_HEADER",
+    "GRPC_ACCESS_TOKEN_HEADER",
+    "TIMEOUT_S",
+    "answers_ok",
+    "base_url",
+    "get_bytes",
+    "get_json",
+    "get_text",
+    "own_token",
+    "token_headers",
+]
 
 TIMEOUT_S = 1.0
+ACCESS_TOKEN_HEADER = "triton-access-token"  # Triton's restricted APIs over HTTP (PyTriton's TRITON_ACCESS_HEADER)
+GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"  # the same over gRPC, as metadata
 
 
 def base_url(url: str) -> str:
@@ -45,12 +58,37 @@ def get_text(url: str, headers: dict[str, str] | None = None, timeout: float = T
         return None
 
 
-def answers_ok(url: str) -> bool:
+def answers_ok(url: str, headers: dict[str, str] | None = None) -> bool:
     """True when the URL answers 200 (health and readiness checks); False otherwise, whatever went wrong."""
     try:
-        return get_text(url) is not None
+        return get_text(url, headers) is not None
     except OSError:
         return False
+
+
+def token_headers(token: str | None, grpc: bool = False) -> dict[str, str]:
+    """The header carrying a Triton access token (none without a token); ``grpc``: as gRPC metadata."""
+    if not token:
+        return {}
+    return {GRPC_ACCESS_TOKEN_HEADER if grpc else ACCESS_TOKEN_HEADER: token}
+
+
+def own_token(url: str) -> str | None:
+    """The current access token of the server this process started, when ``url`` (HTTP, with or without its
+    scheme or a path) is its HTTP or gRPC endpoint; else None. Read at each call: each start makes a new one."""
+    from tritonnb import state
+
+    server = state.server
+    if server is None:
+        return None
+    wanted = base_url(url).split("://", 1)[1].split("/", 1)[0]
+    own = {server.http_url.removeprefix("http://"), server.grpc_url.removeprefix("grpc://")}
+    if wanted not in own:
+        return None
+    try:
+        return server.access_token
+    except AssertionError:  # never launched
+        return None
 
 
 def get_json(url: str, headers: dict[str, str] | None = None) -> dict:

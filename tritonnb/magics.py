@@ -204,6 +204,13 @@ class TritonMagics(Magics):
         argument("--metrics-port", type=_port, metavar="N", help="metrics port (default: 8002, or the next free one)"),
         argument("--public", action="store_true", help="bind all interfaces, not only 127.0.0.1"),
         argument(
+            "--private",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="only this kernel's access token may call and read the models (inference, metadata, model config); "
+            "default: on under JupyterHub, off elsewhere; --no-private turns it off",
+        ),
+        argument(
             "--public-url",
             metavar="URL",
             help="where a browser reaches the HTTP port, for port forwarding or a reverse proxy, e.g. "
@@ -558,7 +565,7 @@ class TritonMagics(Magics):
             options = {
                 k: v
                 for k, v in vars(args).items()
-                if k not in ("command", "no_restart") and v is not None and v is not False
+                if k not in ("command", "no_restart") and v is not None and (v is not False or k == "private")
             }
             options["restart_on_crash"] = not args.no_restart
         if tritonnb.server() is not None:

@@ -12,13 +12,14 @@ import contextlib
 import queue
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from tritonnb import state
 from tritonnb.errors import InputError, StreamClosed
+from tritonnb.http_get import own_token, token_headers
 from tritonnb.serving.torch_bridge import host_array
 from tritonnb.signature import DTYPE_OF_TRITON
 
@@ -27,9 +28,20 @@ __all__ = ["ModelClient"]
 
 class ModelClient:
     """Calls model ``name`` over HTTP with binary tensor data (and streams over gRPC); inputs by position (declared
-    order) or by name. ``version``: that version of the model (None: the newest Triton serves)."""
+    order) or by name. ``version``: that version of the model (None: the newest Triton serves).
 
-    def __init__(self, name: str, url: str, grpc_url: str | None = None, version: int | None = None) -> None:
+    ``token``: the access token to send (a string, or a callable read at each call); None: that of the server this
+    process started when ``url`` is its endpoint (read at each call, as each start makes a new one), which a private
+    server (``tritonnb.start(private=True)``) needs for inference and metadata."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        grpc_url: str | None = None,
+        version: int | None = None,
+        token: str | Callable[[], str | None] | None = None,
+    ) -> None:
         self.name = name
         self.version = "" if version is None else str(version)  # tritonclient's "no version"
         self.url = url.removeprefix("http://")
@@ -37,6 +49,7 @@ class ModelClient:
         self._streams: dict[Any, queue.SimpleQueue] = {}  # gRPC clients of streams open now, and where they deliver
         self._local = threading.local()  # one tritonclient per thread (they are not thread-safe)
         self._metadata: tuple[list[tuple[str, str]], list[str]] | None = None  # inputs, output names
+        self._token = token
         self._lock = threading.Lock()
         self._generation = 0  # close() starts a new one: older connections are not used again
         self._open: weakref.WeakSet[Any] = weakref.WeakSet()  # every thread's; gone with its thread
@@ -80,6 +93,12 @@ class ModelClient:
             arrived.put((None, StreamClosed(f"the stream of model {self.name!r} was closed: its client was closed")))
             _end_stream(client, cancel=True)
 
+    def token(self) -> str | None:
+        """The access token sent with each request now (see the class)."""
+        if callable(self._token):
+            return self._token()
+        return self._token if self._token is not None else own_token(self.url)
+
     def input_names(self) -> list[tuple[str, str]]:
         """The model's inputs as (name, Triton datatype), read once from its metadata."""
         return self._signature()[0]
@@ -92,7 +111,7 @@ class ModelClient:
         """The model's inputs and output names, read over HTTP the first time."""
         if self._metadata is None:
             with self._connection() as client:
-                self._read_metadata(client.get_model_metadata(self.name, self.version))
+                self._read_metadata(client.get_model_metadata(self.name, self.version, headers=self._headers()))
         assert self._metadata is not None
         return self._metadata
 
@@ -113,7 +132,9 @@ class ModelClient:
             infer_inputs.append(infer_input)
         outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in self.output_names()]
         with self._connection() as client:
-            result = client.infer(self.name, infer_inputs, model_version=self.version, outputs=outputs)
+            result = client.infer(
+                self.name, infer_inputs, model_version=self.version, outputs=outputs, headers=self._headers()
+            )
         return {output["name"]: result.as_numpy(output["name"]) for output in result.get_response()["outputs"]}
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
@@ -126,9 +147,10 @@ class ModelClient:
         if self.grpc_url is None:
             raise InputError(f"no gRPC endpoint is known for model {self.name!r}")
         client = grpcclient.InferenceServerClient(self.grpc_url)
+        headers = self._headers(grpc=True)
         try:
             if self._metadata is None:  # over this connection: no HTTP client for a thread that only streams
-                self._read_metadata(client.get_model_metadata(self.name, self.version, as_json=True))
+                self._read_metadata(client.get_model_metadata(self.name, self.version, headers=headers, as_json=True))
             infer_inputs = []
             for name, datatype, array in self._arrays(args, kwargs):
                 infer_input = grpcclient.InferInput(name, list(array.shape), datatype)
@@ -142,7 +164,7 @@ class ModelClient:
             self._streams[client] = arrived
         finished = False
         try:
-            client.start_stream(callback=lambda result, error: arrived.put((result, error)))
+            client.start_stream(callback=lambda result, error: arrived.put((result, error)), headers=headers or None)
             client.async_stream_infer(
                 self.name, infer_inputs, model_version=self.version, enable_empty_final_response=True
             )
@@ -158,6 +180,10 @@ class ModelClient:
             with self._lock:
                 self._streams.pop(client, None)
             _end_stream(client, cancel=not finished)
+
+    def _headers(self, grpc: bool = False) -> dict[str, str] | None:
+        """The access token's header (gRPC metadata with ``grpc``), or None without a token."""
+        return token_headers(self.token(), grpc) or None
 
     def _arrays(self, args: tuple, kwargs: dict[str, Any]) -> list[tuple[str, str, np.ndarray]]:
         """The request's inputs as (name, Triton datatype, host array), checked against the model's inputs."""

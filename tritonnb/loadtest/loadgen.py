@@ -12,7 +12,9 @@ With ``--stream`` the body is the JSON of Triton's generate extension, each clie
 stream after another, and the latencies are each stream's time to its first response; the times between responses
 come as ``between_ms``, and ``responses`` counts them.
 Requests go to the server tritonnb started (127.0.0.1 by default); the loop is bounded by ``--duration`` (and
-``--max-requests``).
+``--max-requests``). ``--header NAME:VALUE`` (repeatable) adds a header to every request, e.g. the access token a
+private server needs; ``--header-env NAME=VAR`` adds header NAME with the value of environment variable VAR, which
+keeps a token off the command line (other users of the machine can read command lines, as ``ps`` does).
 """
 
 from __future__ import annotations
@@ -22,15 +24,17 @@ import http.client
 import itertools
 import json
 import math
+import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = [
     "answer_problem",
     "error_message",
+    "extra_headers",
     "main",
     "read_stream",
     "requested_outputs",
@@ -154,7 +158,14 @@ def run_clients(client: Callable[[], None], concurrency: int, start_at: float, s
 
 
 def run_streams(
-    host: str, port: int, model: str, concurrency: int, duration_s: float, warmup_s: float, body: bytes
+    host: str,
+    port: int,
+    model: str,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
 ) -> dict:
     """C clients, each opening one SSE stream after another on its own connection until the time is up. Responses
     count from the end of the warm-up on (also those of a stream opened before it); times to first response count
@@ -167,13 +178,14 @@ def run_streams(
     lock = threading.Lock()
     start_at = time.perf_counter() + warmup_s
     stop_at = start_at + duration_s
+    sent_headers = {"Content-Type": "application/json", **(headers or {})}
 
     def client() -> None:
         nonlocal responses
         connection = http.client.HTTPConnection(host, port, timeout=60)
         while (sent := time.perf_counter()) < stop_at:
             try:
-                connection.request("POST", path, body, {"Content-Type": "application/json"})
+                connection.request("POST", path, body, sent_headers)
                 response = connection.getresponse()
                 if response.status != 200:
                     arrivals, failed = [], f"{response.status} {error_message(response.read())}"
@@ -217,11 +229,16 @@ def run(
     body: bytes,
     header_length: int,
     max_requests: int,
+    headers: Mapping[str, str] | None = None,
 ) -> dict:
     """C clients, each on its own keep-alive connection, sending back to back until the time is up; an answer that
     is not a 200 carrying the outputs asked for (see ``answer_problem``) counts as an error."""
     expected = requested_outputs(body, header_length or len(body))
-    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)}
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(header_length),
+        **(headers or {}),
+    }
     path = f"/v2/models/{model}/infer"
     latencies: list[float] = []
     errors: list[str] = []
@@ -260,6 +277,24 @@ def run(
     return {"latencies_ms": latencies, "errors": len(errors), "error_samples": errors[:5], "elapsed_s": elapsed}
 
 
+def extra_headers(given: list[str], from_env: list[str]) -> dict[str, str]:
+    """The headers of ``--header NAME:VALUE`` and ``--header-env NAME=VAR``; ValueError naming a bad one."""
+    headers: dict[str, str] = {}
+    for text in given:
+        name, colon, value = text.partition(":")
+        if not colon or not name.strip():
+            raise ValueError(f"--header {text!r}: expected NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    for text in from_env:
+        name, equals, variable = text.partition("=")
+        if not equals or not name.strip() or not variable:
+            raise ValueError(f"--header-env {text!r}: expected NAME=VARIABLE")
+        if variable not in os.environ:
+            raise ValueError(f"--header-env {text!r}: environment variable {variable} is not set")
+        headers[name.strip()] = os.environ[variable]
+    return headers
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run, print the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -274,13 +309,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header-length", type=int, default=0)
     parser.add_argument("--max-requests", type=int, default=10_000_000)
     parser.add_argument("--stream", action="store_true", help="open /generate_stream streams (body: generate JSON)")
+    parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="send this header too")
+    parser.add_argument(
+        "--header-env",
+        action="append",
+        default=[],
+        metavar="NAME=VAR",
+        help="send header NAME with the value of environment variable VAR (keeps a token off the command line)",
+    )
     args = parser.parse_args(argv)
+    try:
+        headers = extra_headers(args.header, args.header_env)
+    except ValueError as error:
+        parser.error(str(error))
     with open(args.body, "rb") as f:
         body = f.read()
     if args.version is not None:  # the model's URL path names the version: /v2/models/NAME/versions/N/...
         args.model = f"{args.model}/versions/{args.version}"
     if args.stream:
-        streamed = run_streams(args.host, args.port, args.model, args.concurrency, args.duration, args.warmup, body)
+        streamed = run_streams(
+            args.host, args.port, args.model, args.concurrency, args.duration, args.warmup, body, headers
+        )
         json.dump(streamed, sys.stdout)
         return 0
     result = run(
@@ -293,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         body,
         args.header_length,
         args.max_requests,
+        headers,
     )
     json.dump(result, sys.stdout)
     return 0

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -20,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tritonnb.errors import NoServerError, PerfError, SpecError, UnknownModelError
-from tritonnb.http_get import base_url
+from tritonnb.http_get import ACCESS_TOKEN_HEADER, base_url
 from tritonnb.loadtest.results import Level, PerfRow, StreamRow, columns
 from tritonnb.observe.metrics_text import PHASES
 from tritonnb.observe.remote_spec import remote_spec
 from tritonnb.observe.stats_api import fetch_stats
-from tritonnb.signature import ModelSpec, sample_inputs
+from tritonnb.signature import ModelSpec, arrays_from, sample_inputs
 
 if TYPE_CHECKING:
     from tritonnb.loadtest.charts import Chart
@@ -54,13 +55,15 @@ __all__ = [
 ROW_KEYS = columns(PerfRow)
 STREAM_ROW_KEYS = columns(StreamRow)  # a streaming model's: latency is the time to the first response
 WARMUP_S = 0.5
+TOKEN_VARIABLE = "TRITONNB_LOADGEN_TOKEN"  # how the built-in engine's child process gets the access token
 Progress = Callable[[int, int, dict[str, Any]], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """Where a load test sends requests, and the token of the server's statistics API (None: not sent; the
-    server-side columns stay empty if the server restricts it)."""
+    """Where a load test sends requests, and the server's access token, sent with every request and statistics
+    read (None: not sent; the server-side columns stay empty if the server restricts its statistics, and every
+    request fails with 403 on a private server)."""
 
     http_url: str
     token: str | None = None
@@ -180,40 +183,11 @@ def rows_dataframe(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:
 
 
 def input_arrays(spec: ModelSpec, data: Any = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """The request's arrays: ``data`` (dict by input name, one array for a one-input model, or an .npz path), or
-    random arrays generated from the signature (a batch of one). A sample without a batch dim gets one when the
-    model batches, and a batch of one loses it when the model does not, so the same data fits every config."""
+    """The request's arrays: ``data`` (see ``tritonnb.signature.arrays_from``), or random arrays generated from the
+    signature (a batch of one)."""
     if data is None:
         return sample_inputs(spec.inputs, 1 if spec.batched else None, np.random.default_rng(seed))
-    if isinstance(data, (str, pathlib.Path)):
-        try:
-            with np.load(data) as npz:
-                data = dict(npz)
-        except (OSError, ValueError) as error:
-            raise PerfError(f"cannot read input data from {str(data)!r}: {error}") from None
-    if not isinstance(data, dict):
-        if len(spec.inputs) != 1:
-            raise PerfError(f"model {spec.name!r} has {len(spec.inputs)} inputs: give a dict of arrays by name")
-        data = {spec.inputs[0].name: data}
-    names = [s.name for s in spec.inputs]
-    if sorted(data) != sorted(names):
-        raise PerfError(f"input data names {sorted(data)} do not match the model's inputs {names}")
-    arrays = {}
-    for input_spec in spec.inputs:
-        value = data[input_spec.name]
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
-        try:
-            array = np.asarray(value, dtype=object if input_spec.dtype == "bytes" else input_spec.numpy_dtype)
-        except (TypeError, ValueError) as error:
-            raise PerfError(f"input data {input_spec.name!r} is not {input_spec.dtype}: {error}") from None
-        per_sample = len(input_spec.dims)
-        if spec.batched and array.ndim == per_sample:  # one sample: the request carries a batch of one
-            array = array[np.newaxis]
-        elif not spec.batched and array.ndim == per_sample + 1 and array.shape[0] == 1:  # a batch of one, unbatched
-            array = array[0]
-        arrays[input_spec.name] = array
-    return arrays
+    return arrays_from(spec, data, PerfError)
 
 
 def batch_size(spec: ModelSpec, arrays: dict[str, np.ndarray]) -> int:
@@ -322,8 +296,13 @@ class _BuiltinEngine:
             f"--header-length={self.header_length}",
             *(["--stream"] if self.spec.stream else []),
             *([f"--version={endpoint.version}"] if endpoint.version is not None else []),
+            *([f"--header-env={ACCESS_TOKEN_HEADER}={TOKEN_VARIABLE}"] if endpoint.token else []),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=self.duration_s + self.warmup_s + 120)
+        # the token goes through the environment: other users of the machine can read a command line (ps)
+        environment = {**os.environ, TOKEN_VARIABLE: endpoint.token} if endpoint.token else None
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=self.duration_s + self.warmup_s + 120, env=environment
+        )
         if done.returncode != 0:
             raise PerfError(f"the load generator failed:\n{done.stderr[-2000:]}")
         measured = json.loads(done.stdout)

@@ -16,7 +16,7 @@ import urllib.request
 from typing import Any, Protocol
 
 from tritonnb.errors import NoServerError, SpecError
-from tritonnb.http_get import answers_ok, base_url, get_json, get_text
+from tritonnb.http_get import answers_ok, base_url, get_json, get_text, token_headers
 from tritonnb.observe.host_gpu import nvml_gpus
 from tritonnb.observe.metrics_text import PHASES, parse_metrics
 from tritonnb.observe.stats_api import fetch_stats
@@ -200,7 +200,7 @@ class Monitor:
         snapshot.state = ServerState.READY if snapshot.ready else ServerState.NOT_READY
         if not self._version:
             with contextlib.suppress(OSError, ValueError):  # some servers restrict their metadata
-                self._version = get_json(f"{target.http_url}/v2").get("version", "")
+                self._version = get_json(f"{target.http_url}/v2", token_headers(self._token())).get("version", "")
         snapshot.version = self._version
         if server is not None:
             snapshot.uptime_s = server.uptime_s
@@ -232,10 +232,18 @@ class Monitor:
             model.success_total, model.failure_total = last.success_total, last.failure_total
         return model
 
-    def _stats(self) -> dict[str, dict[str, float]] | None:
+    def _token(self) -> str | None:
+        """The access token to send: our own server's current one (new on every start), else the target's."""
         server = self.target.server
-        token = server.access_token if server is not None else self.target.access_token  # new on every restart
-        return fetch_stats(self.target.http_url, token)
+        if server is None:
+            return self.target.access_token
+        try:
+            return server.access_token
+        except AssertionError:  # between two processes of a relaunch
+            return None
+
+    def _stats(self) -> dict[str, dict[str, float]] | None:
+        return fetch_stats(self.target.http_url, self._token())
 
     def _static_model(self, name: str, state: ModelState, facts: ModelFacts | None) -> ModelMetrics:
         model = ModelMetrics(name=name, state=state)
@@ -255,7 +263,7 @@ class Monitor:
     def _model(
         self, name: str, counters: dict[str, float], failures: dict[str, float], now: float, facts: ModelFacts | None
     ) -> ModelMetrics:
-        ready = answers_ok(f"{self.target.http_url}/v2/models/{name}/ready")
+        ready = answers_ok(f"{self.target.http_url}/v2/models/{name}/ready", token_headers(self._token()))
         model = self._static_model(name, ModelState.READY if ready else ModelState.UNAVAILABLE, facts)
         if model.state == ModelState.LOADING or not counters:
             return model

@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any
 
 from tritonnb.errors import NoServerError, SpecError, UnknownModelError
-from tritonnb.http_get import get_bytes
+from tritonnb.http_get import get_bytes, own_token, token_headers
 from tritonnb.signature import DTYPE_OF_TRITON, ModelSpec, TensorSpec
 
 __all__ = ["TIMEOUT_S", "remote_spec"]
@@ -20,9 +20,10 @@ TIMEOUT_S = 10.0
 
 def remote_spec(http_url: str, name: str, token: str | None = None) -> ModelSpec:
     """Model ``name``'s inputs and outputs (``GET /v2/models/NAME``) and batching (``GET .../config``) on the
-    server at ``http_url``; ``token`` is sent along for a server that restricts them."""
+    server at ``http_url``; ``token`` is sent along for a server that restricts them (a private one does). None:
+    the current token of the server this process started, when ``http_url`` is its endpoint."""
     base = f"{http_url.rstrip('/')}/v2/models/{urllib.parse.quote(name, safe='')}"
-    headers = {"triton-access-token": token} if token else {}
+    headers = token_headers(token if token is not None else own_token(http_url))
     metadata, config = _get(base, headers, name, http_url), _get(f"{base}/config", headers, name, http_url)
     max_batch_size = int(config.get("max_batch_size", 0) or 0)
     batcher = config.get("dynamic_batching") or {}

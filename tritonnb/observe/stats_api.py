@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tritonnb.http_get import get_json
+from tritonnb.http_get import get_json, token_headers
 from tritonnb.observe.metrics_text import PHASES
 
 __all__ = ["counters_from_stats", "fetch_stats"]
@@ -34,7 +34,7 @@ def fetch_stats(
 ) -> dict[str, dict[str, float]] | None:
     """Per-model counters from the statistics API (all models, or one, or one version of one); None when it is not
     reachable or refused."""
-    headers = {"triton-access-token": token} if token else {}
+    headers = token_headers(token)
     if model is None:
         path = "/v2/models/stats"
     else:

@@ -30,6 +30,7 @@ def server_status(server: Server) -> dict[str, Any]:
         "grpc_url": server.grpc_url,
         "metrics_url": server.metrics_url,
         "public": server.settings.public,
+        "private": server.settings.private,
         "browser": dataclasses.asdict(server.browser_route),
         "log_file": str(server.log.path),
         "restart_on_crash": server.supervisor.enabled,

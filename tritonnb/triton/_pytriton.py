@@ -46,7 +46,14 @@ try:
     from pytriton.models.model import Model, ModelEvent
     from pytriton.proxy.data import TensorStore
     from pytriton.server.triton_server import TritonServer
-    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
+    from pytriton.triton import (
+        DEFAULT_PROTECTED_ENDPOINTS,
+        TRITON_ACCESS_HEADER,
+        Triton,
+        TritonConfig,
+        TritonLifecyclePolicy,
+        TritonSecurityConfig,
+    )
     from pytriton.utils.distribution import get_libs_path
     from pytriton.utils.workspace import Workspace
 except ImportError:
@@ -62,6 +69,7 @@ __all__ = [
     "MODEL_IMPORT_PATCHES",
     "NO_AUTO_COMPLETE",
     "NO_INFERENCE_IN_FLIGHT",
+    "PRIVATE_ENDPOINTS",
     "PROXY_PATCHES",
     "PR_SET_PDEATHSIG",
     "PYTRITON_HOME",
@@ -72,6 +80,7 @@ __all__ = [
     "STUB_IMPORT",
     "STUB_MODULE",
     "TENSOR_STORE_REGION",
+    "TRITON_ACCESS_HEADER",
     "ExitHandler",
     "Generation",
     "LogSink",
@@ -86,6 +95,7 @@ __all__ = [
     "process_group",
     "process_running",
     "remove_shared_memory",
+    "restricted_endpoints",
     "shared_memory_mapped_by",
     "stub_file",
     "stubs_among",
@@ -111,6 +121,14 @@ SERVICE_STARTED = {
 # nothing to add; PyTriton sends a complete config, so skipping it saves about 1.3 s per load on this machine. It stays
 # on when a served model repository holds a model whose config relies on it.
 NO_AUTO_COMPLETE = "--disable-auto-complete-config"
+# Triton's API groups that private serving puts behind the access token too, beside PyTriton's default ones (model
+# control, statistics, trace, logging, shared memory). Server health stays open: it says nothing about the models.
+PRIVATE_ENDPOINTS = ("inference", "metadata", "model-config")
+
+
+def restricted_endpoints(private: bool) -> list[str]:
+    """The API groups (Triton's ``--http-restricted-api`` names) that need the server's access token."""
+    return [*DEFAULT_PROTECTED_ENDPOINTS, *(PRIVATE_ENDPOINTS if private else ())]
 
 
 def tritonserver_args(
@@ -307,6 +325,7 @@ class ServerProcess(Triton):
         auto_complete: bool = False,
         startup_models: Sequence[str] = (),
         environment: Mapping[str, str] | None = None,
+        private: bool = False,
     ) -> None:
         require_pytriton()  # the version this module patches
         self._log_sink = log_sink
@@ -317,6 +336,8 @@ class ServerProcess(Triton):
             config=config,
             workspace=workspace,
             triton_lifecycle_policy=TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=False),
+            # a new token for each process; ``private`` puts inference, metadata and model config behind it too
+            security_config=TritonSecurityConfig(restricted_endpoints=restricted_endpoints(private)),
         )
 
     def _initialize_server(self) -> None:

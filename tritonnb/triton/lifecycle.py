@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tritonnb.errors import BindError, NoServerError, PortBusyError, ServerStartError
-from tritonnb.http_get import answers_ok, get_json
+from tritonnb.http_get import answers_ok, get_json, token_headers
 from tritonnb.states import ServerState
 from tritonnb.triton import process_exit
 from tritonnb.triton._pytriton import PYTRITON_HOME, ServerProcess, TritonConfig
@@ -123,9 +123,19 @@ class TritonServer:
 
     @property
     def access_token(self) -> str:
-        """The token that Triton's repository, statistics, trace and logging endpoints require."""
+        """The token that Triton's repository, statistics, trace and logging endpoints require, and, when the
+        server is private (``settings.private``), inference, metadata and model config too. New on each start."""
         assert self._process is not None
         return self._process.get_access_token()
+
+    @property
+    def private(self) -> bool:
+        """Whether inference, metadata and model config need the access token (``tritonnb.start(private=...)``)."""
+        return self.settings.private
+
+    def auth_headers(self, grpc: bool = False) -> dict[str, str]:
+        """The header carrying the current access token, for HTTP (or, ``grpc``, as gRPC metadata)."""
+        return token_headers(self.access_token, grpc)
 
     @property
     def pid(self) -> int | None:
@@ -181,6 +191,8 @@ class TritonServer:
             launch["startup_models"] = startup_models
         if environment:
             launch["environment"] = environment
+        if self.settings.private:
+            launch["private"] = True
         self._process = ServerProcess(
             TritonConfig(**self.settings.config),
             workspace,
@@ -205,7 +217,7 @@ class TritonServer:
             time.sleep(0.02)
         self.started_at = time.monotonic()
         with contextlib.suppress(Exception):
-            self.version = get_json(f"{self.http_url}/v2")["version"]
+            self.version = get_json(f"{self.http_url}/v2", self.auth_headers())["version"]  # metadata: private
 
     def _triton_repositories(self) -> tuple[list[str | pathlib.Path], dict[str, str]]:
         """Where tritonserver finds each served repository, and the variables it needs to read them: a folder as it

@@ -6,11 +6,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tritonnb.http_get import answers_ok
+from tritonnb.http_get import GRPC_ACCESS_TOKEN_HEADER, answers_ok, token_headers
 
 __all__ = ["GRPC_ACCESS_TOKEN_HEADER", "ModelControl"]
-
-GRPC_ACCESS_TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 
 
 class ModelControl:
@@ -29,9 +27,13 @@ class ModelControl:
         with contextlib.closing(grpcclient.InferenceServerClient(self.grpc_target)) as client:
             yield client
 
+    def token(self) -> str:
+        """The server's current access token (new on each start)."""
+        return self._token()
+
     def headers(self) -> dict[str, str]:
-        """The header carrying the access token that model control requires."""
-        return {GRPC_ACCESS_TOKEN_HEADER: self._token()}
+        """The gRPC header carrying the access token that model control requires."""
+        return token_headers(self._token(), grpc=True)
 
     def server_ready(self) -> bool:
         """Whether the gRPC endpoint says the server is ready."""
@@ -57,8 +59,8 @@ class ModelControl:
             client.unload_model(name, headers=self.headers())
 
     def is_model_ready(self, name: str) -> bool:
-        """Whether Triton reports the model ready."""
-        return answers_ok(f"{self.http_url}/v2/models/{name}/ready")
+        """Whether Triton reports the model ready (with the token: a private server may restrict it)."""
+        return answers_ok(f"{self.http_url}/v2/models/{name}/ready", token_headers(self._token()))
 
     def repository_index(self) -> list[dict[str, Any]]:
         """Triton's repository index: one entry per model version, with its state and reason."""

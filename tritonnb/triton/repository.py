@@ -235,7 +235,7 @@ class RepositoryModels:
         for name, model in models.items():
             if model.state == ModelState.READY:
                 with contextlib.suppress(TritonnbError):  # a dtype tritonnb does not handle: shown without spec
-                    model.spec = remote_spec(self._control.http_url, name)
+                    model.spec = remote_spec(self._control.http_url, name, self._control.token())
         for why in unloaded.values():
             self._log(f"[tritonnb] not loaded: {why}")
         return unloaded

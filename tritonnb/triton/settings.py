@@ -25,6 +25,7 @@ __all__ = [
     "VertexAi",
     "is_loopback",
     "resolve_settings",
+    "under_jupyterhub",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -46,6 +47,17 @@ DEFAULTS: dict[str, Any] = {
 VERTEX_AI_ROUTES = {"AIP_PREDICT_ROUTE": "/predict", "AIP_HEALTH_ROUTE": "/health"}
 VERTEX_AI_DEFAULT_PORT = 8080  # Triton's, when AIP_HTTP_PORT is not set
 VERTEX_AI_FIELDS = ("allow_vertex_ai", "vertex_ai_port", "vertex_ai_default_model")  # TritonConfig's
+# what JupyterHub sets in a single-user server's environment, and so in its kernels' (see triton.browser_route)
+JUPYTERHUB_SIGNS = ("JUPYTERHUB_SERVICE_PREFIX", "JUPYTERHUB_API_TOKEN")
+PRIVATE_NOTE = (
+    "private serving: inference, metadata and model config need this kernel's access token (header "
+    "triton-access-token; gRPC triton-grpc-protocol-triton-access-token); this kernel's clients, panels, "
+    "%triton_perf and cards send it; server.access_token has it (new on each start)"
+)
+PRIVATE_OFF_NOTE = (
+    "private serving: off, any user of this machine can call the models (--private or private=True: only with this "
+    "kernel's access token)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +95,7 @@ class ServerSettings:
     picked_ports: list[str] = dataclasses.field(default_factory=list)  # endpoints whose port was not asked for
     repositories: tuple[Location, ...] = ()  # Triton model repositories served beside the notebook's models
     vertex_ai: VertexAi | None = None  # Triton's Vertex AI routes, when asked for
+    private: bool = False  # inference, metadata and model config need the access token too
 
     def port(self, endpoint: str) -> int:
         """The port of ``http``, ``grpc`` or ``metrics``."""
@@ -122,6 +135,11 @@ def _check_supported(config: dict[str, Any]) -> None:
         raise SpecError("log_file is not supported: tritonnb keeps Triton's log itself (%triton logs, server.log.path)")
 
 
+def under_jupyterhub() -> bool:
+    """Whether this kernel runs under JupyterHub (one machine, many users), by the variables JupyterHub sets."""
+    return any(os.environ.get(name) for name in JUPYTERHUB_SIGNS)
+
+
 def is_loopback(address: str) -> bool:
     """Whether an address (or ``localhost``) only reaches this machine: 127.0.0.0/8 or ::1."""
     if address == "localhost":
@@ -142,6 +160,7 @@ def resolve_settings(
     model_repository: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     vertex_ai_port: int | None = None,
     vertex_ai_default_model: str | None = None,
+    private: bool | None = None,
     **config: Any,
 ) -> ServerSettings:
     """Merge defaults, environment and arguments; pick free ports where none was asked for.
@@ -153,6 +172,10 @@ def resolve_settings(
     ``vertex_ai_port``: also serve Vertex AI's routes there (``AIP_PREDICT_ROUTE``, ``AIP_HEALTH_ROUTE``; ``/predict``
     and ``/health`` when unset); the predict route runs ``vertex_ai_default_model`` (see ``VertexAi``), which may be
     left out when the served repositories hold exactly one model.
+
+    ``private``: inference, metadata and model config need the server's access token too (as model control and
+    statistics always do), so that other users of a shared machine cannot call or read the models; server health
+    stays open. None: on under JupyterHub, off elsewhere.
     """
     unknown = sorted(set(config) - triton_config_fields())
     if unknown:
@@ -186,7 +209,13 @@ def resolve_settings(
         )
     elif os.environ.get("AIP_MODE") == "PREDICTION":  # Triton would turn to Vertex AI's routes alone
         chosen.update(allow_vertex_ai=False, allow_http=True, allow_grpc=True)
-    settings = ServerSettings(config={**DEFAULTS, **chosen}, notes=[], repositories=repositories, vertex_ai=vertex_ai)
+    settings = ServerSettings(
+        config={**DEFAULTS, **chosen},
+        notes=[],
+        repositories=repositories,
+        vertex_ai=vertex_ai,
+        private=under_jupyterhub() if private is None else bool(private),
+    )
     _check_supported(settings.config)
     if ":" in settings.address("http"):
         raise SpecError(
@@ -219,7 +248,12 @@ def resolve_settings(
                 settings.config[key] = port = free
         taken.add(port)
     if settings.public:
-        settings.notes.append("listening on all interfaces: anyone who can reach this machine can call the models")
+        reach = "has this kernel's token" if settings.private else "can reach this machine"
+        settings.notes.append(f"listening on all interfaces: anyone who {reach} can call the models")
+    if settings.private:
+        settings.notes.append(PRIVATE_NOTE)
+    else:
+        settings.notes.append(PRIVATE_OFF_NOTE)
     return settings
 
 

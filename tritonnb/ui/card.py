@@ -10,6 +10,7 @@ import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from tritonnb.http_get import ACCESS_TOKEN_HEADER, GRPC_ACCESS_TOKEN_HEADER, own_token
 from tritonnb.signature import ModelSpec, TensorSpec
 from tritonnb.triton.browser_route import BrowserRoute
 
@@ -27,6 +28,12 @@ __all__ = [
     "python_snippet",
 ]
 # bash: the 4-byte little-endian length that goes before each element of a BYTES tensor in Triton's binary data
+# a browser cannot send a header with a link it opens, and Triton takes the access token from the header alone
+# (measured: not as ?triton-access-token= nor as a cookie); jupyter-server-proxy passes headers on, adds none
+PRIVATE_LINKS_NOTE = (
+    "private server: metadata and config need the access token header, which a browser link cannot send; use the "
+    "snippets (they carry it)"
+)
 LE32 = "le32() { printf \"$(printf '\\\\%03o' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24)))\"; }"
 
 
@@ -55,14 +62,23 @@ def _has_bytes_input(model: ModelSpec) -> bool:
     return any(spec.dtype == "bytes" for spec in model.inputs)
 
 
+def _token_flag(token: str | None) -> str:
+    """curl's flag sending the access token (a private server's inference needs it), with a space before it."""
+    return f" -H {shlex.quote(f'{ACCESS_TOKEN_HEADER}: {token}')}" if token else ""
+
+
 def curl_command(
-    http_url: str, model: ModelSpec, version: int | None = None, files: Mapping[str, str] | None = None
+    http_url: str,
+    model: ModelSpec,
+    version: int | None = None,
+    files: Mapping[str, str] | None = None,
+    token: str | None = None,
 ) -> str:
     """A command that sends one example request to the model's HTTP infer endpoint (of ``version``): plain JSON, or
     where an input is bytes, a bash command sending Triton's binary tensor data with each bytes input read from a
-    file (``files`` by input name; default ``example_file``)."""
+    file (``files`` by input name; default ``example_file``). ``token``: the access token, sent as a header."""
     if _has_bytes_input(model):
-        return binary_curl_command(http_url, model, version, files)
+        return binary_curl_command(http_url, model, version, files, token)
     inputs = []
     for spec in model.inputs:
         shape = example_shape(spec, model.batched)
@@ -74,11 +90,15 @@ def curl_command(
         )
     body = json.dumps({"inputs": inputs}, separators=(",", ":"))
     url = f"{http_url}{model_path(model.name, version)}/infer"
-    return f"curl -s -X POST {url} -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    return f"curl -s -X POST {url} -H 'Content-Type: application/json'{_token_flag(token)} -d {shlex.quote(body)}"
 
 
 def binary_curl_command(
-    http_url: str, model: ModelSpec, version: int | None = None, files: Mapping[str, str] | None = None
+    http_url: str,
+    model: ModelSpec,
+    version: int | None = None,
+    files: Mapping[str, str] | None = None,
+    token: str | None = None,
 ) -> str:
     """A bash command sending one example request as Triton's binary tensor data: a JSON header (numbers inline),
     then each element of each bytes input as a 4-byte little-endian length and the bytes of its file; the header's
@@ -108,7 +128,7 @@ def binary_curl_command(
     lines += [
         f"HEADER='{header}'",
         f'{{ printf %s "$HEADER"; {"; ".join(parts)}; }} | curl -s -X POST {url} '
-        '-H "Inference-Header-Content-Length: ${#HEADER}" --data-binary @-',
+        f'-H "Inference-Header-Content-Length: ${{#HEADER}}"{_token_flag(token)} --data-binary @-',
     ]
     return "\n".join(lines)
 
@@ -132,11 +152,13 @@ def _input_lines(client_module: str, model: ModelSpec) -> list[str]:
     return lines
 
 
-def python_snippet(http_url: str, model: ModelSpec, version: int | None = None) -> str:
+def python_snippet(http_url: str, model: ModelSpec, version: int | None = None, token: str | None = None) -> str:
     """A tritonclient snippet that sends the same example request and prints each output. Tensors travel as binary
     data both ways (Triton's binary tensor extension), not as JSON: on loopback 70-90 times faster for a
-    float32[3,224,224] input, about 12 % for a float32[64] one, and bytes tensors keep their exact bytes."""
+    float32[3,224,224] input, about 12 % for a float32[64] one, and bytes tensors keep their exact bytes.
+    ``token``: the access token, sent as a header."""
     names = json.dumps([o.name for o in model.outputs])
+    headers = f"headers={json.dumps({ACCESS_TOKEN_HEADER: token})}, " if token else ""
     lines = [
         *_pathlib_import(model),
         "import numpy as np",
@@ -145,7 +167,7 @@ def python_snippet(http_url: str, model: ModelSpec, version: int | None = None) 
         f'client = httpclient.InferenceServerClient("{http_url.removeprefix("http://")}")',
         *_input_lines("httpclient", model),
         f"outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in {names}]",
-        f'result = client.infer("{model.name}", inputs, {_version_argument(version)}outputs=outputs)',
+        f'result = client.infer("{model.name}", inputs, {_version_argument(version)}{headers}outputs=outputs)',
     ]
     lines += [f'print("{o.name}", result.as_numpy("{o.name}"))' for o in model.outputs]
     return "\n".join(lines)
@@ -160,8 +182,10 @@ def _version_argument(version: int | None) -> str:
     return "" if version is None else f'model_version="{version}", '
 
 
-def grpc_stream_snippet(grpc_url: str, model: ModelSpec) -> str:
-    """A tritonclient snippet that sends the example request over a gRPC stream and prints each response."""
+def grpc_stream_snippet(grpc_url: str, model: ModelSpec, token: str | None = None) -> str:
+    """A tritonclient snippet that sends the example request over a gRPC stream and prints each response;
+    ``token``: the access token, sent as the stream's metadata."""
+    headers = f", headers={json.dumps({GRPC_ACCESS_TOKEN_HEADER: token})}" if token else ""
     lines = [
         *_pathlib_import(model),
         "import queue",
@@ -170,7 +194,7 @@ def grpc_stream_snippet(grpc_url: str, model: ModelSpec) -> str:
         "",
         f'client = grpcclient.InferenceServerClient("{grpc_url.removeprefix("grpc://")}")',
         "responses = queue.Queue()",
-        "client.start_stream(callback=lambda result, error: responses.put((result, error)))",
+        f"client.start_stream(callback=lambda result, error: responses.put((result, error)){headers})",
         *_input_lines("grpcclient", model),
         f'client.async_stream_infer("{model.name}", inputs, enable_empty_final_response=True)',
         "while True:",
@@ -185,7 +209,7 @@ def grpc_stream_snippet(grpc_url: str, model: ModelSpec) -> str:
     return "\n".join(lines)
 
 
-def generate_curl(http_url: str, model: ModelSpec, version: int | None = None) -> str | None:
+def generate_curl(http_url: str, model: ModelSpec, version: int | None = None, token: str | None = None) -> str | None:
     """A curl command for Triton's generate extension: ``/generate`` (one JSON answer) or, for a stream,
     ``/generate_stream`` (server-sent events, one per response). None when an input has more than one dim per
     sample: the extension takes each input as a flat JSON list (or one value) and cannot shape it; and for a model
@@ -195,7 +219,8 @@ def generate_curl(http_url: str, model: ModelSpec, version: int | None = None) -
     body = {spec.name: _example_values(spec, 1 if spec.dims[0] == -1 else spec.dims[0]) for spec in model.inputs}
     text = json.dumps(body, separators=(",", ":"))
     endpoint, flags = ("generate_stream", "-sN") if model.stream else ("generate", "-s")
-    return f"curl {flags} -X POST {http_url}{model_path(model.name, version)}/{endpoint} -d {shlex.quote(text)}"
+    url = f"{http_url}{model_path(model.name, version)}/{endpoint}"
+    return f"curl {flags} -X POST {url}{_token_flag(token)} -d {shlex.quote(text)}"
 
 
 @dataclasses.dataclass
@@ -213,6 +238,21 @@ class ModelCard:
     version: int | None = None  # the version the URLs and snippets name (None: the newest, Triton's default)
     versions: str = "1"  # every version the model serves, e.g. "1,2"
     strip: Any = dataclasses.field(default=None, repr=False, compare=False)  # a live strip shown under the card
+    # the access token the snippets send; None: the current one of this process's server when it is private
+    token: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def access_token(self) -> str | None:
+        """The token the snippets send: ``token``, else this process's own server's current one (new on each start)
+        when that server is private (``tritonnb.start(private=True)``); None: the server needs none for inference."""
+        if self.token is not None:
+            return self.token
+        from tritonnb import state
+
+        server = state.server
+        if server is None or not getattr(server, "private", False):
+            return None
+        return own_token(self.http_url)
 
     @property
     def path(self) -> str:
@@ -232,11 +272,15 @@ class ModelCard:
     def browser_links(self) -> dict[str, str]:
         """What "open in browser" opens: the model's metadata and config, and the server's health (and metrics)."""
         base = self.route.http or self.http_url  # without a route, the kernel's URL opens on this machine only
-        links = {
-            "metadata": f"{base}{self.path}",
-            "config": f"{base}/v2/models/{self.spec.name}/config",
-            "health": f"{base}/v2/health/ready",
-        }
+        links = (
+            {}
+            if self.access_token
+            else {  # a private server refuses them without the header: see PRIVATE_...
+                "metadata": f"{base}{self.path}",
+                "config": f"{base}/v2/models/{self.spec.name}/config",
+            }
+        )
+        links["health"] = f"{base}/v2/health/ready"
         if self.route.metrics:
             links["metrics"] = self.route.metrics
         return links
@@ -251,21 +295,22 @@ class ModelCard:
         """The card's curl: the infer endpoint's (bytes inputs read from ``files``, by input name; default
         ``<input>.bin``), or for a stream ``/generate_stream`` (None when Triton's generate extension cannot take the
         inputs)."""
+        token = self.access_token
         if self.spec.stream:
-            return generate_curl(self.http_url, self.spec, self.version)
-        return curl_command(self.http_url, self.spec, self.version, files)
+            return generate_curl(self.http_url, self.spec, self.version, token)
+        return curl_command(self.http_url, self.spec, self.version, files, token)
 
     @property
     def generate_curl(self) -> str | None:
         """The short curl for Triton's generate extension (plain JSON), where it can serve the model."""
-        return generate_curl(self.http_url, self.spec, self.version)
+        return generate_curl(self.http_url, self.spec, self.version, self.access_token)
 
     @property
     def python(self) -> str:
         """Copy-pasteable tritonclient snippet (a gRPC stream for a streaming model)."""
         if self.spec.stream:
-            return grpc_stream_snippet(self.grpc_url, self.spec)
-        return python_snippet(self.http_url, self.spec, self.version)
+            return grpc_stream_snippet(self.grpc_url, self.spec, self.access_token)
+        return python_snippet(self.http_url, self.spec, self.version, self.access_token)
 
     def _http_endpoint(self) -> str:
         """The HTTP endpoint to show: a stream's is ``generate_stream`` (the infer endpoint returns once)."""
@@ -308,8 +353,10 @@ class ModelCard:
 
     def _route_note(self) -> str:
         if self.route.http:
-            return f"browser links go through {self.route.via}"
-        return self.route.note or "links use the kernel's address: they open in a browser on this machine only"
+            note = f"browser links go through {self.route.via}"
+        else:
+            note = self.route.note or "links use the kernel's address: they open in a browser on this machine only"
+        return f"{PRIVATE_LINKS_NOTE}; {note}" if self.access_token else note
 
     def __repr__(self) -> str:
         tensors = (

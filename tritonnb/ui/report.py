@@ -41,6 +41,8 @@ def format_status(status: dict[str, Any]) -> str:
     lines += [f"  repo     {path}" for path in status.get("repositories", [])]
     if status["public"]:
         lines.append("  listening on all interfaces")
+    if status.get("private"):
+        lines.append("  private: inference, metadata and model config need this kernel's access token")
     restart = "on" if status["restart_on_crash"] else "off"
     lines.append(f"  restart on crash: {restart}; restarts so far: {status['restarts']}")
     if status["recovery"]:
