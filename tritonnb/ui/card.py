@@ -205,7 +205,10 @@ def grpc_stream_snippet(grpc_url: str, model: ModelSpec, token: str | None = Non
         "        break",
     ]
     lines += [f'    print("{o.name}", result.as_numpy("{o.name}"))' for o in model.outputs]
-    lines.append("client.stop_stream()")
+    lines += [
+        "client.stop_stream()",
+        "client.close()  # before the interpreter exits: gRPC can hang closing it at exit",
+    ]
     return "\n".join(lines)
 
 
