@@ -139,6 +139,32 @@ def run_in_kernel(client: Any, code: str, timeout: float = 120) -> tuple[str, di
 
 
 @contextlib.contextmanager
+def running(
+    command: list[str],
+    env: dict[str, str],
+    log: pathlib.Path,
+    ready: Callable[[], bool],
+    ports: list[int],
+    **popen: Any,
+) -> Iterator[subprocess.Popen]:
+    """``command`` in a session of its own, its output in ``log``, until ``ready()``; stopped afterwards by its
+    process group, leaving none of ``ports`` taken. Fails with the log's tail if it exits or is not ready in 120 s."""
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        )
+    try:
+        wait_until(lambda: process.poll() is not None or ready(), 120, lambda: log.read_text()[-3000:])
+        assert process.poll() is None, log.read_text()[-3000:]
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        assert wait_ports_free(ports) == []
+
+
+@contextlib.contextmanager
 def serve_export(repository: pathlib.Path, cwd: pathlib.Path, log: pathlib.Path) -> Iterator[str]:
     """The export's serve_here.sh on free loopback ports, started from ``cwd`` with tritonnb unimportable; yields
     its HTTP URL once ready, and stops it (by its process group) leaving no port behind."""
@@ -150,29 +176,10 @@ def serve_export(repository: pathlib.Path, cwd: pathlib.Path, log: pathlib.Path)
     env.update(PYTHON=sys.executable, PYTHONPATH=str(blocker.parent))
     flags = [f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}", "--exit-timeout-secs=3"]
     flags += ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            ["bash", str(repository / "serve_here.sh"), *flags],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{http}"
-    try:
-        wait_until(
-            lambda: process.poll() is not None or (port_is_listening(http) and answers_ready(url)),
-            120,
-            lambda: log.read_text()[-3000:],
-        )
-        assert process.poll() is None, log.read_text()[-3000:]
+    command = ["bash", str(repository / "serve_here.sh"), *flags]
+    with running(command, env, log, lambda: port_is_listening(http) and answers_ready(url), ports, cwd=cwd):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        assert wait_ports_free(ports) == []
 
 
 def answers_ready(url: str) -> bool:

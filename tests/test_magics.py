@@ -273,6 +273,7 @@ def test_cell_starts_the_server_when_none_runs(shell, monkeypatch):
 
 def test_start_private_and_no_private(shell, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")  # under JupyterHub: private unless told not
+    tritonnb.stop()  # an earlier test's server
     for flag, private in (("--no-private", False), ("", True)):
         http, grpc, metrics = free_ports()
         assert tritonnb.server() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -20,12 +21,32 @@ ANSWER_DEADLINE_S = 60.0  # generous: how long recovery takes is measured by ben
 
 
 def _leftovers() -> set[pathlib.Path]:
-    """Shared memory of the stubs and the python backend, and Triton's copies of loaded models."""
-    return {
+    """Shared memory of the stubs and the python backend, and Triton's copies of loaded models, that no running
+    process uses (another server on this machine, a second kernel say, keeps its own while it runs)."""
+    found = {
         *pathlib.Path("/dev/shm").glob("psm_*"),
         *pathlib.Path("/dev/shm").glob(f"pytrtion{os.getpid()}-*"),
         *pathlib.Path(tempfile.gettempdir()).glob("folder*"),
     }
+    return found - _in_use()
+
+
+def _in_use() -> set[pathlib.Path]:
+    """The model copies that running stubs serve from, and the shared memory that other running processes have
+    mapped (not this one: the kernel must not hold on to a stopped server's)."""
+    used: set[pathlib.Path] = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if process.pid == os.getpid():
+            continue
+        command = process.info["cmdline"] or []
+        if len(command) > 1 and command[0].endswith("triton_python_backend_stub"):
+            used.add(pathlib.Path(command[1]).parent.parent)  # <copy>/<version>/model.py
+        with contextlib.suppress(OSError):
+            for line in pathlib.Path(f"/proc/{process.pid}/maps").read_text().splitlines():
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith("/dev/shm/"):
+                    used.add(pathlib.Path(fields[5].removesuffix(" (deleted)")))
+    return used
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -20,7 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from helpers import free_ports, wait_ports_free, wait_until
+from helpers import free_ports, running
 
 import tritonnb
 
@@ -73,24 +71,9 @@ def _environment(port: int, storage: pathlib.Path) -> dict[str, str]:
 @contextlib.contextmanager
 def _vertex(command: list[str], env: dict[str, str], port: int, metrics: int, log: pathlib.Path) -> Iterator[str]:
     """Run ``command`` until the health route answers 200; yield the Vertex AI URL; stop it by its process group."""
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: process.poll() is not None or _get(url + HEALTH) == 200,
-            120,
-            lambda: log.read_text()[-3000:],
-        )
-        assert process.poll() is None, log.read_text()[-3000:]
+    with running(command, env, log, lambda: _get(url + HEALTH) == 200, [port, metrics], cwd=log.parent):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        assert wait_ports_free([port, metrics]) == []
 
 
 def _get(url: str) -> int:
