@@ -16,12 +16,12 @@ import psutil
 from helpers import free_ports, port_is_listening, wait_gone
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-BIN = pathlib.Path(sys.executable).parent
 AZURITE = ROOT / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
 AZURITE_ACCOUNT = "devstoreaccount1"  # Azurite's well-known development account and key
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 BUCKET = "tritonnb"
 START_TIMEOUT_S = 60.0
+MOTO_SERVER = "import sys; from moto.server import main; main(sys.argv[1:])"
 
 
 @dataclasses.dataclass
@@ -45,9 +45,10 @@ def commands(ports: dict[str, int]) -> dict[str, list[str]]:
     if not AZURITE.exists() or shutil.which("node") is None:
         raise AssertionError(f"no Azurite at {AZURITE} (or no node): bash scripts/test.sh installs it")
     return {
-        "s3": [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(ports["s3"])],
+        # through this Python, not scripts beside it: a venv with system site-packages may take them from there
+        "s3": [sys.executable, "-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", str(ports["s3"])],
         "gs": [
-            *(str(BIN / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(ports["gs"])),
+            *(sys.executable, "-m", "gcp_storage_emulator", "start", "-H", "127.0.0.1", "--port", str(ports["gs"])),
             *("--in-memory", "--default-bucket", BUCKET, "-q"),
         ],
         "as": [
