@@ -241,7 +241,7 @@ def perf_analyzer_command(
         f"-u {http_url.removeprefix('http://')} -i http -b {batch_size(spec, arrays)}",
         f"--measurement-interval {int(duration_s * 1000)}",
         *shapes,
-        *([f"-H {shlex.quote('triton-access-token:' + token)}"] if token else []),
+        *([f"-H {shlex.quote(f'{ACCESS_TOKEN_HEADER}:{token}')}"] if token else []),
     ]
     steps = {b - a for a, b in itertools.pairwise(levels)}
     if len(levels) == 1 or (len(steps) == 1 and min(steps) > 0):  # perf_analyzer ranges only go up
@@ -378,7 +378,7 @@ class _PerfAnalyzerEngine:
             "100",
             "--input-data",
             str(self._data),
-            *(["-H", f"triton-access-token:{self.endpoint.token}"] if self.endpoint.token else []),
+            *(["-H", f"{ACCESS_TOKEN_HEADER}:{self.endpoint.token}"] if self.endpoint.token else []),
             "-f",
             str(report),
         ]
