@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 import pathlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ __all__ = [
     "parameters_of",
     "parse_spec",
     "sample_inputs",
+    "version_list",
 ]
 
 # dtype name -> (numpy dtype, Triton datatype as spoken by the HTTP/gRPC protocol)
@@ -256,3 +257,8 @@ def arrays_from(spec: ModelSpec, data: Any, error: type[TritonnbError] = SpecErr
             array = array[0]
         arrays[input_spec.name] = array
     return arrays
+
+
+def version_list(versions: Iterable[str | int]) -> str:
+    """Model versions as Triton's APIs report them, in numeric order and once each: ``"1,2,10"``."""
+    return ",".join(sorted({str(v) for v in versions}, key=lambda v: (len(v), v)))

@@ -15,6 +15,8 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tritonnb.signature import version_list
+
 __all__ = ["MEDIAN", "PHASES", "parse_metrics"]
 
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -71,7 +73,7 @@ def parse_metrics(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dic
             elif name in gpu_families:
                 gpus[labels.get("gpu_uuid", "gpu")][gpu_families[name]] = value
     for model, numbers in versions.items():
-        per_model[model]["version"] = ",".join(sorted(numbers, key=lambda v: (len(v), v)))  # type: ignore[assignment]
+        per_model[model]["version"] = version_list(numbers)  # type: ignore[assignment]
     gpu_list = [{"uuid": uuid, **values} for uuid, values in gpus.items()]
     if not host.get("memory_total_bytes"):  # Triton samples the host every 2 s: zeros until its first sample
         host = {}

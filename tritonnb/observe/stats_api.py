@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tritonnb.http_get import get_json, token_headers
 from tritonnb.observe.metrics_text import PHASES
+from tritonnb.signature import version_list
 
 __all__ = ["counters_from_stats", "fetch_stats"]
 
@@ -25,7 +26,7 @@ def counters_from_stats(stats: dict) -> dict[str, dict[str, float]]:
         for key, value in counters.items():
             total[key] = total.get(key, 0) + value
         versions = [v for v in (*total["version"].split(","), str(model.get("version", "1"))) if v]
-        total["version"] = ",".join(sorted(set(versions), key=lambda v: (len(v), v)))
+        total["version"] = version_list(versions)
     return result
 
 

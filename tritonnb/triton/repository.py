@@ -14,7 +14,7 @@ from typing import Any
 
 from tritonnb.errors import SpecError, TritonnbError
 from tritonnb.observe.remote_spec import remote_spec
-from tritonnb.signature import ModelSpec
+from tritonnb.signature import ModelSpec, version_list
 from tritonnb.states import ModelState
 from tritonnb.triton.model_control import ModelControl
 from tritonnb.triton.object_store import Store, StorePath, StoreURL, is_store_url
@@ -185,7 +185,7 @@ def index_states(index: Sequence[dict[str, Any]]) -> dict[str, tuple[ModelState,
     for name, versions in entries.items():
         ready = [str(v.get("version", "")) for v in versions if v.get("state") == "READY"]
         if ready:
-            states[name] = (ModelState.READY, ",".join(sorted(ready, key=lambda v: (len(v), v))), "")
+            states[name] = (ModelState.READY, version_list(ready), "")
         else:
             last = versions[-1]
             reason = triton_reason(last.get("reason", ""))
