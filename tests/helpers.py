@@ -3,6 +3,7 @@ waiting for a condition against a deadline, and serving an export with its own s
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -85,6 +86,26 @@ def wait_gone(processes: list[psutil.Process], timeout: float = 15.0) -> list[ps
     """Wait until every process has exited; return the ones still alive after ``timeout``."""
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def lingering(processes: list[psutil.Process]) -> str:
+    """What keeps each process alive, for a failure message: its state, its signals (pending, blocked, caught,
+    ignored: did the parent-death SIGTERM arrive?) and where each of its threads waits in the kernel. The processes
+    are then killed, so that a failing test leaves nothing behind."""
+    lines = []
+    for process in processes:
+        proc = pathlib.Path(f"/proc/{process.pid}")
+        with contextlib.suppress(OSError):
+            status = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line)
+            fields = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt", "SigIgn")
+            signals = " ".join(f"{field}={status[field].strip()}" for field in fields)
+            waits = collections.Counter(
+                (task / "wchan").read_text() or "-" for task in (proc / "task").iterdir() if (task / "wchan").exists()
+            )
+            lines.append(f"{process.pid} {command_line(process)[:1]}: {signals}; threads waiting in {dict(waits)}")
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return "\n".join(lines)
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> T:

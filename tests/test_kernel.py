@@ -18,6 +18,7 @@ from helpers import (
     free_ports,
     infer_json,
     kernel_text,
+    lingering,
     process_tree,
     run_in_kernel,
     wait_gone,
@@ -25,6 +26,15 @@ from helpers import (
     wait_until,
 )
 from jupyter_client.manager import KernelManager
+
+KERNEL_END_TIMEOUT_S = 20  # tritonserver's exit timeout (5 s) and its stubs' finalize, with room for a busy machine
+
+
+def assert_gone(processes: list, owner: str) -> None:
+    """Fail, saying what keeps them, if any of the processes still runs ``KERNEL_END_TIMEOUT_S`` after ``owner``
+    ended (they are then killed: a failing test leaves nothing behind)."""
+    left = wait_gone(processes, timeout=KERNEL_END_TIMEOUT_S)
+    assert left == [], f"processes outlived {owner}:\n{lingering(left)}"
 
 
 @pytest.fixture
@@ -54,7 +64,7 @@ def kernel():
     client.stop_channels()
     if manager.is_alive():
         manager.shutdown_kernel(now=True)
-    assert wait_gone(served) == []
+    assert_gone(served, "the kernel")
 
 
 def _answers(http_port: int) -> bool:
@@ -127,7 +137,7 @@ def test_kernel_end_leaves_no_process_and_frees_ports(kernel, how):
         kernel.manager.restart_kernel(now=False)
     else:
         os.kill(kernel.pids["kernel"], signal.SIGKILL)
-    assert wait_gone(kernel.served, timeout=20) == [], f"processes outlived the kernel ({how})"
+    assert_gone(kernel.served, f"the kernel ({how})")
     gone_after = time.monotonic() - started
     assert wait_ports_free(kernel.ports) == []
     print(f"{how}: tritonserver and stubs gone {gone_after:.1f} s after the kernel ended")
@@ -145,7 +155,7 @@ def test_kernel_shutdown_with_a_client_connected_leaves_no_stub_behind(kernel):
         started = time.monotonic()
         kernel.manager.shutdown_kernel(now=False)
         print(f"kernel shut down in {time.monotonic() - started:.1f} s")
-        assert wait_gone(kernel.served, timeout=20) == [], "processes outlived the kernel's shutdown"
+        assert_gone(kernel.served, "the kernel's shutdown")
     finally:
         connection.close()
     assert wait_ports_free(kernel.ports) == []
@@ -170,7 +180,8 @@ def test_a_kernel_shutdown_stops_the_server_before_the_kernel_tears_down(kernel,
     run_in_kernel(kernel.client, code)  # registered after the server's own: atexit would run it first
     kernel.manager.shutdown_kernel(now=False)
     assert seen.read_text() == "STOPPED"
-    assert wait_gone(kernel.served, timeout=20) == [] and not home.exists()
+    assert_gone(kernel.served, "the kernel's shutdown")
+    assert not home.exists()
 
 
 def test_sigterm_to_the_kernel_stops_the_server_and_leaves_nothing(kernel):
@@ -180,7 +191,7 @@ def test_sigterm_to_the_kernel_stops_the_server_and_leaves_nothing(kernel):
     os.kill(kernel.pids["kernel"], signal.SIGTERM)
     wait_until(lambda: not kernel.manager.is_alive(), 20, "the kernel ended after SIGTERM", interval=0.1)
     assert kernel.manager.provisioner.process.returncode == -signal.SIGTERM
-    assert wait_gone(kernel.served, timeout=20) == [], "processes outlived the kernel"
+    assert_gone(kernel.served, "the kernel")
     assert not home.exists(), f"{home} outlived the kernel"
     assert wait_ports_free(kernel.ports) == []
 
@@ -195,7 +206,7 @@ def test_tritonserver_restarted_after_a_crash_still_ends_with_the_kernel(kernel)
     assert pid != kernel.pids["triton"] and restarts == 1
     restarted = tree(pid)  # started by the supervisor thread, not the kernel's main thread
     os.kill(kernel.pids["kernel"], signal.SIGKILL)
-    assert wait_gone(restarted, timeout=20) == [], "the restarted tritonserver outlived the kernel"
+    assert_gone(restarted, "the kernel (the restarted tritonserver)")
     assert wait_ports_free(kernel.ports) == []
 
 
@@ -211,7 +222,7 @@ def test_the_next_start_removes_what_a_killed_kernel_left(kernel):
     copies = {pathlib.Path(argv[1]).parent.parent for argv in stubs}
     assert copies and all(c.name.startswith("folder") for c in copies), copies
     os.kill(kernel.pids["kernel"], signal.SIGKILL)
-    assert wait_gone(kernel.served, timeout=20) == []
+    assert_gone(kernel.served, "the killed kernel")
     tritonnb.start(**port_ports(free_ports()))  # a new server, in another process, cleans up after the dead one
     try:
         assert not any(c.exists() for c in copies), "the killed kernel's model copies are still there"
