@@ -123,6 +123,18 @@ def test_kill_9_restarts_on_the_same_ports_and_every_model_answers_again(served)
     assert _all_answer(served)
 
 
+def test_a_crash_frees_the_killed_servers_handle(served):
+    """The exit handler runs on a thread whose gevent hub keeps that thread's last frame after it is destroyed: the
+    frame held the killed server's command, its threads' state and its environment, 150 KB a crash."""
+    import gc
+
+    killed = _kill_and_wait_for_answers(served)
+    gc.collect()
+    commands = [o for o in gc.get_objects() if type(o).__name__ == "RunningCommand" and type(o).__module__ == "sh"]
+    assert killed.pid not in {command.process.pid for command in commands}, "the killed server's handle is kept"
+    assert served.pid in {command.process.pid for command in commands}
+
+
 def test_crash_shows_in_status_text_panel_and_strip(served, capsys):
     _kill_and_wait_for_answers(served)
     from tritonnb.ui.report import format_status

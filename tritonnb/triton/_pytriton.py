@@ -287,9 +287,11 @@ def _on_a_thread_of_its_own(work: Callable[[], None]) -> None:
     descriptors per crash, or be shared with a client the user's thread holds.
     """
 
+    pending = [work]  # taken out before the call: gevent's hub keeps this frame (and what it holds) after destroy()
+
     def run() -> None:
         try:
-            work()
+            pending.pop()()
         finally:
             hub_local = sys.modules.get("gevent._hub_local")
             hub = hub_local.get_hub_if_exists() if hub_local is not None else None
