@@ -112,8 +112,9 @@ def test_the_old_export_serves_here_and_answers_as_when_it_was_written(tmp_path:
 @loadable
 @pytest.mark.xfail(
     engine.stub_numpy_ready(),
-    reason="tritonnb's server gives the python-backend stub its own numpy 1.26, which cannot load a function.pt "
-    "pickled under numpy 2 (AttributeError: Can't get attribute 'bool' on numpy); the same for current exports",
+    reason="tritonnb's server gives the python-backend stub its own numpy 1.26, which cannot load this old "
+    "function.pt, pickled under numpy 2 (AttributeError: Can't get attribute 'bool' on numpy); current exports "
+    "pickle numpy's types by dtype and load under both",
     raises=tritonnb.BindError,
     strict=True,
 )

@@ -16,6 +16,7 @@ from helpers import free_ports, port_ports, process_tree, wait_gone, wait_ports_
 import tritonnb
 from tritonnb.errors import SpecError
 from tritonnb.triton.settings import resolve_settings
+from tritonnb.ui.report import format_status
 
 REDIRECT = "X-Vertex-Ai-Triton-Redirect"  # Triton's header that sends a Vertex AI request to any endpoint
 X = [[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.0]]
@@ -80,6 +81,12 @@ def test_the_predict_route_serves_the_notebook_model_named_before_it_is_bound(st
     routes = server.settings.vertex_ai
     assert routes is not None and (routes.predict_route, routes.health_route) == ("/predict", "/health")
     assert any("Vertex AI routes on port" in note for note in server.settings.notes)
+    assert server.status()["vertex_ai"] == {
+        "predict_url": f"http://127.0.0.1:{vertex}/predict",
+        "health_url": f"http://127.0.0.1:{vertex}/health",
+        "default_model": "double",
+    }
+    assert f"Vertex AI predict http://127.0.0.1:{vertex}/predict (model double)" in format_status(server.status())
     assert _call(routes.url("/health"))[0] == 200
     status, answer = _call(routes.url("/predict"), {"inputs": []})
     assert status >= 400 and "'double' is not served yet: run its cell" in answer["error"], answer

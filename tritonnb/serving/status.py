@@ -29,6 +29,7 @@ def server_status(server: Server) -> dict[str, Any]:
         "http_url": server.http_url,
         "grpc_url": server.grpc_url,
         "metrics_url": server.metrics_url,
+        "vertex_ai": _vertex_ai(server),
         "public": server.settings.public,
         "private": server.settings.private,
         "browser": dataclasses.asdict(server.browser_route),
@@ -49,4 +50,16 @@ def server_status(server: Server) -> dict[str, Any]:
         },
         "repositories": [str(path) for path in server.settings.repositories],
         "repository_models": {name: model.as_dict() for name, model in server.repository_models.items()},
+    }
+
+
+def _vertex_ai(server: Server) -> dict[str, str] | None:
+    """Where Vertex AI's routes answer, and which model the predict route runs; None when they are off."""
+    routes = server.settings.vertex_ai
+    if routes is None:
+        return None
+    return {
+        "predict_url": routes.url(routes.predict_route),
+        "health_url": routes.url(routes.health_route),
+        "default_model": routes.default_model,
     }

@@ -35,6 +35,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"  HTTP     {status['http_url']}",
         f"  gRPC     {status['grpc_url'].removeprefix('grpc://')}",
         f"  metrics  {status['metrics_url']}",
+        *_vertex_ai_lines(status.get("vertex_ai")),
         *_browser_line(status["browser"]),
         f"  log      {status['log_file']}",
     ]
@@ -59,3 +60,13 @@ def format_status(status: dict[str, Any]) -> str:
 def _browser_line(route: dict[str, Any]) -> list[str]:
     """Where a browser reaches the server, when it is not on this machine."""
     return [f"  browser  {route['http']} ({route['via']})"] if route["http"] else []
+
+
+def _vertex_ai_lines(routes: dict[str, str] | None) -> list[str]:
+    """Vertex AI's routes, when the server serves them."""
+    if not routes:
+        return []
+    return [
+        f"  Vertex AI predict {routes['predict_url']} (model {routes['default_model']})",
+        f"  Vertex AI health  {routes['health_url']}",
+    ]
