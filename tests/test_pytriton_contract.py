@@ -261,3 +261,19 @@ def test_model_and_tensor_store_internals():
     assert isinstance(TensorStore._instances, dict)
     assert "self._shm_segments" in inspect.getsource(TensorStore)
     assert "workspace-path" in inspect.getsource(Model._get_triton_model_config)
+
+
+def test_access_restriction_internals():
+    """Private serving relies on PyTriton's security config, its default API groups and its header name (which
+    ``tritonnb.http_get`` spells out so as not to import PyTriton)."""
+    from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, TRITON_ACCESS_HEADER, TritonSecurityConfig
+
+    from tritonnb.http_get import ACCESS_TOKEN_HEADER, GRPC_ACCESS_TOKEN_HEADER
+    from tritonnb.triton._pytriton import restricted_endpoints
+
+    assert ACCESS_TOKEN_HEADER == TRITON_ACCESS_HEADER
+    assert f"triton-grpc-protocol-{TRITON_ACCESS_HEADER}" == GRPC_ACCESS_TOKEN_HEADER
+    assert set(DEFAULT_PROTECTED_ENDPOINTS) == {"shared-memory", "model-repository", "statistics", "trace", "logging"}
+    private = TritonSecurityConfig(restricted_endpoints=restricted_endpoints(private=True))
+    assert {"inference", "metadata", "model-config"} <= set(private.restricted_endpoints)
+    assert private.access_token and private.access_token != TritonSecurityConfig().access_token  # new each time
