@@ -24,7 +24,8 @@ from tritonnb.triton.settings import resolve_settings
 
 SCHEMES = ("s3", "gs", "as")
 # what a fresh process runs: serve the repository at argv[1] and call model argv[2] on argv[4], on the ports argv[3];
-# it prints the outputs, what the log says about the repository, and the server's processes, then stops
+# it prints the outputs, what the log says about the repository, the server's processes and the folders its stubs
+# serve from (Triton's copy of the model: for s3:// and gs://, its download), then stops
 SERVE = """
 import json, sys
 import numpy as np
@@ -35,9 +36,11 @@ url, name, ports, x = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.lo
 server = tritonnb.start(model_repository=url, **ports)
 outputs = tritonnb.client(name)(np.array(x, dtype=np.float32))
 root = psutil.Process(server.pid)
+children = root.children(recursive=True)
 print(json.dumps({
     "outputs": {key: value.tolist() for key, value in outputs.items()},
-    "pids": [root.pid, *(child.pid for child in root.children(recursive=True))],
+    "pids": [root.pid, *(child.pid for child in children)],
+    "copies": [child.cmdline()[1].rsplit("/", 2)[0] for child in children if "python_backend_stub" in child.name()],
     "log": [line for line in server.logs(400).splitlines() if line.startswith("[tritonnb]")],
     "models": {name: str(model.repository) for name, model in server.repository_models.items()},
 }))
@@ -174,6 +177,7 @@ def test_an_export_served_by_a_fresh_process_answers_as_the_notebook(scheme, emu
         assert f"tritonserver reads {url} itself" in log, log
     assert wait_gone([psutil.Process(pid) for pid in served["pids"] if psutil.pid_exists(pid)]) == []
     assert wait_ports_free(ports) == []
+    assert served["copies"] and not any(map(os.path.exists, served["copies"])), "the model's copies outlived the stop"
 
 
 def test_a_second_export_adds_a_version_and_force_replaces_one(emulators, notebook_model):

@@ -78,7 +78,9 @@ def test_a_function_using_a_local_module_named_model_serves_from_the_export(trit
         status, body = infer_json(url, "mlp", [fp32("x", [2, 4], inputs.ravel().tolist())])
     assert status == 200, body
     np.testing.assert_allclose(np.array(body["outputs"][0]["data"]).reshape(2, 4), expected, rtol=1e-6)
-    assert "must not need tritonnb" not in (tmp_path / "tritonserver.log").read_text()
+    log = (tmp_path / "tritonserver.log").read_text()
+    assert "must not need tritonnb" not in log
+    assert "Traceback" not in log, log[-3000:]  # under numpy 2, outputs go through DLPack without a word
 
 
 def test_a_local_module_imported_inside_the_function_is_named(triton, notebook_folder, tmp_path):

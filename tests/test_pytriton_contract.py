@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import ctypes
 import importlib.util
 import inspect
 import pathlib
@@ -15,6 +16,7 @@ import threading
 import time
 from importlib.metadata import version
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,8 +144,21 @@ class FakeTensor:
         self.name, self.array, self.via = name, array, via
 
     @classmethod
-    def from_dlpack(cls, name: str, array: np.ndarray) -> FakeTensor:
-        return cls(name, np.from_dlpack(array), "dlpack")
+    def from_dlpack(cls, name: str, capsule: Any) -> FakeTensor:
+        """As Triton 2.51's stub does, marks the capsule consumed, under its own name (``used_dlpack``)."""
+        ctypes.pythonapi.PyCapsule_SetName(ctypes.py_object(capsule), STUBS_USED_NAME)
+        tensor = cls(name, None, "dlpack")
+        tensor.capsule = capsule
+        return tensor
+
+
+STUBS_USED_NAME = ctypes.c_char_p(b"used_dlpack")
+
+
+def capsule_name(capsule: Any) -> bytes:
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    return get_name(capsule)
 
 
 class FakeError:
@@ -230,7 +245,10 @@ def test_stub_moves_numeric_tensors_through_dlpack_only_under_numpy_2(stub, monk
     assert stub.input_array(FakeInput(np.zeros(1)), "s", config) == "as_numpy"
     read = stub.input_array(FakeInput(numbers), "x", config)
     assert (read == "as_numpy") if not dlpack else (read == numbers).all()
-    assert stub.output_tensor("y", numbers[::2]).via == ("dlpack" if dlpack else "numpy")
+    output = stub.output_tensor("y", numbers[::2])
+    assert output.via == ("dlpack" if dlpack else "numpy")
+    if dlpack:  # the protocol's name for a consumed capsule, which numpy's capsule destructor knows
+        assert capsule_name(output.capsule) == b"used_dltensor"
     assert stub.output_tensor("y", np.array([b"a"], dtype=object)).via == "numpy"
 
 

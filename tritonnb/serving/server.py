@@ -121,6 +121,7 @@ class Server(TritonServer):
         with self._lifecycle:
             self._check_ready()
             unloaded = self.repositories.load(list(self.models))
+            self._note_model_copies()
         if unloaded:
             raise BindError(f"{failure_text(unloaded)}\nThe server runs on, with the other models.")
 
@@ -128,9 +129,14 @@ class Server(TritonServer):
     def load_model(self, name: str, config: str, files: dict[str, bytes]) -> None:
         """Load (or reload) a model from a config and files; returns when it is ready."""
         self.control.load_model(name, config, files)
+        self._note_model_copies()
+
+    def _note_model_copies(self) -> None:
+        """Note the folders the running stubs serve from, Triton's copies of the loaded models (for a cloud
+        repository's model, its download): the stop removes them, and so does the next start after a kill -9."""
         assert self._process is not None
         self._process.remember_stubs()
-        record_owner(self.home, model_copies=self._process.model_copies)  # for the next start, after a kill -9
+        record_owner(self.home, model_copies=self._process.model_copies)
 
     def unload_model(self, name: str) -> None:
         """Ask Triton to unload a model."""
@@ -169,6 +175,7 @@ class Server(TritonServer):
     def _serve_again(self) -> list[str]:
         failed = self.registry.serve_again()
         unloaded = self.repositories.load(list(self.models))
+        self._note_model_copies()
         problems = ["these models could not be bound again: " + _listed(failed)] if failed else []
         if unloaded:
             problems.append(failure_text(unloaded))

@@ -14,9 +14,12 @@ bad request fails alone.
 
 Under numpy 2, numeric tensors move through DLPack: the python-backend stub of Triton 2.51 (the one nvidia-pytriton
 carries) builds its numpy arrays through numpy 1's C API, which numpy 2 changed. Bytes tensors have no DLPack form, so
-a model with bytes tensors needs numpy<2.
+a model with bytes tensors needs numpy<2. That stub marks a consumed capsule ``used_dlpack`` where the DLPack protocol
+says ``used_dltensor``, and numpy's capsule destructor then logged a traceback for every output: ``_tensor`` gives the
+capsule the protocol's name itself.
 """
 
+import ctypes
 import json
 import os
 import pathlib
@@ -28,6 +31,7 @@ import triton_python_backend_utils as pb_utils
 
 FUNCTION_FILE = "function.pt"
 DLPACK = int(np.__version__.split(".")[0]) >= 2
+USED_CAPSULE = ctypes.c_char_p(b"used_dltensor")  # kept for good: a capsule keeps the pointer to its name
 
 
 class TritonPythonModel:
@@ -102,5 +106,8 @@ def _array(tensor: "pb_utils.Tensor") -> np.ndarray:
 def _tensor(name: str, array: np.ndarray) -> "pb_utils.Tensor":
     """An output tensor (through DLPack under numpy 2)."""
     if DLPACK:
-        return pb_utils.Tensor.from_dlpack(name, np.require(array, requirements="CW"))  # DLPack: no read-only
+        capsule = np.require(array, requirements="CW").__dlpack__()  # DLPack: no read-only
+        tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+        ctypes.pythonapi.PyCapsule_SetName(ctypes.py_object(capsule), USED_CAPSULE)  # consumed: the tensor frees it
+        return tensor
     return pb_utils.Tensor(name, array)

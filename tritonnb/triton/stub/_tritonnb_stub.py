@@ -9,13 +9,16 @@ isolated Python where ``triton_python_backend_utils`` exists, so it imports noth
 - Per-request errors: a response carrying only ``ERROR_OUTPUT`` fails its own request, not the whole batch.
 - Streams: a request of a decoupled model gets a marker path (parameter ``STREAM_PARAMETER``); once its client
   cancels, the file is created, nothing more is sent, and the stream ends as cancelled.
-- numpy 2: numeric tensors go through DLPack both ways (the stub's own conversions use numpy 1's ABI).
+- numpy 2: numeric tensors go through DLPack both ways (the stub's own conversions use numpy 1's ABI). The stub
+  marks a consumed capsule ``used_dlpack``, not the protocol's ``used_dltensor``, and numpy's capsule destructor then
+  logged a traceback for every output: ``output_tensor`` gives the capsule the protocol's name itself.
 - Handshake: connecting to the first instance's socket is retried until the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import os
 import pathlib
@@ -34,6 +37,7 @@ CANCEL_POLL_S = 0.2
 CONNECT_RETRY_S = 0.005
 DLPACK = int(np.__version__.split(".")[0]) >= 2
 NO_DLPACK_KINDS = "OSU"  # object, bytes and str arrays: no DLPack form
+USED_CAPSULE = ctypes.c_char_p(b"used_dltensor")  # kept for good: a capsule keeps the pointer to its name
 
 
 class _Streams:
@@ -119,7 +123,10 @@ def output_tensor(name: str, array: np.ndarray) -> Any:
     """A response's output tensor: through DLPack under numpy 2, except bytes."""
     if not DLPACK or array.dtype.kind in NO_DLPACK_KINDS:
         return pb_utils.Tensor(name, array)
-    return pb_utils.Tensor.from_dlpack(name, np.require(array, requirements="CW"))
+    capsule = np.require(array, requirements="CW").__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    ctypes.pythonapi.PyCapsule_SetName(ctypes.py_object(capsule), USED_CAPSULE)  # consumed: the tensor frees it
+    return tensor
 
 
 def input_array(input_tensor: Any, name: str, model_config: dict[str, Any]) -> np.ndarray:
