@@ -199,6 +199,9 @@ class Mark:
     label: str
     at_s: float
     rss_mib: float
+    anon_mib: float  # of the RSS: the heaps, thread stacks and other private memory, where a leak would show
+    file_mib: float  # of the RSS: shared libraries' pages, read in as code paths are first used
+    py_blocks: int  # memory blocks Python has allocated (its objects, growing only if they do)
     threads: int
     fds: int
     shm_ours: int  # /dev/shm entries of this run
@@ -310,6 +313,12 @@ class Footprint:
         """(this run's model copies, all model copies) in the temp folder."""
         folders = model_copies()
         return sum(f in self.folders for f in folders), len(folders)
+
+
+def resident_kib() -> dict[str, int]:
+    """This process's resident memory by kind (``RssAnon``, ``RssFile``, ``RssShmem``), in KiB."""
+    fields = (line.split() for line in pathlib.Path("/proc/self/status").read_text().splitlines())
+    return {f[0].rstrip(":"): int(f[1]) for f in fields if f and f[0].startswith("Rss")}
 
 
 def server_group() -> list[int]:
@@ -528,10 +537,14 @@ class Soak:
         group = self.observe()
         shm_ours, shm_all = self.footprint.shm()
         copies_ours, copies_all = self.footprint.copies()
+        memory = resident_kib()
         mark = Mark(
             label=label,
             at_s=round(self.elapsed(), 1),
             rss_mib=round(self.me.memory_info().rss / MIB, 1),
+            anon_mib=round(memory["RssAnon"] / 1024, 1),
+            file_mib=round(memory["RssFile"] / 1024, 1),
+            py_blocks=sys.getallocatedblocks(),
             threads=self.me.num_threads(),
             fds=len(os.listdir("/proc/self/fd")),
             shm_ours=shm_ours,
@@ -738,12 +751,14 @@ def print_report(result: dict[str, Any]) -> None:
         f"{args['perf_every']:g} s, kill -9 every {args['kill_every']:g} s\n"
     )
     print(
-        "| mark | at (s) | kernel RSS (MiB) | kernel threads | open fds | /dev/shm entries: this run (all) "
-        "| model copies in tmp: this run (all) | tritonserver processes |\n|---|---|---|---|---|---|---|---|"
+        "| mark | at (s) | kernel RSS (MiB) | of it: private, files (MiB) | Python blocks | kernel threads | open fds "
+        "| /dev/shm entries: this run (all) | model copies in tmp: this run (all) | tritonserver processes |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
     for m in result["marks"]:
         print(
-            f"| {m['label']} | {m['at_s']:.0f} | {m['rss_mib']:.1f} | {m['threads']} | {m['fds']} | "
+            f"| {m['label']} | {m['at_s']:.0f} | {m['rss_mib']:.1f} | {m['anon_mib']:.1f}, {m['file_mib']:.1f} "
+            f"| {m['py_blocks']} | {m['threads']} | {m['fds']} | "
             f"{m['shm_ours']} ({m['shm_all']}) | {m['copies_ours']} ({m['copies_all']}) | {m['server_processes']} |"
         )
     by_protocol = ", ".join(f"{k} {v}" for k, v in requests["ok_by_protocol"].items())
