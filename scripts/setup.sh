@@ -19,6 +19,9 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/pip" install -q torch==2.13.0
 fi
 "$VENV/bin/pip" install -q -e ".[test,tutorials]"
+# moto (the S3 emulator) on its own, its boto3 held to the botocore s3fs took (see the s3-emulator extra)
+botocore=$("$VENV/bin/python" -c "from importlib.metadata import version; print(version('botocore'))")
+"$VENV/bin/pip" install -q -e ".[s3-emulator]" "botocore==$botocore"
 # the Triton engine: nvidia-pytriton without its numpy<2 pin, and a numpy 1 for its python-backend stub alone
 "$VENV/bin/python" -m tritonnb install >/dev/null
 # tests, benchmarks and scripts import the development-only helpers in devtools/ (not part of the wheel)
