@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import time
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -364,16 +365,27 @@ def metrics(url: str | None = None, *, metrics_url: str | None = None, token: st
 
 
 def serve_forever(poll_s: float = 1.0) -> None:
-    """Block while the server runs (for scripts); Ctrl+C stops it. Returns if tritonserver dies."""
+    """Block while the server runs (for scripts); Ctrl+C stops it. Returns if tritonserver dies.
+
+    On the main thread, Ctrl+C only sets a flag: a KeyboardInterrupt raised in the middle of a state check could
+    leave a lock of the process handle held, and the stop then waited on it for ever.
+    """
     current = server()
     if current is None:
         raise NoServerError("nothing to serve: bind a model first")
+    interrupted = threading.Event()
     try:
-        while current.state == ServerState.READY:
-            time.sleep(poll_s)
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    except ValueError:  # not the main thread: Ctrl+C stays the main thread's own
+        previous = None
+    try:
+        while not interrupted.is_set() and current.state == ServerState.READY:
+            interrupted.wait(poll_s)
     except KeyboardInterrupt:
         pass
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         stop()
 
 
