@@ -381,8 +381,6 @@ def serve_forever(poll_s: float = 1.0) -> None:
     try:
         while not interrupted.is_set() and current.state == ServerState.READY:
             interrupted.wait(poll_s)
-    except KeyboardInterrupt:
-        pass
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
