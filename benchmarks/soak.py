@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import http.client
 import json
@@ -202,6 +203,11 @@ class Mark:
     anon_mib: float  # of the RSS: the heaps, thread stacks and other private memory, where a leak would show
     file_mib: float  # of the RSS: shared libraries' pages, read in as code paths are first used
     py_blocks: int  # memory blocks Python has allocated (its objects, growing only if they do)
+    # of the private memory, glibc malloc's (None elsewhere): in use, free inside its heaps (fragmentation), and
+    # the large blocks it maps one by one
+    malloc_used_mib: float | None
+    malloc_free_mib: float | None
+    malloc_mapped_mib: float | None
     threads: int
     fds: int
     shm_ours: int  # /dev/shm entries of this run
@@ -260,10 +266,16 @@ def model_copies() -> list[pathlib.Path]:
     return list(pathlib.Path(tempfile.gettempdir()).glob("folder*"))
 
 
+def _read_proc(pid: int, name: str) -> bytes:
+    from tritonnb.triton._pytriton import read_proc  # not at the top: the spawned clients never import tritonnb
+
+    return read_proc(pid, name)
+
+
 def mapped_segments(pid: int) -> set[str]:
     """The names of the /dev/shm entries process ``pid`` has mapped."""
     try:
-        maps = pathlib.Path(f"/proc/{pid}/maps").read_text()
+        maps = _read_proc(pid, "maps").decode(errors="replace")
     except OSError:
         return set()
     fields = (line.split(maxsplit=5) for line in maps.splitlines())
@@ -277,7 +289,7 @@ def mapped_segments(pid: int) -> set[str]:
 def stub_model_copy(pid: int) -> pathlib.Path | None:
     """The model copy a python backend stub runs (its argv[1] is ``<copy>/<version>/model.py``), else None."""
     try:
-        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        argv = _read_proc(pid, "cmdline").split(b"\0")
     except OSError:
         return None
     if len(argv) < 2 or not argv[0].endswith(b"triton_python_backend_stub"):
@@ -319,6 +331,28 @@ def resident_kib() -> dict[str, int]:
     """This process's resident memory by kind (``RssAnon``, ``RssFile``, ``RssShmem``), in KiB."""
     fields = (line.split() for line in pathlib.Path("/proc/self/status").read_text().splitlines())
     return {f[0].rstrip(":"): int(f[1]) for f in fields if f and f[0].startswith("Rss")}
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def malloc_mib() -> dict[str, float | None]:
+    """glibc malloc's figures over all its arenas (``mallinfo2``): in use, free in its heaps, mapped one by one."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return dict.fromkeys(("malloc_used_mib", "malloc_free_mib", "malloc_mapped_mib"))
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return {
+        "malloc_used_mib": round(info.uordblks / MIB, 1),
+        "malloc_free_mib": round(info.fordblks / MIB, 1),
+        "malloc_mapped_mib": round(info.hblkhd / MIB, 1),
+    }
 
 
 def server_group() -> list[int]:
@@ -545,6 +579,7 @@ class Soak:
             anon_mib=round(memory["RssAnon"] / 1024, 1),
             file_mib=round(memory["RssFile"] / 1024, 1),
             py_blocks=sys.getallocatedblocks(),
+            **malloc_mib(),
             threads=self.me.num_threads(),
             fds=len(os.listdir("/proc/self/fd")),
             shm_ours=shm_ours,
@@ -751,13 +786,15 @@ def print_report(result: dict[str, Any]) -> None:
         f"{args['perf_every']:g} s, kill -9 every {args['kill_every']:g} s\n"
     )
     print(
-        "| mark | at (s) | kernel RSS (MiB) | of it: private, files (MiB) | Python blocks | kernel threads | open fds "
-        "| /dev/shm entries: this run (all) | model copies in tmp: this run (all) | tritonserver processes |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "| mark | at (s) | kernel RSS (MiB) | of it: private, files (MiB) | malloc: used, free, mapped (MiB) "
+        "| Python blocks | kernel threads | open fds | /dev/shm entries: this run (all) "
+        "| model copies in tmp: this run (all) | tritonserver processes |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for m in result["marks"]:
         print(
             f"| {m['label']} | {m['at_s']:.0f} | {m['rss_mib']:.1f} | {m['anon_mib']:.1f}, {m['file_mib']:.1f} "
+            f"| {m['malloc_used_mib']}, {m['malloc_free_mib']}, {m['malloc_mapped_mib']} "
             f"| {m['py_blocks']} | {m['threads']} | {m['fds']} | "
             f"{m['shm_ours']} ({m['shm_all']}) | {m['copies_ours']} ({m['copies_all']}) | {m['server_processes']} |"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -74,7 +75,6 @@ def test_loopback_by_default_with_status_logs_and_clean_stop(own_server, capfd):
 
 
 def test_start_removes_what_killed_servers_left_behind_and_nothing_else(own_server):
-    import json
 
     from pytriton.constants import PYTRITON_HOME
 
@@ -268,6 +268,32 @@ def test_stop_leaves_no_shared_memory_or_model_copies_behind(own_server):
     tritonnb.stop()
     assert server.wait_stopped()
     assert leftovers() - before == set()
+
+
+def test_reloads_do_not_pile_up_records_of_model_copies_triton_removed(own_server):
+    from tritonnb.triton.leftovers import OWNER_FILE
+
+    server = tritonnb.start(**port_ports(free_ports()))
+
+    def recorded() -> list[str]:
+        return json.loads((server.home / OWNER_FILE).read_text())["model_copies"]
+
+    def reload(width: int) -> None:  # each signature is a reload: a new copy; Triton removes the old one's later
+        tritonnb.bind(lambda x: x + 1, "reloaded", inputs=[f"x:float32[{width}]"], outputs=[f"y:float32[{width}]"])
+
+    for width in range(1, 7):
+        reload(width)
+    copies = recorded()
+    deadline = time.monotonic() + 60
+    while sum(pathlib.Path(copy).exists() for copy in copies) > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)  # until Triton has unloaded the older generations
+    reload(7)
+    kept = recorded()
+    assert kept and all(pathlib.Path(copy).exists() for copy in kept), kept
+    assert len(kept) <= 2, f"7 loads recorded {len(kept)} copies: {kept}"  # the two newest at most
+    tritonnb.stop()
+    assert server.wait_stopped()
+    assert not any(pathlib.Path(copy).exists() for copy in kept)
 
 
 def test_metrics_off_starts_and_unsupported_options_are_clear_errors(own_server):

@@ -94,6 +94,7 @@ __all__ = [
     "patched_proxy_files",
     "process_group",
     "process_running",
+    "read_proc",
     "remove_shared_memory",
     "restricted_endpoints",
     "shared_memory_mapped_by",
@@ -241,7 +242,10 @@ class _DetachedTritonServer(TritonServer):
         command = self._tritonserver_running_cmd
         if command is not None:
             self.stubs = stubs_among(process_group(command.pid))
-            self.model_copies |= {stub.folder for stub in self.stubs.values() if stub.folder is not None}
+            serving = {stub.folder for stub in self.stubs.values() if stub.folder is not None}
+            # a copy Triton removed when it unloaded an older generation is forgotten, or a kernel that reloads
+            # for days would keep one path per reload
+            self.model_copies = {folder for folder in self.model_copies if folder.exists()} | serving
 
     def live_stubs(self) -> collections.Counter[str]:
         """How many of the remembered stubs still run, by model name."""
@@ -423,12 +427,22 @@ def process_group(pgid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                stat = pathlib.Path(entry.path, "stat").read_text()
+                stat = read_proc(entry.name, "stat").decode(errors="replace")
             except OSError:  # gone meanwhile
                 continue
             if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:  # pid (comm) state ppid pgrp ...
                 members.append(int(entry.name))
     return members
+
+
+def read_proc(pid: int | str, name: str) -> bytes:
+    """``/proc/<pid>/<name>``; OSError when the process is gone.
+
+    Read with a plain ``open``: ``pathlib`` interns every part of a path, and a new pid each time is an insertion
+    into (and a removal from) CPython's table of interned strings. Scanning /proc on every load and polling the
+    stubs once a second filled that table until it doubled, a step of 1.8 MiB in the kernel's memory."""
+    with open(f"/proc/{pid}/{name}", "rb") as file:
+        return file.read()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,7 +459,7 @@ def stubs_among(pids: Sequence[int]) -> dict[int, Stub]:
     stubs = {}
     for pid in pids:
         try:
-            argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            argv = read_proc(pid, "cmdline").decode(errors="replace").split("\0")
         except OSError:
             continue
         # stub <folder>/<version>/model.py <shm region> <sizes...> <parent pid> <backend dir> <...> <instance> <...>
@@ -464,7 +478,7 @@ def is_model_copy(folder: pathlib.Path) -> bool:
 def process_running(pid: int) -> bool:
     """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
     try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        stat = read_proc(pid, "stat").decode(errors="replace")
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
@@ -475,7 +489,7 @@ def shared_memory_mapped_by(pids: Sequence[int]) -> set[pathlib.Path]:
     regions = set()
     for pid in pids:
         try:
-            maps = pathlib.Path(f"/proc/{pid}/maps").read_text()
+            maps = read_proc(pid, "maps").decode(errors="replace")
         except OSError:
             continue
         for line in maps.splitlines():

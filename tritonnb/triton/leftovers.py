@@ -51,7 +51,8 @@ def record_owner(
     owner = _read_owner(folder) or {"pid": os.getpid(), "pid_namespace": pid_namespace(), "shm_prefixes": []}
     if shm_prefix:
         owner["shm_prefixes"].append(shm_prefix)
-    copies = set(owner.get("model_copies", [])) | {str(p) for p in model_copies}
+    recorded = {copy for copy in owner.get("model_copies", []) if os.path.exists(copy)}  # still Triton's to remove
+    copies = recorded | {str(p) for p in model_copies}
     owner["model_copies"] = sorted(copies)
     path.write_text(json.dumps(owner))
 
