@@ -15,6 +15,8 @@ This process plays the notebook kernel: a real IPython ``InteractiveShell`` with
 - every ``--kill-every`` s ``kill -9`` of tritonserver; this process then polls until the model answers correctly
   again (the recovery time). A crash window is [kill, first correct answer + 1 s].
 
+The warm-up before the first mark runs one of each: a swap, a signature change, a burst and a kill.
+
 Four clients (2 HTTP, 2 gRPC, tritonclient, one thread each) run in a separate, spawned process, so the kernel's
 figures are its own; each sends a random x and checks y == 2x exactly. A failure inside a crash window is
 expected; any other is not. The kernel's RSS, threads, open fds, /dev/shm entries, Triton's model copies in the temp
@@ -633,11 +635,13 @@ class Schedule:
 
 
 def warm_up(soak: Soak, seconds: float) -> None:
-    """One of each change and a load test, then a pause: the first of each imports and allocates for good."""
+    """One of each change, a load test and a crash recovery, then a pause: the first of each imports and allocates
+    for good (the first recovery reads its code in and grows the heaps of the threads that run it by about 1 MiB)."""
     soak.swap()
     soak.reshape()
     soak.reshape()
     soak.perf(warmup=True)
+    soak.kill()
     time.sleep(seconds)
 
 

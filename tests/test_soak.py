@@ -66,7 +66,8 @@ def test_no_request_fails_outside_a_crash_window(soak: dict[str, Any]) -> None:
 
 def test_every_kill_recovers(soak: dict[str, Any]) -> None:
     recoveries = soak["recoveries"]
-    assert len(recoveries) == _kills_scheduled(soak) >= 1
+    assert len(recoveries) == _kills_scheduled(soak) + 1 >= 2  # and the warm-up's
+    assert [r["at_s"] < 0 for r in recoveries] == [True] + [False] * _kills_scheduled(soak), recoveries
     for recovery in recoveries:
         assert recovery["answered_after_s"] is not None, recovery
         assert recovery["outcome"] == "restarted", recovery

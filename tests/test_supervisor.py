@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tritonnb.triton.supervisor import MAX_EXITS, WINDOW_S, Supervisor, exits_in_window
+from tritonnb.triton.supervisor import CRASHES_KEPT, MAX_EXITS, WINDOW_S, Supervisor, exits_in_window
 
 GAVE_UP = "crash loop: tritonserver exited 3 times within 60 s (last: killed by SIGKILL)"
 
@@ -62,6 +62,17 @@ def test_exits_spread_beyond_the_window_keep_restarting():
         server.crash_at(at)
     assert server.relaunches == 6 and not server.down
     assert server.supervisor.gave_up is None and server.supervisor.restarts == 6
+
+
+def test_a_long_run_keeps_the_newest_crashes_and_counts_them_all():
+    server = FakeServer()
+    crashes = CRASHES_KEPT + 10
+    for n in range(crashes):  # one every 10 minutes, for days
+        server.crash_at(1000.0 + 600.0 * n)
+    supervisor = server.supervisor
+    assert supervisor.restarts == crashes and server.relaunches == crashes
+    assert len(supervisor.crashes) == CRASHES_KEPT and {c.outcome for c in supervisor.crashes} == {"restarted"}
+    assert len(supervisor._exit_times) == 1  # only the exits a crash loop could still count
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ def server_status(server: Server) -> dict[str, Any]:
         "restart_on_crash": server.supervisor.enabled,
         "restarts": server.supervisor.restarts,
         "recovery": server.supervisor.summary(),
-        "crashes": [c.as_dict() for c in server.supervisor.crashes[-5:]],
+        "crashes": [c.as_dict() for c in list(server.supervisor.crashes)[-5:]],
         "models": {
             name: {
                 "state": states.get(name, ModelState.UNAVAILABLE),

@@ -27,6 +27,7 @@ from tritonnb.triton._pytriton import PYTRITON_HOME, ServerProcess, TritonConfig
 from tritonnb.triton.browser_route import BrowserRoute, RouteProbe
 from tritonnb.triton.leftovers import record_owner, remove_leftovers
 from tritonnb.triton.logs import ServerLog
+from tritonnb.triton.memory import trim_heap
 from tritonnb.triton.model_control import ModelControl
 from tritonnb.triton.object_store import StorePath
 from tritonnb.triton.repository import needs_auto_complete
@@ -355,7 +356,8 @@ class TritonServer:
             if self._process is not None and self._process.process_alive():
                 return False
             self._relaunch()
-            return True
+        trim_heap()  # what the recovery's own work freed (the old server's handle, its logs, /proc reads)
+        return True
 
     def _relaunch(self) -> float:
         started = time.perf_counter()

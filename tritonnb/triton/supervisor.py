@@ -12,16 +12,18 @@ with the thread that started it (PR_SET_PDEATHSIG), so that thread must not end 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-__all__ = ["MAX_EXITS", "WINDOW_S", "Crash", "Supervisor", "describe_exit", "exits_in_window"]
+__all__ = ["CRASHES_KEPT", "MAX_EXITS", "WINDOW_S", "Crash", "Supervisor", "describe_exit", "exits_in_window"]
 
 MAX_EXITS = 3  # this many unexpected exits ...
 WINDOW_S = 60.0  # ... within this many seconds are a crash loop: stop restarting
+CRASHES_KEPT = 20  # the newest crashes (with their log tails) a kernel keeps; older ones are only counted
 
 
 @dataclasses.dataclass
@@ -70,7 +72,8 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = enabled
-        self.crashes: list[Crash] = []
+        self.crashes: collections.deque[Crash] = collections.deque(maxlen=CRASHES_KEPT)
+        self.restarts = 0  # how many times tritonserver was restarted after a crash
         self.gave_up: str | None = None  # why it stopped restarting, until a restart by hand
         self.recovering = False
         self.checks = 0  # how many times it has looked at the server (about once a second while it watches)
@@ -89,11 +92,6 @@ class Supervisor:
     def watch(self) -> None:
         """Start watching (once tritonserver has started for the first time)."""
         self._thread.start()
-
-    @property
-    def restarts(self) -> int:
-        """How many times tritonserver was restarted after a crash."""
-        return sum(c.outcome == "restarted" for c in self.crashes)
 
     def notice_exit(self, exit_code: int | None) -> None:
         """Called (from any thread) when tritonserver exited without being asked."""
@@ -161,7 +159,7 @@ class Supervisor:
         if self._closed:
             return
         now = self._clock()
-        self._exit_times.append(now)
+        self._exit_times = [at for at in self._exit_times if at > now - WINDOW_S] + [now]  # older ones count no more
         crash = Crash(at=time.time(), exit=describe_exit(exit_code), log_tail=self._log_tail())
         self.crashes.append(crash)
         self._write_log(f"[tritonnb] tritonserver exited unexpectedly ({crash.exit})")
@@ -187,6 +185,7 @@ class Supervisor:
             self._write_log(f"[tritonnb] restart after a crash failed: {error}")
         else:
             crash.outcome = "restarted" if relaunched else "restarted by hand meanwhile"
+            self.restarts += relaunched
             crash.recovered_in_s = self._clock() - now
             self._write_log(f"[tritonnb] tritonserver restarted {crash.recovered_in_s:.1f} s after it exited")
         finally:
