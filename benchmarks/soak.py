@@ -446,7 +446,7 @@ class Soak:
         """Start the soak's clock now: what happened before (warm-up) gets negative times."""
         shift = time.time() - self.t0
         self.t0 += shift
-        for record in (*self.cells, *self.bursts):
+        for record in (*self.cells, *self.bursts, *self.recoveries):
             record.at_s = round(record.at_s - shift, 2)
 
     def guarded(self, name: str, action: Callable[[], Any]) -> None:
@@ -812,7 +812,8 @@ def print_report(result: dict[str, Any]) -> None:
     for reason, count in requests["reasons_outside"]:
         print(f"\noutside a window, {count}×: {reason}")
     print(
-        "\n| kill | at (s) | first correct answer after (s) | supervisor: relaunched after (s) | old processes left |"
+        "\n| kill | at (s; < 0: warm-up) | first correct answer after (s) | supervisor: relaunched after (s) "
+        "| old processes left |"
     )
     print("|---|---|---|---|---|")
     for i, r in enumerate(result["recoveries"], 1):
