@@ -75,7 +75,6 @@ def test_loopback_by_default_with_status_logs_and_clean_stop(own_server, capfd):
 
 
 def test_start_removes_what_killed_servers_left_behind_and_nothing_else(own_server):
-
     from pytriton.constants import PYTRITON_HOME
 
     from tritonnb.triton.leftovers import OWNER_FILE, pid_namespace

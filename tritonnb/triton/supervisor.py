@@ -185,7 +185,8 @@ class Supervisor:
             self._write_log(f"[tritonnb] restart after a crash failed: {error}")
         else:
             crash.outcome = "restarted" if relaunched else "restarted by hand meanwhile"
-            self.restarts += relaunched
+            if relaunched:
+                self.restarts += 1
             crash.recovered_in_s = self._clock() - now
             self._write_log(f"[tritonnb] tritonserver restarted {crash.recovered_in_s:.1f} s after it exited")
         finally:
