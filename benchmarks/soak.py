@@ -233,7 +233,7 @@ class Recovery:
     old_left: int = 0  # processes of the killed server still running after the recovery
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # slots: the soak keeps one per cell, and should weigh little in what it measures
 class CellRun:
     """One ``%%triton_model`` (or ``%triton``) cell."""
 
@@ -467,7 +467,7 @@ class Soak:
             result = self.shell.run_cell(text, store_history=True)
         run = CellRun(kind, round(self.elapsed(), 2), time.perf_counter() - started, bool(result.success))
         cards = [o.data.get("text/plain", "") for o in captured.outputs]
-        run.action = cards[0].split(" ", 1)[0] if cards else ""
+        run.action = sys.intern(cards[0].split(" ", 1)[0]) if cards else ""  # one string for every "swapped"
         if not result.success:
             error = result.error_in_exec or result.error_before_exec
             run.error = f"{_short(error) if error else 'failed'} | {captured.stdout[-300:]}"

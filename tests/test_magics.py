@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import linecache
 import subprocess
 import sys
 
@@ -75,11 +77,20 @@ def test_rerunning_the_cell_hot_swaps(started):
     started.user_ns["FACTOR"] = 2
     _serve(started, "scale --input x:float32[4] --output y:float32[4]", CELL)
     first = tritonnb.server().models["scale"]
+    first_card = started.user_ns["_"]
+    first_source = first.versions[1].fn.__code__.co_filename
+    assert first_source in linecache.cache  # a traceback of the served function shows the cell's lines
     card = _serve(
         started, "scale --input x:float32[4] --output y:float32[4]", CELL.replace("x * FACTOR", "x * FACTOR + 1")
     )
     assert "swapped" in card.data["text/plain"]
     assert tritonnb.server().models["scale"] is first
+    # the cards IPython keeps in Out share one spec: a kernel that swaps all day does not pile up parsed specs
+    assert started.user_ns["_"].spec is first_card.spec is first.spec
+    # and the swapped-out function's source is forgotten once the function is gone; the served one's stays
+    gc.collect()
+    assert first_source not in linecache.cache
+    assert first.versions[1].fn.__code__.co_filename in linecache.cache
     out = tritonnb.client("scale")(np.ones((1, 4), np.float32))
     assert out["y"].tolist() == [[3.0, 3.0, 3.0, 3.0]]
 

@@ -409,7 +409,7 @@ class TritonMagics(Magics):
         """Serve a function defined in this cell as a Triton model; running the cell again hot-swaps it. Returns the
         model's card (``card = _``), shown with its live strip."""
         from tritonnb.serving.torch_bridge import resolve_device
-        from tritonnb.ui.cell import run_cell_and_pick
+        from tritonnb.ui.cell import forget_source_with, run_cell_and_pick
 
         args = _parse(self.triton_model, line)
         if args is None:
@@ -420,6 +420,7 @@ class TritonMagics(Magics):
         # registered like IPython's own cells, so tracebacks of the served function show the cell's lines
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         fn = run_cell_and_pick(source, args.name, self.shell.user_ns, filename)
+        forget_source_with(fn, filename, getattr(self.shell.compile, "_filename_map", {}))
         if tritonnb.server() is None:
             self._start(None)
         card = tritonnb.bind(

@@ -260,7 +260,8 @@ class ModelSlot:
         self, version: int, fn: Callable, spec: ModelSpec, device: str, timeout_s: float | None, target: ServedFunction
     ) -> None:
         binds = self.versions[version].binds if version in self.versions else 0
-        self.spec = spec
+        if spec != self.spec:  # an equal spec keeps the old object: each card kept in IPython's Out shares it
+            self.spec = spec
         self.versions[version] = ServedVersion(fn, device, timeout_s, target, binds + 1)
         self.binds += 1
 
